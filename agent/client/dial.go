@@ -1,0 +1,116 @@
+package client
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"net"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/mdlayher/vsock"
+
+	"github.com/kasa-runtime/kasa/agent/serialmux"
+)
+
+// retryInterval paces connection attempts while the guest is still booting.
+const retryInterval = 20 * time.Millisecond
+
+// dial opens a byte stream to the agent at addr:
+//
+//	serial:///run/kasa/vm/ID/agent.sock   virtio-serial port (framed by serialmux)
+//	hvsock:///run/kasa/vm/ID/vsock.sock:1024  hybrid vsock unix socket
+//	vsock://CID:1024                        kernel AF_VSOCK
+//
+// It retries until ctx ends, so it can be called as soon as the VM starts.
+func dial(ctx context.Context, addr string) (net.Conn, error) {
+	scheme, rest, ok := strings.Cut(addr, "://")
+	if !ok {
+		return nil, fmt.Errorf("agent address %q: want scheme://..., schemes serial, hvsock, vsock", addr)
+	}
+	switch scheme {
+	case "serial":
+		return serialmux.Dial(ctx, rest)
+	case "hvsock":
+		path, port, err := splitPort(rest)
+		if err != nil {
+			return nil, fmt.Errorf("agent address %q: %w", addr, err)
+		}
+		return retry(ctx, addr, func() (net.Conn, error) { return dialHybridVsock(ctx, path, port) })
+	case "vsock":
+		u, err := url.Parse(addr)
+		if err != nil {
+			return nil, fmt.Errorf("agent address %q: %w", addr, err)
+		}
+		cid, err1 := strconv.ParseUint(u.Hostname(), 10, 32)
+		port, err2 := strconv.ParseUint(u.Port(), 10, 32)
+		if err1 != nil || err2 != nil {
+			return nil, fmt.Errorf("agent address %q: want vsock://CID:PORT", addr)
+		}
+		return retry(ctx, addr, func() (net.Conn, error) { return vsock.Dial(uint32(cid), uint32(port), nil) })
+	default:
+		return nil, fmt.Errorf("agent address %q: unknown scheme %q (want serial, hvsock or vsock)", addr, scheme)
+	}
+}
+
+func splitPort(s string) (string, uint32, error) {
+	i := strings.LastIndexByte(s, ':')
+	if i < 0 {
+		return "", 0, fmt.Errorf("want PATH:PORT")
+	}
+	p, err := strconv.ParseUint(s[i+1:], 10, 32)
+	if err != nil {
+		return "", 0, fmt.Errorf("bad port %q", s[i+1:])
+	}
+	return s[:i], uint32(p), nil
+}
+
+func retry(ctx context.Context, addr string, f func() (net.Conn, error)) (net.Conn, error) {
+	for {
+		c, err := f()
+		if err == nil {
+			return c, nil
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("agent at %s not reachable: %w (last error: %v)", addr, ctx.Err(), err)
+		case <-time.After(retryInterval):
+		}
+	}
+}
+
+// dialHybridVsock speaks Cloud Hypervisor's and Firecracker's hybrid vsock
+// handshake: "CONNECT <port>\n" answered by "OK <host port>\n".
+func dialHybridVsock(ctx context.Context, path string, port uint32) (net.Conn, error) {
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "unix", path)
+	if err != nil {
+		return nil, err
+	}
+	if dl, ok := ctx.Deadline(); ok {
+		c.SetDeadline(dl)
+	}
+	if _, err := fmt.Fprintf(c, "CONNECT %d\n", port); err != nil {
+		c.Close()
+		return nil, err
+	}
+	// Read byte by byte: whatever follows the line belongs to the stream.
+	r := bufio.NewReaderSize(oneByteReader{c}, 16)
+	line, err := r.ReadString('\n')
+	if err != nil {
+		c.Close()
+		return nil, fmt.Errorf("hybrid vsock handshake on %s: %w", path, err)
+	}
+	if !strings.HasPrefix(line, "OK ") {
+		c.Close()
+		return nil, fmt.Errorf("hybrid vsock handshake on %s: got %q", path, strings.TrimSpace(line))
+	}
+	c.SetDeadline(time.Time{})
+	return c, nil
+}
+
+type oneByteReader struct{ c net.Conn }
+
+func (o oneByteReader) Read(p []byte) (int, error) { return o.c.Read(p[:1]) }

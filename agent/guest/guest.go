@@ -1,0 +1,105 @@
+// Package guest is the agent's entry point inside the VM. Only cmd/kasa-agent
+// imports it; everything it drives lives in agent/internal.
+package guest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"runtime/debug"
+	"time"
+
+	"github.com/containerd/log"
+	"github.com/containerd/ttrpc"
+	"github.com/sirupsen/logrus"
+
+	"github.com/kasa-runtime/kasa/agent/api"
+	"github.com/kasa-runtime/kasa/agent/internal/pid1"
+	"github.com/kasa-runtime/kasa/agent/internal/server"
+	"github.com/kasa-runtime/kasa/agent/internal/transport"
+	"github.com/kasa-runtime/kasa/version"
+)
+
+// transportWait bounds how long the agent waits for its devices to appear.
+const transportWait = 5 * time.Second
+
+// Main runs the agent. As PID 1 it never returns: a fatal error is logged to
+// the console and the VM is powered off, because an exiting init panics the
+// guest kernel.
+func Main() {
+	logger := logrus.New()
+	logger.SetOutput(os.Stderr) // the console when we are init
+	logger.SetFormatter(&logrus.TextFormatter{DisableTimestamp: false, FullTimestamp: true, DisableColors: true})
+	if os.Getenv("KASA_AGENT_DEBUG") != "" {
+		logger.SetLevel(logrus.DebugLevel)
+	}
+	ctx := log.WithLogger(context.Background(), logrus.NewEntry(logger).WithField("component", "kasa-agent"))
+
+	if pid1.IsInit() {
+		defer func() {
+			if r := recover(); r != nil {
+				pid1.PowerOff(ctx, fmt.Sprintf("agent panic: %v\n%s", r, debug.Stack()))
+			}
+		}()
+	}
+	err := run(ctx)
+	if pid1.IsInit() {
+		reason := "agent stopped"
+		if err != nil {
+			log.G(ctx).WithError(err).Error("agent failed")
+			reason = err.Error()
+		}
+		pid1.PowerOff(ctx, reason)
+	}
+	if err != nil {
+		log.G(ctx).WithError(err).Error("agent failed")
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context) error {
+	if pid1.IsInit() {
+		if err := pid1.MoveRootToTmpfs(); err != nil {
+			return err
+		}
+		if err := pid1.MountEarly(); err != nil {
+			return err
+		}
+		if err := pid1.LoadModules(ctx, pid1.ModuleList); err != nil {
+			return err
+		}
+		pid1.ReapOrphans()
+	}
+	log.G(ctx).WithField("version", version.Version).WithField("api", api.APIVersion).Info("kasa-agent starting")
+
+	listeners, err := transport.Listen(ctx, transportWait)
+	if err != nil {
+		return err
+	}
+	svc := server.New(func(reason string) {
+		// Give the ttrpc reply to DestroySandbox time to leave the guest.
+		time.Sleep(50 * time.Millisecond)
+		if pid1.IsInit() {
+			pid1.PowerOff(ctx, reason)
+		}
+		os.Exit(0)
+	})
+	srv, err := ttrpc.NewServer()
+	if err != nil {
+		return err
+	}
+	api.RegisterAgentServiceService(srv, svc)
+
+	errc := make(chan error, len(listeners))
+	for _, l := range listeners {
+		go func(l net.Listener) { errc <- srv.Serve(ctx, l) }(l)
+	}
+	log.G(ctx).Info("kasa-agent ready")
+	err = <-errc
+	if errors.Is(err, ttrpc.ErrServerClosed) {
+		return nil
+	}
+	return err
+}

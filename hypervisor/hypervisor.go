@@ -1,0 +1,92 @@
+// Package hypervisor is the small contract between Kasa's sandbox logic and a
+// VM driver (QEMU, Cloud Hypervisor). Drivers live in their own subpackages.
+package hypervisor
+
+import (
+	"context"
+	"errors"
+)
+
+// ErrNotSupported is returned (wrapped) by a driver for an operation or a
+// configuration value it cannot honour.
+var ErrNotSupported = errors.New("not supported by this hypervisor")
+
+// Accelerator is how the guest's CPUs are run.
+type Accelerator string
+
+const (
+	// AccelAuto picks KVM when the host can really run a guest with it, else TCG.
+	AccelAuto Accelerator = "auto"
+	AccelKVM  Accelerator = "kvm"
+	AccelTCG  Accelerator = "tcg"
+)
+
+// AgentTransport is the channel that carries the agent's ttrpc.
+type AgentTransport string
+
+const (
+	// TransportVirtioSerial carries ttrpc over a virtio-serial port, framed so
+	// that a host reconnect cannot corrupt the stream (see agent/serialmux).
+	TransportVirtioSerial AgentTransport = "virtio-serial"
+	// TransportVsock uses the kernel's vhost-vsock (/dev/vhost-vsock).
+	TransportVsock AgentTransport = "vsock"
+	// TransportVhostUserVsock uses Kasa's user-space vhost-user-vsock backend.
+	TransportVhostUserVsock AgentTransport = "vhost-user-vsock"
+)
+
+// VMConfig is everything a driver needs to create one VM. It is a value type:
+// the sandbox layer fills it from the configuration and the pod's sizing.
+type VMConfig struct {
+	// ID names the VM; it is the sandbox id.
+	ID string
+	// StateDir holds the VM's sockets and console log (/run/kasa/vm/<id>).
+	// The driver creates it and removes it when the VM is stopped.
+	StateDir string
+
+	// Path is the hypervisor binary.
+	Path string
+	// Kernel and Initrd are the guest boot artefacts.
+	Kernel string
+	Initrd string
+	// KernelParams are appended after the driver's own parameters.
+	KernelParams []string
+	// MachineType is the machine model, e.g. "q35", "pc" or "microvm" for QEMU.
+	MachineType string
+	// Firmware overrides the machine's default firmware (e.g. qboot.rom); "" keeps it.
+	Firmware string
+
+	VCPUs     uint32
+	MemoryMiB uint32
+
+	Accelerator    Accelerator
+	AgentTransport AgentTransport
+
+	// Debug makes the guest kernel verbose on the console.
+	Debug bool
+}
+
+// Hypervisor drives one VM through its life. Optional capabilities (hotplug,
+// resize) are separate interfaces a driver may also implement.
+type Hypervisor interface {
+	// CreateVM validates cfg and prepares the VM without running it.
+	CreateVM(ctx context.Context, cfg VMConfig) error
+	// StartVM launches the VM as a child of the caller and returns once the
+	// hypervisor is up and controllable. On error nothing is left running.
+	StartVM(ctx context.Context) error
+	// StopVM stops the VM (graceful quit, then kill after the context's
+	// deadline or a grace period), reaps it and removes its state directory.
+	// It is idempotent.
+	StopVM(ctx context.Context) error
+	// Done is closed when the hypervisor process has exited.
+	Done() <-chan struct{}
+	// ExitError says why the process exited (nil for a clean exit); valid after Done.
+	ExitError() error
+	PauseVM(ctx context.Context) error
+	ResumeVM(ctx context.Context) error
+	// AgentAddress is where the agent is dialled, e.g. "serial:///run/kasa/vm/ID/agent.sock".
+	AgentAddress() string
+	// ConsolePath is the file the guest console is written to.
+	ConsolePath() string
+	// PID is the hypervisor process id (0 before start).
+	PID() int
+}
