@@ -31,6 +31,21 @@ func Dial(ctx context.Context, socketPath string) (net.Conn, error) {
 	acked := make(chan struct{})
 	readErr := make(chan error, 1)
 	go hostReadLoop(uc, c, acked, readErr)
+	// A guest that never opens its port stops QEMU from draining the socket,
+	// and our writes then block: closing the socket is what ends them.
+	stopWatch := make(chan struct{})
+	defer close(stopWatch)
+	go func() {
+		select {
+		case <-ctx.Done():
+			select {
+			case <-acked:
+			default:
+				uc.Close()
+			}
+		case <-stopWatch:
+		}
+	}()
 
 	hello := frame{typ: frameHello, session: session}
 	tick := time.NewTicker(helloInterval)
@@ -41,6 +56,9 @@ func Dial(ctx context.Context, socketPath string) (net.Conn, error) {
 		}
 		if err != nil {
 			uc.Close()
+			if ctx.Err() != nil {
+				return nil, fmt.Errorf("serialmux: agent on %s did not answer the session handshake: %w", socketPath, ctx.Err())
+			}
 			return nil, fmt.Errorf("serialmux: send hello on %s: %w", socketPath, err)
 		}
 		select {

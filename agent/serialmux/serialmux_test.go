@@ -241,3 +241,30 @@ func TestPeerCloseIsEOF(t *testing.T) {
 		t.Fatalf("got %q", got)
 	}
 }
+
+// A guest that never opens its port leaves QEMU's socket undrained; the
+// host's writes then block, and Dial must still return at its deadline.
+func TestDialReturnsWhenPortIsNotDrained(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "agent.sock")
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		c, err := ln.Accept()
+		if err == nil {
+			defer c.Close()
+			time.Sleep(30 * time.Second) // accept, never read
+		}
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	start := time.Now()
+	if _, err := Dial(ctx, path); err == nil {
+		t.Fatal("dial to an undrained port succeeded")
+	}
+	if d := time.Since(start); d > 6*time.Second {
+		t.Fatalf("dial took %s with a 3 s deadline", d)
+	}
+}

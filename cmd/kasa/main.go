@@ -1,0 +1,144 @@
+// Command kasa is the operator's tool: check the host, show the effective
+// configuration, print versions.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+
+	"github.com/kasa-runtime/kasa/agent/api"
+	"github.com/kasa-runtime/kasa/configuration"
+	"github.com/kasa-runtime/kasa/version"
+	"github.com/kasa-runtime/kasa/virtcontainers/hostcheck"
+)
+
+const usage = `kasa: operate the Kasa pod-per-VM runtime
+
+usage: kasa [--config FILE] COMMAND
+
+commands:
+  check     check that this host can run Kasa sandboxes (QEMU, guest image,
+            KVM or TCG fallback, vsock, cgroups, tap + tc); exits 1 with one
+            remedy line per failed requirement
+  env       show which configuration file is used, its warnings and the
+            effective settings (JSON)
+  selftest  boot a throwaway VM with the configuration, show what its agent
+            reports beside the host, power it off (needs root)
+  version   print the runtime and agent API versions
+
+options:
+  --config FILE   configuration file (default search: $KASA_CONF_FILE,
+                  /etc/kasa/configuration.toml,
+                  /usr/share/defaults/kasa/configuration.toml, built-in defaults)
+`
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("kasa", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {} // printed below, to stdout for --help
+	configPath := fs.String("config", "", "configuration file")
+	if err := fs.Parse(args); err != nil {
+		if err == flag.ErrHelp {
+			fmt.Fprint(stdout, usage)
+			return 0
+		}
+		fmt.Fprint(stderr, usage)
+		return 2
+	}
+	if fs.NArg() == 0 {
+		fmt.Fprint(stderr, usage)
+		return 2
+	}
+	switch cmd := fs.Arg(0); cmd {
+	case "version":
+		fmt.Fprintf(stdout, "kasa %s (commit %s), agent API v%d\n", version.Version, orUnknown(version.Commit), api.APIVersion)
+		return 0
+	case "check":
+		return check(*configPath, stdout, stderr)
+	case "env":
+		return env(*configPath, stdout, stderr)
+	case "selftest":
+		return selftest(*configPath, stdout, stderr)
+	case "help":
+		fmt.Fprint(stdout, usage)
+		return 0
+	default:
+		fmt.Fprintf(stderr, "kasa: unknown command %q\n\n%s", cmd, usage)
+		return 2
+	}
+}
+
+func orUnknown(s string) string {
+	if s == "" {
+		return "unknown"
+	}
+	return s
+}
+
+func loadConfig(path string, stderr io.Writer) (*configuration.Config, bool) {
+	cfg, warnings, err := configuration.Load(path)
+	for _, w := range warnings {
+		fmt.Fprintf(stderr, "warning: %s\n", w)
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "kasa: %v\n", err)
+		return nil, false
+	}
+	return cfg, true
+}
+
+func check(path string, stdout, stderr io.Writer) int {
+	cfg, ok := loadConfig(path, stderr)
+	if !ok {
+		return 1
+	}
+	fmt.Fprintf(stdout, "configuration: %s\n", describeSource(cfg))
+	results := hostcheck.Run(context.Background(), cfg)
+	for _, r := range results {
+		fmt.Fprintf(stdout, "%-5s %-16s %s\n", r.Status, r.Name, r.Detail)
+	}
+	if hostcheck.Failed(results) {
+		fmt.Fprintln(stdout, "\nto fix:")
+		for _, r := range results {
+			if r.Status == hostcheck.Fail {
+				fmt.Fprintf(stdout, "  %s: %s\n", r.Name, r.Remedy)
+			}
+		}
+		return 1
+	}
+	fmt.Fprintln(stdout, "\nthis host can run Kasa sandboxes")
+	return 0
+}
+
+func describeSource(cfg *configuration.Config) string {
+	if cfg.Path == "" {
+		return "built-in defaults"
+	}
+	return cfg.Path
+}
+
+func env(path string, stdout, stderr io.Writer) int {
+	cfg, ok := loadConfig(path, stderr)
+	if !ok {
+		return 1
+	}
+	out := struct {
+		Source string                `json:"source"`
+		Config *configuration.Config `json:"config"`
+	}{describeSource(cfg), cfg}
+	enc := json.NewEncoder(stdout)
+	enc.SetIndent("", "  ")
+	if err := enc.Encode(out); err != nil {
+		fmt.Fprintf(stderr, "kasa: %v\n", err)
+		return 1
+	}
+	return 0
+}

@@ -1,0 +1,236 @@
+// Package configuration loads, validates and overrides Kasa's TOML runtime configuration.
+package configuration
+
+import (
+	"math"
+	"runtime"
+	"slices"
+	"strings"
+	"time"
+)
+
+// HypervisorName names the [hypervisor.<name>] table of a configuration file.
+type HypervisorName string
+
+const (
+	HypervisorQEMU HypervisorName = "qemu"
+	// HypervisorCLH is Cloud Hypervisor. It uses path, kernel, initrd,
+	// default_vcpus, default_memory, kernel_params, shared_fs,
+	// virtio_fs_daemon, enable_annotations, valid_*_paths and enable_debug;
+	// other keys of its table are ignored with a warning.
+	HypervisorCLH HypervisorName = "clh"
+)
+
+// MachineType is QEMU's machine model.
+type MachineType string
+
+const (
+	MachineQ35     MachineType = "q35"
+	MachinePC      MachineType = "pc"
+	MachineMicroVM MachineType = "microvm"
+)
+
+// SharedFS is how the sandbox's shared directory reaches the guest.
+type SharedFS string
+
+const (
+	SharedFS9P       SharedFS = "virtio-9p"
+	SharedFSVirtioFS SharedFS = "virtio-fs"
+	SharedFSNone     SharedFS = "none"
+)
+
+// Accelerator is how the guest's CPUs are run.
+type Accelerator string
+
+const (
+	// AccelAuto uses KVM when the host can really run a guest with it, else TCG.
+	AccelAuto Accelerator = "auto"
+	AccelKVM  Accelerator = "kvm"
+	AccelTCG  Accelerator = "tcg"
+)
+
+// AgentTransport is the channel that carries the agent's ttrpc.
+type AgentTransport string
+
+const (
+	// TransportAuto picks vsock when /dev/vhost-vsock exists, else
+	// vhost-user-vsock (QEMU) or hybrid vsock (Cloud Hypervisor).
+	TransportAuto           AgentTransport = "auto"
+	TransportVsock          AgentTransport = "vsock"
+	TransportVhostUserVsock AgentTransport = "vhost-user-vsock"
+	TransportVirtioSerial   AgentTransport = "virtio-serial"
+)
+
+// InterNetworkingModel is how the VM's NIC is joined to the pod's veth.
+type InterNetworkingModel string
+
+const (
+	NetTCFilter InterNetworkingModel = "tcfilter"
+	NetMacvtap  InterNetworkingModel = "macvtap"
+	NetNone     InterNetworkingModel = "none"
+)
+
+// Allowed values, in the order error messages list them.
+var (
+	hypervisorNames       = []HypervisorName{HypervisorQEMU, HypervisorCLH}
+	machineTypes          = []MachineType{MachineQ35, MachinePC, MachineMicroVM}
+	qemuSharedFS          = []SharedFS{SharedFS9P, SharedFSVirtioFS, SharedFSNone}
+	clhSharedFS           = []SharedFS{SharedFSVirtioFS, SharedFSNone}
+	accelerators          = []Accelerator{AccelAuto, AccelKVM, AccelTCG}
+	qemuTransports        = []AgentTransport{TransportAuto, TransportVsock, TransportVhostUserVsock, TransportVirtioSerial}
+	clhTransports         = []AgentTransport{TransportAuto, TransportVsock}
+	interNetworkingModels = []InterNetworkingModel{NetTCFilter, NetMacvtap, NetNone}
+)
+
+// Config is one runtime configuration: a decoded file, or the embedded
+// defaults. A *Config returned by this package has been validated; callers
+// that modify one should call Validate again.
+type Config struct {
+	// HypervisorName is the name of the file's one [hypervisor.<name>] table.
+	HypervisorName HypervisorName
+	Hypervisor     HypervisorConfig
+	Agent          AgentConfig
+	Runtime        RuntimeConfig
+	// Path is the file the configuration came from, "" for the embedded defaults.
+	Path string
+}
+
+// HypervisorConfig is the [hypervisor.<name>] table. Keys marked "QEMU only"
+// are zero for Cloud Hypervisor.
+type HypervisorConfig struct {
+	// Path is the hypervisor binary.
+	Path string `toml:"path"`
+	// Kernel and Initrd are the guest boot artefacts.
+	Kernel string `toml:"kernel"`
+	Initrd string `toml:"initrd"`
+	// MachineType is the QEMU machine model (QEMU only).
+	MachineType MachineType `toml:"machine_type"`
+	// Firmware replaces the machine's default firmware; "" keeps it (QEMU only).
+	Firmware string `toml:"firmware"`
+	// KernelParams are space separated and appended after the driver's own
+	// parameters; see KernelParamsList.
+	KernelParams string `toml:"kernel_params"`
+	// DefaultVCPUs is the number of vCPUs a sandbox boots with.
+	DefaultVCPUs int `toml:"default_vcpus"`
+	// DefaultMaxVCPUs caps vCPU hotplug; 0 means the number of host CPUs
+	// (QEMU only). See MaxVCPUs.
+	DefaultMaxVCPUs int `toml:"default_maxvcpus"`
+	// DefaultMemory is the boot memory in MiB.
+	DefaultMemory int `toml:"default_memory"`
+	// MemorySlots is the number of memory hotplug slots (QEMU only).
+	MemorySlots int `toml:"memory_slots"`
+	// SharedFS is the shared-directory transport.
+	SharedFS SharedFS `toml:"shared_fs"`
+	// VirtioFSDaemon is the virtiofsd binary; required with virtio-fs.
+	VirtioFSDaemon string `toml:"virtio_fs_daemon"`
+	// MSize9P is the 9p msize in bytes (QEMU only).
+	MSize9P int `toml:"msize_9p"`
+	// EnableAnnotations are regular expressions; a pod annotation
+	// io.katacontainers.config.hypervisor.<key> is honoured only when one of
+	// them matches all of <key>.
+	EnableAnnotations []string `toml:"enable_annotations"`
+	// The Valid*Paths are filepath.Match patterns a path-valued annotation
+	// must match. An empty list refuses every override of that key.
+	ValidHypervisorPaths     []string `toml:"valid_hypervisor_paths"`
+	ValidKernelPaths         []string `toml:"valid_kernel_paths"`
+	ValidInitrdPaths         []string `toml:"valid_initrd_paths"`
+	ValidVirtioFSDaemonPaths []string `toml:"valid_virtio_fs_daemon_paths"`
+	// Accelerator selects KVM or TCG (QEMU only; Kasa-specific key).
+	Accelerator Accelerator `toml:"accelerator"`
+	// EnableDebug makes the guest kernel and the hypervisor verbose.
+	EnableDebug bool `toml:"enable_debug"`
+}
+
+// AgentConfig is the [agent.kata] table.
+type AgentConfig struct {
+	// DialTimeout bounds how long the shim waits for the agent to answer
+	// after boot. The file holds whole seconds (dial_timeout).
+	DialTimeout time.Duration
+	// DebugConsoleEnabled starts a shell on a guest console for `kasa exec`.
+	DebugConsoleEnabled bool
+	// KernelModules are loaded in the guest before the workload starts, in
+	// Kata's format: "name param=value ...".
+	KernelModules []string
+	// EnableDebug makes the agent log at debug level.
+	EnableDebug bool
+	// Transport is the agent channel (Kasa-specific key).
+	Transport AgentTransport
+}
+
+// agentFile is [agent.kata] as written in the file, where dial_timeout is
+// whole seconds; AgentConfig carries a time.Duration instead.
+type agentFile struct {
+	DialTimeout         int            `toml:"dial_timeout"`
+	DebugConsoleEnabled bool           `toml:"debug_console_enabled"`
+	KernelModules       []string       `toml:"kernel_modules"`
+	EnableDebug         bool           `toml:"enable_debug"`
+	Transport           AgentTransport `toml:"transport"`
+}
+
+// RuntimeConfig is the [runtime] table.
+type RuntimeConfig struct {
+	// EnableDebug makes the shim log at debug level.
+	EnableDebug bool `toml:"enable_debug"`
+	// InterNetworkingModel joins the VM's NIC to the pod's network.
+	InterNetworkingModel InterNetworkingModel `toml:"internetworking_model"`
+	// SandboxCgroupOnly puts the hypervisor and helper processes only in the
+	// pod's sandbox cgroup.
+	SandboxCgroupOnly bool `toml:"sandbox_cgroup_only"`
+	// DisableNewNetns runs the hypervisor in the shim's network namespace
+	// instead of the pod's (only meaningful with internetworking_model none).
+	DisableNewNetns bool `toml:"disable_new_netns"`
+}
+
+// KernelParamsList splits KernelParams into single parameters.
+func (h *HypervisorConfig) KernelParamsList() []string {
+	return strings.Fields(h.KernelParams)
+}
+
+// maxVCPULimit is the largest vCPU count a sandbox may ask for.
+const maxVCPULimit = 255
+
+// MaxVCPUs resolves DefaultMaxVCPUs: 0 means the number of host CPUs. The
+// result is never below DefaultVCPUs nor above 255.
+func (h *HypervisorConfig) MaxVCPUs() int {
+	n := h.DefaultMaxVCPUs
+	if n == 0 {
+		n = runtime.NumCPU()
+	}
+	return min(max(n, h.DefaultVCPUs), maxVCPULimit)
+}
+
+func (a AgentConfig) toFile() agentFile {
+	return agentFile{
+		DialTimeout:         int(a.DialTimeout / time.Second),
+		DebugConsoleEnabled: a.DebugConsoleEnabled,
+		KernelModules:       a.KernelModules,
+		EnableDebug:         a.EnableDebug,
+		Transport:           a.Transport,
+	}
+}
+
+func (f agentFile) toConfig() AgentConfig {
+	// Clamp before multiplying so a huge value stays out of range for
+	// Validate instead of wrapping around into range.
+	seconds := min(max(f.DialTimeout, math.MinInt64/int(time.Second)), math.MaxInt64/int(time.Second))
+	return AgentConfig{
+		DialTimeout:         time.Duration(seconds) * time.Second,
+		DebugConsoleEnabled: f.DebugConsoleEnabled,
+		KernelModules:       f.KernelModules,
+		EnableDebug:         f.EnableDebug,
+		Transport:           f.Transport,
+	}
+}
+
+// Clone returns a deep copy of c.
+func (c *Config) Clone() *Config {
+	out := *c
+	h := &out.Hypervisor
+	h.EnableAnnotations = slices.Clone(h.EnableAnnotations)
+	h.ValidHypervisorPaths = slices.Clone(h.ValidHypervisorPaths)
+	h.ValidKernelPaths = slices.Clone(h.ValidKernelPaths)
+	h.ValidInitrdPaths = slices.Clone(h.ValidInitrdPaths)
+	h.ValidVirtioFSDaemonPaths = slices.Clone(h.ValidVirtioFSDaemonPaths)
+	out.Agent.KernelModules = slices.Clone(out.Agent.KernelModules)
+	return &out
+}

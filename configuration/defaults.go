@@ -1,0 +1,83 @@
+package configuration
+
+import (
+	_ "embed"
+	"fmt"
+	"slices"
+	"sync"
+	"time"
+)
+
+// embeddedFile is the commented default file an operator installs as
+// share/defaults/kasa/configuration.toml. A test keeps it equal to the Go
+// defaults below.
+//
+//go:embed configuration.toml
+var embeddedFile []byte
+
+// DefaultFile returns the text of the embedded default configuration file.
+func DefaultFile() []byte {
+	return slices.Clone(embeddedFile)
+}
+
+// defaultConfig returns the values a file's keys start from before it is
+// decoded, for a file whose hypervisor table is [hypervisor.<name>].
+func defaultConfig(name HypervisorName) *Config {
+	return &Config{
+		HypervisorName: name,
+		Hypervisor:     defaultHypervisor(name),
+		Agent: AgentConfig{
+			DialTimeout: 45 * time.Second,
+			Transport:   TransportAuto,
+		},
+		Runtime: RuntimeConfig{
+			InterNetworkingModel: NetTCFilter,
+		},
+	}
+}
+
+func defaultHypervisor(name HypervisorName) HypervisorConfig {
+	if name == HypervisorCLH {
+		// Cloud Hypervisor boots an uncompressed vmlinux and has no 9p.
+		return HypervisorConfig{
+			Path:           "/usr/bin/cloud-hypervisor",
+			Kernel:         "/usr/share/kasa/vmlinux",
+			Initrd:         "/usr/share/kasa/initrd.img",
+			DefaultVCPUs:   1,
+			DefaultMemory:  512,
+			SharedFS:       SharedFSVirtioFS,
+			VirtioFSDaemon: "/usr/libexec/virtiofsd",
+		}
+	}
+	return HypervisorConfig{
+		Path:          "/usr/bin/qemu-system-x86_64",
+		Kernel:        "/usr/share/kasa/vmlinuz",
+		Initrd:        "/usr/share/kasa/initrd.img",
+		MachineType:   MachineQ35,
+		DefaultVCPUs:  1,
+		DefaultMemory: 512,
+		MemorySlots:   10,
+		SharedFS:      SharedFS9P,
+		MSize9P:       8192,
+		Accelerator:   AccelAuto,
+	}
+}
+
+var parseEmbedded = sync.OnceValues(func() (*Config, error) {
+	cfg, warnings, err := decode("", embeddedFile)
+	if err == nil && len(warnings) > 0 {
+		err = fmt.Errorf("embedded configuration.toml: %s", warnings[0])
+	}
+	return cfg, err
+})
+
+// Default returns the configuration used when no file is found: the parsed
+// embedded configuration.toml. Path is "".
+func Default() *Config {
+	cfg, err := parseEmbedded()
+	if err != nil {
+		// The file is compiled in and checked by the tests.
+		panic(fmt.Sprintf("configuration: broken embedded defaults: %v", err))
+	}
+	return cfg.Clone()
+}

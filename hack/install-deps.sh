@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Installs the Debian packages Kasa needs to build, run and test, when they
+# are missing. Safe to run again; does nothing when all are present.
+#
+# usage: install-deps.sh [--with-protoc]
+set -euo pipefail
+
+pkgs=(
+	qemu-system-x86 qemu-system-data seabios ipxe-qemu  # the hypervisor and its firmware
+	linux-source-6.1      # source of the minimal guest kernel
+	build-essential flex bison bc libelf-dev libssl-dev  # kernel build
+	cpio xz-utils zstd kmod   # unpacking the source, compressing the initrd, module deps
+	iproute2                  # kasa check: tun/tc
+)
+if [ "${1:-}" = "--with-protoc" ]; then
+	pkgs+=(protobuf-compiler)
+fi
+
+missing=()
+for p in "${pkgs[@]}"; do
+	case "$p" in \#*) continue ;; esac
+	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -eq 0 ]; then
+	exit 0
+fi
+if [ "$(id -u)" != 0 ]; then
+	echo "install-deps: missing packages ${missing[*]}; run as root or install them" >&2
+	exit 1
+fi
+echo "install-deps: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null

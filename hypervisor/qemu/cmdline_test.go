@@ -1,0 +1,295 @@
+package qemu
+
+import (
+	"errors"
+	"reflect"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/kasa-runtime/kasa/hypervisor"
+)
+
+func baseConfig() hypervisor.VMConfig {
+	return hypervisor.VMConfig{
+		ID:             "sb1",
+		StateDir:       "/run/kasa/vm/sb1",
+		Path:           "/usr/bin/qemu-system-x86_64",
+		Kernel:         "/k/vmlinuz",
+		Initrd:         "/k/initrd.img",
+		MachineType:    MachineQ35,
+		VCPUs:          1,
+		MemoryMiB:      256,
+		Accelerator:    hypervisor.AccelAuto,
+		AgentTransport: hypervisor.TransportVirtioSerial,
+	}
+}
+
+// The whole command line for the common case, so a change to it is a
+// deliberate diff here.
+func TestBuildArgsQ35TCG(t *testing.T) {
+	got, err := BuildArgs(baseConfig(), hypervisor.AccelTCG)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{
+		"-name", "sandbox-sb1,debug-threads=on",
+		"-nodefaults", "-no-user-config",
+		"-display", "none",
+		"-no-reboot",
+		"-machine", "q35",
+		"-accel", "tcg,thread=multi", "-cpu", "max",
+		"-m", "256M", "-smp", "1",
+		"-kernel", "/k/vmlinuz",
+		"-initrd", "/k/initrd.img",
+		"-append", "tsc=reliable no_timer_check rcupdate.rcu_expedited=1 i8042.direct=1 i8042.dumbkbd=1 " +
+			"i8042.nopnp=1 i8042.noaux=1 noreplace-smp reboot=k cryptomgr.notests net.ifnames=0 " +
+			"pci=lastbus=0 console=ttyS0 panic=1 quiet",
+		"-pidfile", "/run/kasa/vm/sb1/qemu.pid",
+		"-chardev", "file,id=console,path=/run/kasa/vm/sb1/console.log",
+		"-serial", "chardev:console",
+		"-chardev", "socket,id=qmp,path=/run/kasa/vm/sb1/qmp.sock,server=on,wait=off",
+		"-mon", "chardev=qmp,mode=control",
+		"-device", "virtio-serial-pci,id=serial0",
+		"-chardev", "socket,id=agent,path=/run/kasa/vm/sb1/agent.sock,server=on,wait=off",
+		"-device", "virtserialport,bus=serial0.0,chardev=agent,name=agent.0",
+		"-object", "rng-random,id=rng0,filename=/dev/urandom",
+		"-device", "virtio-rng-pci,rng=rng0",
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("BuildArgs:\n got %q\nwant %q", got, want)
+	}
+}
+
+// values returns every value that follows flag in args.
+func values(args []string, flag string) []string {
+	var out []string
+	for i := 0; i+1 < len(args); i++ {
+		if args[i] == flag {
+			out = append(out, args[i+1])
+		}
+	}
+	return out
+}
+
+func params(t *testing.T, args []string) []string {
+	t.Helper()
+	a := values(args, "-append")
+	if len(a) != 1 {
+		t.Fatalf("want one -append, got %q", a)
+	}
+	return strings.Fields(a[0])
+}
+
+func TestBuildArgsVariants(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		modify func(*hypervisor.VMConfig)
+		accel  hypervisor.Accelerator
+		check  func(t *testing.T, args []string)
+	}{{
+		name:   "pc with kvm",
+		modify: func(c *hypervisor.VMConfig) { c.MachineType = MachinePC; c.VCPUs = 2; c.MemoryMiB = 2048 },
+		accel:  hypervisor.AccelKVM,
+		check: func(t *testing.T, args []string) {
+			expectValues(t, args, "-machine", "pc")
+			expectValues(t, args, "-accel", "kvm")
+			expectValues(t, args, "-cpu", "host")
+			expectValues(t, args, "-smp", "2")
+			expectValues(t, args, "-m", "2048M")
+			expectContains(t, values(args, "-device"), "virtio-serial-pci,id=serial0", "virtio-rng-pci,rng=rng0")
+			expectContains(t, params(t, args), "reboot=k", "pci=lastbus=0", "acpi=noirq")
+		},
+	}, {
+		name:   "microvm uses virtio-mmio and reboots by triple fault",
+		modify: func(c *hypervisor.VMConfig) { c.MachineType = MachineMicroVM },
+		accel:  hypervisor.AccelTCG,
+		check: func(t *testing.T, args []string) {
+			expectValues(t, args, "-machine", "microvm,rtc=on")
+			expectValues(t, args, "-accel", "tcg,thread=multi")
+			expectValues(t, args, "-cpu", "max")
+			expectContains(t, values(args, "-device"), "virtio-serial-device,id=serial0", "virtio-rng-device,rng=rng0")
+			p := params(t, args)
+			expectContains(t, p, "reboot=t", "console=ttyS0")
+			expectAbsent(t, p, "reboot=k", "pci=lastbus=0", "acpi=off", "acpi=noirq")
+		},
+	}, {
+		name:   "debug replaces quiet",
+		modify: func(c *hypervisor.VMConfig) { c.Debug = true },
+		accel:  hypervisor.AccelTCG,
+		check: func(t *testing.T, args []string) {
+			p := params(t, args)
+			expectContains(t, p, "debug")
+			expectAbsent(t, p, "quiet")
+		},
+	}, {
+		name:   "firmware",
+		modify: func(c *hypervisor.VMConfig) { c.Firmware = "/usr/share/qemu/qboot.rom" },
+		accel:  hypervisor.AccelTCG,
+		check: func(t *testing.T, args []string) {
+			expectValues(t, args, "-bios", "/usr/share/qemu/qboot.rom")
+		},
+	}, {
+		name:  "no firmware keeps the machine's",
+		accel: hypervisor.AccelTCG,
+		check: func(t *testing.T, args []string) { expectValues(t, args, "-bios") },
+	}, {
+		name:   "no initrd",
+		modify: func(c *hypervisor.VMConfig) { c.Initrd = "" },
+		accel:  hypervisor.AccelTCG,
+		check:  func(t *testing.T, args []string) { expectValues(t, args, "-initrd") },
+	}, {
+		name: "configured kernel params come last, in order",
+		modify: func(c *hypervisor.VMConfig) {
+			c.KernelParams = []string{"reboot=t", " ", "init=/sbin/kasa-agent", "agent.log=debug"}
+		},
+		accel: hypervisor.AccelTCG,
+		check: func(t *testing.T, args []string) {
+			p := params(t, args)
+			want := []string{"quiet", "reboot=t", "init=/sbin/kasa-agent", "agent.log=debug"}
+			if got := p[len(p)-len(want):]; !slices.Equal(got, want) {
+				t.Errorf("tail of kernel params = %q, want %q", got, want)
+			}
+			if i, j := slices.Index(p, "reboot=k"), slices.Index(p, "reboot=t"); i < 0 || j < i {
+				t.Errorf("configured reboot=t (%d) must follow the driver's reboot=k (%d)", j, i)
+			}
+		},
+	}, {
+		name:   "commas in paths are escaped in option lists only",
+		modify: func(c *hypervisor.VMConfig) { c.StateDir = "/run/a,b"; c.ID = "x,y"; c.Kernel = "/k/a,b" },
+		accel:  hypervisor.AccelTCG,
+		check: func(t *testing.T, args []string) {
+			expectValues(t, args, "-name", "sandbox-x,,y,debug-threads=on")
+			expectContains(t, values(args, "-chardev"), "file,id=console,path=/run/a,,b/console.log")
+			expectValues(t, args, "-kernel", "/k/a,b")
+			expectValues(t, args, "-pidfile", "/run/a,b/qemu.pid")
+		},
+	}} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := baseConfig()
+			if tc.modify != nil {
+				tc.modify(&cfg)
+			}
+			args, err := BuildArgs(cfg, tc.accel)
+			if err != nil {
+				t.Fatal(err)
+			}
+			tc.check(t, args)
+		})
+	}
+}
+
+func expectValues(t *testing.T, args []string, flag string, want ...string) {
+	t.Helper()
+	if got := values(args, flag); !slices.Equal(got, want) {
+		t.Errorf("%s values = %q, want %q", flag, got, want)
+	}
+}
+
+func expectContains(t *testing.T, got []string, want ...string) {
+	t.Helper()
+	for _, w := range want {
+		if !slices.Contains(got, w) {
+			t.Errorf("%q lacks %q", got, w)
+		}
+	}
+}
+
+func expectAbsent(t *testing.T, got []string, unwanted ...string) {
+	t.Helper()
+	for _, u := range unwanted {
+		if slices.Contains(got, u) {
+			t.Errorf("%q has %q", got, u)
+		}
+	}
+}
+
+func TestBuildArgsErrors(t *testing.T) {
+	for _, tc := range []struct {
+		name         string
+		modify       func(*hypervisor.VMConfig)
+		accel        hypervisor.Accelerator
+		wantInError  []string
+		notSupported bool
+	}{
+		{name: "empty kernel", modify: func(c *hypervisor.VMConfig) { c.Kernel = "" }, wantInError: []string{"Kernel"}},
+		{name: "zero memory", modify: func(c *hypervisor.VMConfig) { c.MemoryMiB = 0 }, wantInError: []string{"MemoryMiB"}},
+		{name: "zero vcpus", modify: func(c *hypervisor.VMConfig) { c.VCPUs = 0 }, wantInError: []string{"VCPUs"}},
+		{name: "unknown machine", modify: func(c *hypervisor.VMConfig) { c.MachineType = "virt" }, wantInError: []string{"MachineType", `"virt"`, "q35"}},
+		{name: "empty machine", modify: func(c *hypervisor.VMConfig) { c.MachineType = "" }, wantInError: []string{"MachineType"}},
+		{name: "empty id", modify: func(c *hypervisor.VMConfig) { c.ID = "" }, wantInError: []string{"ID"}},
+		{name: "relative state dir", modify: func(c *hypervisor.VMConfig) { c.StateDir = "run/x" }, wantInError: []string{"StateDir", "absolute"}},
+		{name: "state dir too long for a socket", modify: func(c *hypervisor.VMConfig) { c.StateDir = "/" + strings.Repeat("d", 100) }, wantInError: []string{"StateDir", "too long"}},
+		{name: "unknown transport", modify: func(c *hypervisor.VMConfig) { c.AgentTransport = "pigeon" }, wantInError: []string{"AgentTransport", "pigeon"}},
+		{name: "vsock not yet", modify: func(c *hypervisor.VMConfig) { c.AgentTransport = hypervisor.TransportVsock }, wantInError: []string{"AgentTransport"}, notSupported: true},
+		{name: "vhost-user-vsock not yet", modify: func(c *hypervisor.VMConfig) { c.AgentTransport = hypervisor.TransportVhostUserVsock }, wantInError: []string{"AgentTransport"}, notSupported: true},
+		{name: "unresolved accelerator", accel: hypervisor.AccelAuto, wantInError: []string{"auto"}},
+		{name: "every problem at once", modify: func(c *hypervisor.VMConfig) { c.Kernel = ""; c.MemoryMiB = 0 }, wantInError: []string{"Kernel", "MemoryMiB"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := baseConfig()
+			if tc.modify != nil {
+				tc.modify(&cfg)
+			}
+			accel := tc.accel
+			if accel == "" {
+				accel = hypervisor.AccelTCG
+			}
+			args, err := BuildArgs(cfg, accel)
+			if err == nil {
+				t.Fatalf("BuildArgs succeeded: %q", args)
+			}
+			for _, w := range tc.wantInError {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not mention %q", err, w)
+				}
+			}
+			if got := errors.Is(err, hypervisor.ErrNotSupported); got != tc.notSupported {
+				t.Errorf("errors.Is(err, ErrNotSupported) = %v, want %v (err: %v)", got, tc.notSupported, err)
+			}
+		})
+	}
+}
+
+func TestWithDefaultFirmware(t *testing.T) {
+	yes := func(string) bool { return true }
+	no := func(string) bool { return false }
+	for _, tc := range []struct {
+		machine, firmware string
+		exists            func(string) bool
+		want              string
+	}{
+		{MachinePC, "", yes, QbootPath},
+		{MachinePC, "", no, ""},
+		{MachinePC, "/my/bios.bin", yes, "/my/bios.bin"},
+		{MachineQ35, "", yes, ""},
+		{MachineMicroVM, "", yes, ""}, // microvm's own default is already qboot
+	} {
+		cfg := baseConfig()
+		cfg.MachineType, cfg.Firmware = tc.machine, tc.firmware
+		if got := withDefaultFirmware(cfg, tc.exists).Firmware; got != tc.want {
+			t.Errorf("%s with firmware %q: got %q, want %q", tc.machine, tc.firmware, got, tc.want)
+		}
+	}
+}
+
+func TestAgentAddress(t *testing.T) {
+	if got, want := AgentAddress("/run/kasa/vm/x"), "serial:///run/kasa/vm/x/agent.sock"; got != want {
+		t.Errorf("AgentAddress = %q, want %q", got, want)
+	}
+}
+
+func TestWithTSCRate(t *testing.T) {
+	cfg := baseConfig()
+	cfg.KernelParams = []string{"a=1"}
+	got := withTSCRate(cfg, 2245780)
+	if want := []string{"tsc_early_khz=2245780", "a=1"}; !slices.Equal(got.KernelParams, want) {
+		t.Errorf("KernelParams = %q, want %q", got.KernelParams, want)
+	}
+	if !slices.Equal(cfg.KernelParams, []string{"a=1"}) {
+		t.Errorf("the caller's KernelParams changed: %q", cfg.KernelParams)
+	}
+	if got := withTSCRate(cfg, 0); !slices.Equal(got.KernelParams, cfg.KernelParams) {
+		t.Errorf("unknown rate changed KernelParams: %q", got.KernelParams)
+	}
+}

@@ -1,0 +1,283 @@
+package qemu
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"strconv"
+	"sync"
+	"time"
+)
+
+// ErrQMPClosed is returned (wrapped) by Execute when the QMP connection is
+// gone, typically because QEMU exited.
+var ErrQMPClosed = errors.New("qmp: connection closed")
+
+// QMPError is an error reply from QEMU.
+type QMPError struct {
+	Command string
+	Class   string `json:"class"`
+	Desc    string `json:"desc"`
+}
+
+func (e *QMPError) Error() string {
+	return fmt.Sprintf("qmp: %s: %s: %s", e.Command, e.Class, e.Desc)
+}
+
+// QMPEvent is an asynchronous event from QEMU, e.g. SHUTDOWN, STOP, RESUME,
+// GUEST_PANICKED.
+type QMPEvent struct {
+	Name      string
+	Data      json.RawMessage
+	Timestamp time.Time
+}
+
+// QMP is a client of QEMU's machine protocol. Commands may be issued
+// concurrently; replies are matched by id.
+type QMP struct {
+	conn    net.Conn
+	onEvent func(QMPEvent)
+	version string
+
+	writeMu sync.Mutex
+
+	mu      sync.Mutex
+	nextID  uint64
+	pending map[uint64]chan qmpReply
+
+	closeOnce sync.Once
+	readDone  chan struct{} // closed when the reader has stopped
+	readErr   error         // why; set before readDone is closed
+}
+
+type qmpReply struct {
+	ret json.RawMessage
+	err *QMPError
+}
+
+// qmpMessage is any message QEMU sends.
+type qmpMessage struct {
+	QMP *struct {
+		Version struct {
+			QEMU struct {
+				Major, Minor, Micro int
+			} `json:"qemu"`
+			Package string `json:"package"`
+		} `json:"version"`
+	} `json:"QMP"`
+	Event     string          `json:"event"`
+	Data      json.RawMessage `json:"data"`
+	Timestamp *struct {
+		Seconds      int64 `json:"seconds"`
+		Microseconds int64 `json:"microseconds"`
+	} `json:"timestamp"`
+	Return json.RawMessage `json:"return"`
+	Error  *QMPError       `json:"error"`
+	ID     json.RawMessage `json:"id"`
+}
+
+// DialQMP connects to the QMP socket at path, retrying until ctx ends
+// because QEMU creates the socket a moment after it starts, then reads the
+// greeting and negotiates capabilities. onEvent, if not nil, is called for
+// every event from the connection's reader goroutine: it must not block or
+// call Execute.
+func DialQMP(ctx context.Context, path string, onEvent func(QMPEvent)) (*QMP, error) {
+	conn, err := dialRetry(ctx, path)
+	if err != nil {
+		return nil, err
+	}
+	q := &QMP{
+		conn:     conn,
+		onEvent:  onEvent,
+		pending:  make(map[uint64]chan qmpReply),
+		readDone: make(chan struct{}),
+	}
+	dec := json.NewDecoder(conn)
+	if err := q.readGreeting(ctx, dec); err != nil {
+		conn.Close()
+		return nil, err
+	}
+	go q.readLoop(dec)
+	if _, err := q.Execute(ctx, "qmp_capabilities", nil); err != nil {
+		q.Close()
+		return nil, err
+	}
+	return q, nil
+}
+
+func dialRetry(ctx context.Context, path string) (net.Conn, error) {
+	var d net.Dialer
+	backoff := 5 * time.Millisecond
+	for {
+		conn, err := d.DialContext(ctx, "unix", path)
+		if err == nil {
+			return conn, nil
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("qmp: connecting to %s: %w (last error: %v)", path, ctx.Err(), err)
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 100*time.Millisecond)
+	}
+}
+
+func (q *QMP) readGreeting(ctx context.Context, dec *json.Decoder) error {
+	// Unblock the read when ctx ends.
+	stop := context.AfterFunc(ctx, func() { q.conn.SetReadDeadline(time.Now()) })
+	defer stop()
+	var m qmpMessage
+	if err := dec.Decode(&m); err != nil {
+		if ctx.Err() != nil {
+			err = ctx.Err()
+		}
+		return fmt.Errorf("qmp: reading greeting: %w", err)
+	}
+	if m.QMP == nil {
+		return errors.New("qmp: peer did not send a QMP greeting")
+	}
+	v := m.QMP.Version
+	q.version = fmt.Sprintf("%d.%d.%d", v.QEMU.Major, v.QEMU.Minor, v.QEMU.Micro)
+	if !stop() {
+		// ctx ended just after a successful read; the deadline may be set.
+		return fmt.Errorf("qmp: reading greeting: %w", ctx.Err())
+	}
+	return nil
+}
+
+// Version is QEMU's version from the greeting, e.g. "7.2.22".
+func (q *QMP) Version() string { return q.version }
+
+func (q *QMP) readLoop(dec *json.Decoder) {
+	var err error
+	for {
+		var m qmpMessage
+		if err = dec.Decode(&m); err != nil {
+			break
+		}
+		if m.Event != "" {
+			if q.onEvent != nil {
+				ev := QMPEvent{Name: m.Event, Data: m.Data}
+				if m.Timestamp != nil {
+					ev.Timestamp = time.Unix(m.Timestamp.Seconds, m.Timestamp.Microseconds*1000)
+				}
+				q.onEvent(ev)
+			}
+			continue
+		}
+		id, perr := strconv.ParseUint(string(m.ID), 10, 64)
+		if perr != nil {
+			continue // not a reply to us
+		}
+		q.mu.Lock()
+		ch, ok := q.pending[id]
+		delete(q.pending, id)
+		q.mu.Unlock()
+		if ok {
+			ch <- qmpReply{ret: m.Return, err: m.Error}
+		}
+	}
+	q.readErr = err
+	close(q.readDone)
+}
+
+// Execute runs cmd with args (marshalled to JSON; nil for none) and returns
+// the reply's "return" value. An error reply is a *QMPError.
+func (q *QMP) Execute(ctx context.Context, cmd string, args any) (json.RawMessage, error) {
+	ch := make(chan qmpReply, 1)
+	q.mu.Lock()
+	q.nextID++
+	id := q.nextID
+	q.pending[id] = ch
+	q.mu.Unlock()
+	forget := func() {
+		q.mu.Lock()
+		delete(q.pending, id)
+		q.mu.Unlock()
+	}
+
+	req, err := json.Marshal(struct {
+		Execute   string `json:"execute"`
+		Arguments any    `json:"arguments,omitempty"`
+		ID        uint64 `json:"id"`
+	}{cmd, args, id})
+	if err != nil {
+		forget()
+		return nil, fmt.Errorf("qmp: %s: encoding arguments: %w", cmd, err)
+	}
+	if err := q.write(ctx, req); err != nil {
+		forget()
+		return nil, fmt.Errorf("qmp: %s: %w", cmd, err)
+	}
+
+	select {
+	case r := <-ch:
+		return r.result(cmd)
+	case <-q.readDone:
+		select {
+		case r := <-ch: // the reply came just before the end
+			return r.result(cmd)
+		default:
+		}
+		forget()
+		return nil, fmt.Errorf("qmp: %s: %w: %v", cmd, ErrQMPClosed, q.readErr)
+	case <-ctx.Done():
+		forget()
+		return nil, fmt.Errorf("qmp: %s: %w", cmd, ctx.Err())
+	}
+}
+
+func (r qmpReply) result(cmd string) (json.RawMessage, error) {
+	if r.err != nil {
+		e := *r.err
+		e.Command = cmd
+		return nil, &e
+	}
+	return r.ret, nil
+}
+
+func (q *QMP) write(ctx context.Context, msg []byte) error {
+	q.writeMu.Lock()
+	defer q.writeMu.Unlock()
+	select {
+	case <-q.readDone:
+		return fmt.Errorf("%w: %v", ErrQMPClosed, q.readErr)
+	default:
+	}
+	deadline, _ := ctx.Deadline() // zero: none
+	if err := q.conn.SetWriteDeadline(deadline); err != nil {
+		return err
+	}
+	_, err := q.conn.Write(append(msg, '\n'))
+	return err
+}
+
+// Close closes the connection and waits for the reader to stop. Pending and
+// later commands fail with ErrQMPClosed.
+func (q *QMP) Close() error {
+	var err error
+	q.closeOnce.Do(func() { err = q.conn.Close() })
+	<-q.readDone
+	return err
+}
+
+// Status is the VM's run state from query-status.
+type Status struct {
+	Running bool   `json:"running"`
+	Status  string `json:"status"` // "running", "paused", "shutdown", ...
+}
+
+// QueryStatus asks QEMU for the VM's run state.
+func (q *QMP) QueryStatus(ctx context.Context) (Status, error) {
+	raw, err := q.Execute(ctx, "query-status", nil)
+	if err != nil {
+		return Status{}, err
+	}
+	var s Status
+	if err := json.Unmarshal(raw, &s); err != nil {
+		return Status{}, fmt.Errorf("qmp: query-status: decoding %s: %w", raw, err)
+	}
+	return s, nil
+}

@@ -1,0 +1,175 @@
+// Package hostcheck probes whether this host can run Kasa sandboxes with a
+// given configuration, and says how to fix what is missing.
+package hostcheck
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/kasa-runtime/kasa/configuration"
+	"github.com/kasa-runtime/kasa/hypervisor"
+	"github.com/kasa-runtime/kasa/hypervisor/qemu"
+)
+
+// Status is the outcome of one check.
+type Status string
+
+const (
+	Pass Status = "ok"
+	// Warn: works, but worse than it could (e.g. software emulation).
+	Warn Status = "warn"
+	Fail Status = "FAIL"
+	// Info describes a choice the runtime made; never a failure.
+	Info Status = "info"
+)
+
+// Result is one requirement and, when it fails, a one-line remedy.
+type Result struct {
+	Name   string
+	Status Status
+	Detail string
+	Remedy string
+}
+
+// Run checks the host against cfg. It needs root for the network probe.
+func Run(ctx context.Context, cfg *configuration.Config) []Result {
+	var out []Result
+	out = append(out, checkQEMU(ctx, cfg.Hypervisor.Path))
+	out = append(out, checkFile("guest kernel", "hypervisor.qemu.kernel", cfg.Hypervisor.Kernel))
+	out = append(out, checkFile("guest initrd", "hypervisor.qemu.initrd", cfg.Hypervisor.Initrd))
+	out = append(out, checkAccel(ctx, cfg))
+	out = append(out, checkVhostVsock(), checkTransport(cfg))
+	out = append(out, checkCgroups())
+	out = append(out, checkTapTC(ctx))
+	return out
+}
+
+// Failed reports whether any requirement is unmet.
+func Failed(rs []Result) bool {
+	for _, r := range rs {
+		if r.Status == Fail {
+			return true
+		}
+	}
+	return false
+}
+
+func checkQEMU(ctx context.Context, path string) Result {
+	r := Result{Name: "qemu", Status: Fail}
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, path, "-version").Output()
+	if err != nil {
+		r.Detail = fmt.Sprintf("%s: %v", path, err)
+		r.Remedy = "apt-get install qemu-system-x86, or set hypervisor.qemu.path to a QEMU binary"
+		return r
+	}
+	r.Status = Pass
+	r.Detail = fmt.Sprintf("%s: %s", path, strings.SplitN(strings.TrimSpace(string(out)), "\n", 2)[0])
+	return r
+}
+
+func checkFile(name, key, path string) Result {
+	r := Result{Name: name, Status: Fail}
+	fi, err := os.Stat(path)
+	switch {
+	case err != nil:
+		r.Detail = err.Error()
+		r.Remedy = fmt.Sprintf("run `make guest-image install`, or set %s to an existing file", key)
+	case !fi.Mode().IsRegular() || fi.Size() == 0:
+		r.Detail = path + ": not a non-empty regular file"
+		r.Remedy = fmt.Sprintf("point %s at the guest image built by `make guest-image`", key)
+	default:
+		r.Status = Pass
+		r.Detail = fmt.Sprintf("%s (%d bytes)", path, fi.Size())
+	}
+	return r
+}
+
+func checkAccel(ctx context.Context, cfg *configuration.Config) Result {
+	r := Result{Name: "accelerator", Status: Fail}
+	want := hypervisor.Accelerator(cfg.Hypervisor.Accelerator)
+	got, reason, err := qemu.ResolveAccelerator(ctx, want, cfg.Hypervisor.Path)
+	if err != nil {
+		r.Detail = err.Error()
+		r.Remedy = `set hypervisor.qemu.accelerator = "tcg" (software emulation) or "auto"`
+		return r
+	}
+	r.Status = Pass
+	r.Detail = fmt.Sprintf("%s (%s)", got, reason)
+	if got == hypervisor.AccelTCG {
+		r.Status = Warn
+		r.Detail = "tcg: software emulation, boots are slower: " + strings.Join(strings.Fields(reason), " ")
+	}
+	return r
+}
+
+func checkVhostVsock() Result {
+	r := Result{Name: "vhost-vsock", Status: Info}
+	if _, err := os.Stat("/dev/vhost-vsock"); err != nil {
+		r.Detail = "/dev/vhost-vsock absent (modprobe vhost_vsock where the kernel has it)"
+		return r
+	}
+	r.Detail = "/dev/vhost-vsock present"
+	return r
+}
+
+func checkTransport(cfg *configuration.Config) Result {
+	t, why := SelectTransport(cfg.Agent.Transport)
+	return Result{Name: "agent transport", Status: Info, Detail: fmt.Sprintf("%s (%s)", t, why)}
+}
+
+// SelectTransport resolves the configured agent transport for this host.
+func SelectTransport(want configuration.AgentTransport) (hypervisor.AgentTransport, string) {
+	switch want {
+	case configuration.TransportAuto, "":
+		return hypervisor.TransportVirtioSerial, "auto: vsock transports are not available in this release"
+	default:
+		return hypervisor.AgentTransport(want), "set by agent.kata.transport"
+	}
+}
+
+func checkCgroups() Result {
+	r := Result{Name: "host cgroups", Status: Info}
+	var st unix.Statfs_t
+	if err := unix.Statfs("/sys/fs/cgroup", &st); err != nil {
+		r.Detail = err.Error()
+		return r
+	}
+	switch st.Type {
+	case unix.CGROUP2_SUPER_MAGIC:
+		r.Detail = "v2 (unified)"
+	default:
+		r.Detail = "v1 (legacy or hybrid); the guest always uses v2"
+	}
+	return r
+}
+
+// checkTapTC does in a throwaway network namespace what a pod's network
+// needs: a tap device, an ingress qdisc and a u32 mirred redirect.
+func checkTapTC(ctx context.Context) Result {
+	r := Result{Name: "tap + tc mirred", Status: Fail}
+	script := "ip tuntap add dev kasachk0 mode tap && ip link set kasachk0 up && " +
+		"tc qdisc add dev kasachk0 ingress && " +
+		"tc filter add dev kasachk0 parent ffff: protocol all u32 match u8 0 0 action mirred egress redirect dev lo"
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	var stderr bytes.Buffer
+	cmd := exec.CommandContext(ctx, "unshare", "--net", "sh", "-c", script)
+	cmd.Stderr = &stderr
+	if err := cmd.Run(); err != nil {
+		r.Detail = strings.TrimSpace(fmt.Sprintf("%v: %s", err, stderr.String()))
+		r.Remedy = "run as root with iproute2 installed and the tun, sch_ingress, cls_u32 and act_mirred kernel modules available"
+		return r
+	}
+	r.Status = Pass
+	r.Detail = "tap device, ingress qdisc and mirred redirect work"
+	return r
+}

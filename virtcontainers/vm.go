@@ -1,0 +1,232 @@
+// Package virtcontainers runs Kasa sandboxes: it boots the VM through a
+// hypervisor driver, reaches the agent inside it and tears everything down.
+package virtcontainers
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/containerd/log"
+
+	"github.com/kasa-runtime/kasa/agent/api"
+	"github.com/kasa-runtime/kasa/agent/client"
+	"github.com/kasa-runtime/kasa/configuration"
+	"github.com/kasa-runtime/kasa/hypervisor"
+	"github.com/kasa-runtime/kasa/hypervisor/qemu"
+	"github.com/kasa-runtime/kasa/virtcontainers/hostcheck"
+)
+
+// VMStateRoot is where each VM keeps its sockets and console log (DESIGN §3).
+var VMStateRoot = "/run/kasa/vm"
+
+const (
+	// destroyTimeout bounds the agent's DestroySandbox answer.
+	destroyTimeout = 2 * time.Second
+	// powerOffWait is how long a VM may take to go away after DestroySandbox
+	// before the hypervisor is told to quit.
+	powerOffWait = 3 * time.Second
+	// consoleTail is how much of the console an error carries.
+	consoleTail = 2048
+)
+
+// VM is one running guest with its agent connected.
+type VM struct {
+	ID     string
+	hv     hypervisor.Hypervisor
+	Agent  *client.Client
+	Config hypervisor.VMConfig
+}
+
+// newHypervisor is the one place a driver is chosen.
+func newHypervisor(name configuration.HypervisorName) (hypervisor.Hypervisor, error) {
+	switch name {
+	case configuration.HypervisorQEMU:
+		return qemu.New(), nil
+	default:
+		return nil, fmt.Errorf("hypervisor %q: %w", name, hypervisor.ErrNotSupported)
+	}
+}
+
+// VMConfigFor turns the configuration into a driver's VM description.
+func VMConfigFor(id string, cfg *configuration.Config) hypervisor.VMConfig {
+	h := cfg.Hypervisor
+	transport, _ := hostcheck.SelectTransport(cfg.Agent.Transport)
+	return hypervisor.VMConfig{
+		ID:             id,
+		StateDir:       filepath.Join(VMStateRoot, id),
+		Path:           h.Path,
+		Kernel:         h.Kernel,
+		Initrd:         h.Initrd,
+		KernelParams:   h.KernelParamsList(),
+		MachineType:    string(h.MachineType),
+		Firmware:       h.Firmware,
+		VCPUs:          uint32(h.DefaultVCPUs),
+		MemoryMiB:      uint32(h.DefaultMemory),
+		Accelerator:    hypervisor.Accelerator(h.Accelerator),
+		AgentTransport: transport,
+		Debug:          h.EnableDebug || cfg.Runtime.EnableDebug,
+	}
+}
+
+// StartVM boots a VM for sandbox id and waits until its agent answers, for
+// at most the configured dial timeout. On error nothing is left behind: no
+// hypervisor process, no state directory.
+func StartVM(ctx context.Context, id string, cfg *configuration.Config) (_ *VM, retErr error) {
+	ctx = log.WithLogger(ctx, log.G(ctx).WithField("sandbox", id))
+	if err := validID(id); err != nil {
+		return nil, err
+	}
+	if err := errors.Join(cfg.CheckPaths()...); err != nil {
+		return nil, fmt.Errorf("sandbox %s: %w", id, err)
+	}
+	hv, err := newHypervisor(cfg.HypervisorName)
+	if err != nil {
+		return nil, err
+	}
+	vm := &VM{ID: id, hv: hv, Config: VMConfigFor(id, cfg)}
+	if err := hv.CreateVM(ctx, vm.Config); err != nil {
+		return nil, fmt.Errorf("sandbox %s: create VM: %w", id, err)
+	}
+	start := time.Now()
+	if err := hv.StartVM(ctx); err != nil {
+		return nil, fmt.Errorf("sandbox %s: start VM: %w", id, err)
+	}
+	defer func() {
+		if retErr != nil {
+			stopCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+			defer cancel()
+			if err := hv.StopVM(stopCtx); err != nil {
+				log.G(ctx).WithError(err).Warn("stopping the VM after a failed start")
+			}
+		}
+	}()
+
+	agent, err := vm.dialAgent(ctx, cfg.Agent.DialTimeout)
+	if err != nil {
+		return nil, err
+	}
+	vm.Agent = agent
+	log.G(ctx).WithField("elapsed", time.Since(start).Round(time.Millisecond)).Info("agent answered")
+	return vm, nil
+}
+
+// dialAgent connects and checks the agent, giving up when the VM dies or the
+// timeout passes; the error then carries the end of the guest console.
+func (vm *VM) dialAgent(ctx context.Context, timeout time.Duration) (*client.Client, error) {
+	dctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	go func() {
+		select {
+		case <-vm.hv.Done():
+			cancel()
+		case <-dctx.Done():
+		}
+	}()
+	c, err := client.Dial(dctx, vm.hv.AgentAddress())
+	if err == nil {
+		err = checkAgent(dctx, c)
+		if err != nil {
+			c.Close()
+		}
+	}
+	if err == nil {
+		return c, nil
+	}
+	// A dying VM often closes the agent's socket a moment before the
+	// hypervisor process is reaped; give the exit the chance to be the reason.
+	select {
+	case <-vm.hv.Done():
+	case <-time.After(time.Second):
+	}
+	select {
+	case <-vm.hv.Done():
+		return nil, fmt.Errorf("sandbox %s: VM exited before its agent answered (%s)%s", vm.ID, exitReason(vm.hv.ExitError()), vm.consoleTail())
+	default:
+	}
+	if errors.Is(dctx.Err(), context.DeadlineExceeded) && ctx.Err() == nil {
+		return nil, fmt.Errorf("sandbox %s: agent did not answer within %s (agent.kata.dial_timeout): %w%s", vm.ID, timeout, err, vm.consoleTail())
+	}
+	return nil, fmt.Errorf("sandbox %s: reach agent: %w", vm.ID, err)
+}
+
+func checkAgent(ctx context.Context, c *client.Client) error {
+	v, err := c.Version(ctx)
+	if err != nil {
+		return err
+	}
+	if v.GetApiVersion() < api.APIVersion {
+		return fmt.Errorf("agent %s speaks API v%d, this runtime needs v%d: rebuild the guest image", v.GetAgentVersion(), v.GetApiVersion(), api.APIVersion)
+	}
+	if err := c.Check(ctx); err != nil {
+		return err
+	}
+	// A guest boots with the RTC's idea of time; give it the host's exactly.
+	return c.SetGuestDateTime(ctx, time.Now())
+}
+
+func exitReason(err error) string {
+	if err == nil {
+		return "the guest reset or powered off"
+	}
+	return err.Error()
+}
+
+func (vm *VM) consoleTail() string {
+	b, err := os.ReadFile(vm.hv.ConsolePath())
+	if err != nil || len(b) == 0 {
+		return ""
+	}
+	if len(b) > consoleTail {
+		b = b[len(b)-consoleTail:]
+	}
+	return "; guest console ends with:\n" + strings.TrimRight(string(b), "\n")
+}
+
+// Stop powers the guest off through its agent, then makes sure the
+// hypervisor is gone and its state removed. It is idempotent.
+func (vm *VM) Stop(ctx context.Context) error {
+	ctx = log.WithLogger(ctx, log.G(ctx).WithField("sandbox", vm.ID))
+	if vm.Agent != nil {
+		select {
+		case <-vm.hv.Done():
+		default:
+			dctx, cancel := context.WithTimeout(ctx, destroyTimeout)
+			if err := vm.Agent.DestroySandbox(dctx); err != nil {
+				log.G(ctx).WithError(err).Warn("agent DestroySandbox failed; stopping the VM through the hypervisor")
+			}
+			cancel()
+			select {
+			case <-vm.hv.Done():
+			case <-time.After(powerOffWait):
+				log.G(ctx).Warn("guest did not power off; asking the hypervisor to quit")
+			}
+		}
+		vm.Agent.Close()
+	}
+	return vm.hv.StopVM(ctx)
+}
+
+// Done is closed when the VM's hypervisor process has exited.
+func (vm *VM) Done() <-chan struct{} { return vm.hv.Done() }
+
+// ExitError says why the hypervisor exited; valid after Done.
+func (vm *VM) ExitError() error { return vm.hv.ExitError() }
+
+// PID is the hypervisor's process id.
+func (vm *VM) PID() int { return vm.hv.PID() }
+
+// ConsolePath is the guest console log.
+func (vm *VM) ConsolePath() string { return vm.hv.ConsolePath() }
+
+// validID refuses ids that could escape the state directories.
+func validID(id string) error {
+	if id == "" || len(id) > 64 || strings.ContainsAny(id, "/\\\x00") || id == "." || id == ".." {
+		return fmt.Errorf("sandbox id %q: must be 1-64 characters without path separators", id)
+	}
+	return nil
+}
