@@ -11,6 +11,7 @@ pkgs=(
 	build-essential flex bison bc libelf-dev libssl-dev  # kernel build
 	cpio xz-utils zstd kmod   # unpacking the source, compressing the initrd, module deps
 	iproute2                  # kasa check: tun/tc
+	busybox-static            # test guests
 )
 if [ "${1:-}" = "--with-protoc" ]; then
 	pkgs+=(protobuf-compiler)

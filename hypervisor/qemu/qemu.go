@@ -189,19 +189,6 @@ func fileExists(path string) bool {
 	return err == nil
 }
 
-// cleanup is a stack of undo steps, run in reverse unless released
-// (gVisor's cleanup.Cleanup).
-type cleanup struct{ fns []func() }
-
-func (c *cleanup) add(f func()) { c.fns = append(c.fns, f) }
-func (c *cleanup) release()     { c.fns = nil }
-func (c *cleanup) run() {
-	for i := len(c.fns) - 1; i >= 0; i-- {
-		c.fns[i]()
-	}
-	c.fns = nil
-}
-
 // StartVM creates the state directory, launches QEMU and returns once QMP
 // answers. On error QEMU is killed and reaped, the state directory removed,
 // Done closed and the VM is stopped for good.
