@@ -14,7 +14,7 @@ VERSION ?= 0.1.0-dev
 COMMIT := $(shell git rev-parse --short HEAD 2>/dev/null)
 LDFLAGS := -X github.com/kasa-runtime/kasa/version.Version=$(VERSION) -X github.com/kasa-runtime/kasa/version.Commit=$(COMMIT)
 # The agent is the guest's only binary: static, no libc at run time.
-STATIC := CGO_ENABLED=1 $(GO) build -trimpath -tags netgo,osusergo -ldflags '$(LDFLAGS) -extldflags -static'
+STATIC := CGO_ENABLED=1 $(GO) build -trimpath -tags netgo,osusergo,seccomp -ldflags '$(LDFLAGS) -extldflags -static'
 KERNEL_SOURCE ?= minimal
 GUEST := build/guest
 

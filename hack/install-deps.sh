@@ -11,7 +11,9 @@ pkgs=(
 	build-essential flex bison bc libelf-dev libssl-dev  # kernel build
 	cpio xz-utils zstd kmod   # unpacking the source, compressing the initrd, module deps
 	iproute2                  # kasa check: tun/tc
-	busybox-static            # test guests
+	busybox-static            # test guests and test images
+	libseccomp-dev            # static libseccomp for the agent (libcontainer, -tags seccomp)
+	containerd runc           # the container manager Kasa plugs into, and the runc baseline
 )
 if [ "${1:-}" = "--with-protoc" ]; then
 	pkgs+=(protobuf-compiler)
