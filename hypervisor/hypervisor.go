@@ -61,8 +61,33 @@ type VMConfig struct {
 	Accelerator    Accelerator
 	AgentTransport AgentTransport
 
+	// SharedFS is the host directory the guest sees (container root
+	// filesystems and volumes); nil for none.
+	SharedFS *SharedFS
+
 	// Debug makes the guest kernel verbose on the console.
 	Debug bool
+}
+
+// SharedFSType is how a host directory is shared with the guest.
+type SharedFSType string
+
+const (
+	// SharedFS9P is virtio-9p served by the hypervisor itself.
+	SharedFS9P SharedFSType = "virtio-9p"
+	// SharedFSVirtioFS is virtio-fs served by a virtiofsd on a vhost-user socket.
+	SharedFSVirtioFS SharedFSType = "virtio-fs"
+)
+
+// SharedFS is one host directory exported to the guest under a mount tag.
+type SharedFS struct {
+	Type SharedFSType
+	// Tag is the mount tag the guest mounts (mount -t 9p TAG ...).
+	Tag string
+	// HostPath is the exported directory (virtio-9p).
+	HostPath string
+	// SocketPath is virtiofsd's vhost-user socket (virtio-fs).
+	SocketPath string
 }
 
 // Hypervisor drives one VM through its life. Optional capabilities (hotplug,

@@ -10,6 +10,8 @@ import (
 	"io"
 	"os"
 
+	"github.com/sirupsen/logrus"
+
 	"github.com/kasa-runtime/kasa/agent/api"
 	"github.com/kasa-runtime/kasa/configuration"
 	"github.com/kasa-runtime/kasa/version"
@@ -34,6 +36,7 @@ options:
   --config FILE   configuration file (default search: $KASA_CONF_FILE,
                   /etc/kasa/configuration.toml,
                   /usr/share/defaults/kasa/configuration.toml, built-in defaults)
+  --debug         log the runtime's steps (warnings are always shown)
 `
 
 func main() {
@@ -45,6 +48,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.SetOutput(stderr)
 	fs.Usage = func() {} // printed below, to stdout for --help
 	configPath := fs.String("config", "", "configuration file")
+	debug := fs.Bool("debug", false, "log the runtime's own steps")
 	if err := fs.Parse(args); err != nil {
 		if err == flag.ErrHelp {
 			fmt.Fprint(stdout, usage)
@@ -52,6 +56,11 @@ func run(args []string, stdout, stderr io.Writer) int {
 		}
 		fmt.Fprint(stderr, usage)
 		return 2
+	}
+	logrus.SetOutput(stderr)
+	logrus.SetLevel(logrus.WarnLevel)
+	if *debug {
+		logrus.SetLevel(logrus.DebugLevel)
 	}
 	if fs.NArg() == 0 {
 		fmt.Fprint(stderr, usage)

@@ -185,6 +185,18 @@ func validate(cfg hypervisor.VMConfig) error {
 	if _, ok := machineModels[cfg.MachineType]; !ok {
 		errs = append(errs, fmt.Errorf("MachineType %q is not one of %s", cfg.MachineType, machineTypes()))
 	}
+	if fs := cfg.SharedFS; fs != nil {
+		switch {
+		case fs.Tag == "":
+			errs = append(errs, errors.New("SharedFS.Tag is empty"))
+		case fs.Type == hypervisor.SharedFS9P && !filepath.IsAbs(fs.HostPath):
+			errs = append(errs, fmt.Errorf("SharedFS.HostPath %q is not an absolute path", fs.HostPath))
+		case fs.Type == hypervisor.SharedFSVirtioFS && !filepath.IsAbs(fs.SocketPath):
+			errs = append(errs, fmt.Errorf("SharedFS.SocketPath %q is not an absolute path", fs.SocketPath))
+		case fs.Type != hypervisor.SharedFS9P && fs.Type != hypervisor.SharedFSVirtioFS:
+			errs = append(errs, fmt.Errorf("SharedFS.Type %q is not one of %s, %s", fs.Type, hypervisor.SharedFS9P, hypervisor.SharedFSVirtioFS))
+		}
+	}
 	if cfg.VCPUs == 0 {
 		errs = append(errs, errors.New("VCPUs is 0"))
 	}
@@ -275,7 +287,35 @@ func BuildArgs(cfg hypervisor.VMConfig, accel hypervisor.Accelerator) ([]string,
 		"-object", "rng-random,id=rng0,filename=/dev/urandom",
 		"-device", "virtio-rng"+model.virtioSuffix+",rng=rng0",
 	)
-	return args, nil
+	return append(args, sharedFSArgs(cfg, model)...), nil
+}
+
+// sharedFSArgs exports cfg.SharedFS. virtio-9p is served by QEMU itself
+// (security_model=none: QEMU, running as root, keeps the files' owners;
+// multidevs=remap keeps inode numbers unique across the mounts inside the
+// directory). virtio-fs needs the guest's RAM in a shareable memfd so the
+// external virtiofsd can map it.
+func sharedFSArgs(cfg hypervisor.VMConfig, model machineModel) []string {
+	fs := cfg.SharedFS
+	if fs == nil {
+		return nil
+	}
+	switch fs.Type {
+	case hypervisor.SharedFS9P:
+		return []string{
+			"-fsdev", "local,id=fs0,path=" + optValue(fs.HostPath) + ",security_model=none,multidevs=remap",
+			"-device", "virtio-9p" + model.virtioSuffix + ",fsdev=fs0,mount_tag=" + optValue(fs.Tag),
+		}
+	case hypervisor.SharedFSVirtioFS:
+		mem := strconv.FormatUint(uint64(cfg.MemoryMiB), 10) + "M"
+		return []string{
+			"-object", "memory-backend-memfd,id=mem,size=" + mem + ",share=on",
+			"-numa", "node,memdev=mem",
+			"-chardev", "socket,id=vfs,path=" + optValue(fs.SocketPath),
+			"-device", "vhost-user-fs" + model.virtioSuffix + ",chardev=vfs,tag=" + optValue(fs.Tag),
+		}
+	}
+	return nil
 }
 
 // AgentAddress is where the agent is dialled for a VM in stateDir.

@@ -114,6 +114,30 @@ func TestBuildArgsVariants(t *testing.T) {
 			expectAbsent(t, p, "reboot=k", "pci=lastbus=0", "acpi=off", "acpi=noirq")
 		},
 	}, {
+		name: "virtio-9p shared directory",
+		modify: func(c *hypervisor.VMConfig) {
+			c.SharedFS = &hypervisor.SharedFS{Type: hypervisor.SharedFS9P, Tag: "kasa", HostPath: "/run/kasa/shared/a,b"}
+		},
+		accel: hypervisor.AccelTCG,
+		check: func(t *testing.T, args []string) {
+			expectValues(t, args, "-fsdev", "local,id=fs0,path=/run/kasa/shared/a,,b,security_model=none,multidevs=remap")
+			expectContains(t, values(args, "-device"), "virtio-9p-pci,fsdev=fs0,mount_tag=kasa")
+			expectAbsent(t, values(args, "-object"), "memory-backend-memfd,id=mem,size=256M,share=on")
+		},
+	}, {
+		name: "virtio-fs on microvm shares guest memory with virtiofsd",
+		modify: func(c *hypervisor.VMConfig) {
+			c.MachineType = MachineMicroVM
+			c.SharedFS = &hypervisor.SharedFS{Type: hypervisor.SharedFSVirtioFS, Tag: "kasa", SocketPath: "/run/kasa/vm/x/vfs.sock"}
+		},
+		accel: hypervisor.AccelTCG,
+		check: func(t *testing.T, args []string) {
+			expectContains(t, values(args, "-object"), "memory-backend-memfd,id=mem,size=256M,share=on")
+			expectValues(t, args, "-numa", "node,memdev=mem")
+			expectContains(t, values(args, "-device"), "vhost-user-fs-device,chardev=vfs,tag=kasa")
+			expectContains(t, values(args, "-chardev"), "socket,id=vfs,path=/run/kasa/vm/x/vfs.sock")
+		},
+	}, {
 		name:   "debug replaces quiet",
 		modify: func(c *hypervisor.VMConfig) { c.Debug = true },
 		accel:  hypervisor.AccelTCG,

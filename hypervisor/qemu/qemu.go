@@ -356,6 +356,11 @@ func (q *QEMU) StopVM(ctx context.Context) error {
 
 	select {
 	case <-q.done:
+		if q.exitErr == nil {
+			// The guest powered itself off (DestroySandbox): the normal case.
+			logger.Debug("VM had powered off before it was stopped")
+			break
+		}
 		l := logger.WithError(q.exitErr)
 		if c := tail(q.paths.Console, 2048); c != "" {
 			l = l.WithField("console", c)

@@ -1,0 +1,202 @@
+// Package fsshare manages a sandbox's shared directory: the host directory
+// exported to the guest (virtio-9p or virtio-fs) where each container's root
+// filesystem and volumes are mounted for the agent to use.
+package fsshare
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+
+	"github.com/containerd/containerd/mount"
+	"golang.org/x/sys/unix"
+
+	"github.com/kasa-runtime/kasa/agent/api"
+)
+
+const (
+	// MountTag is the tag the guest mounts the share by.
+	MountTag = "kasa"
+	// GuestRoot is where the guest mounts the share.
+	GuestRoot = "/run/kasa/shared"
+)
+
+// Root is the parent of every sandbox's shared directory (DESIGN §3).
+var Root = "/run/kasa/shared"
+
+// Share is one sandbox's shared directory.
+type Share struct {
+	SandboxID string
+	// HostDir is /run/kasa/shared/<sandbox-id>.
+	HostDir string
+	// MSize is the 9p message size the guest mounts with.
+	MSize uint32
+}
+
+// New creates the sandbox's shared directory.
+func New(sandboxID string, msize uint32) (*Share, error) {
+	s := Open(sandboxID, msize)
+	if err := os.MkdirAll(s.HostDir, 0o711); err != nil {
+		return nil, fmt.Errorf("create shared directory: %w", err)
+	}
+	return s, nil
+}
+
+// Open describes an existing share without touching the disk (for cleanup).
+func Open(sandboxID string, msize uint32) *Share {
+	return &Share{SandboxID: sandboxID, HostDir: filepath.Join(Root, sandboxID), MSize: msize}
+}
+
+// GuestStorage is how the agent mounts the share (9p).
+func (s *Share) GuestStorage() *api.Storage {
+	return &api.Storage{
+		Driver:     api.StorageDriver_STORAGE_DRIVER_9P,
+		Source:     MountTag,
+		Fstype:     "9p",
+		Options:    []string{"trans=virtio", "version=9p2000.L", "msize=" + strconv.FormatUint(uint64(s.MSize), 10), "cache=mmap", "nodev"},
+		MountPoint: GuestRoot,
+	}
+}
+
+// containerDir is where one container's mounts live, host side.
+func (s *Share) containerDir(containerID string) string { return filepath.Join(s.HostDir, containerID) }
+
+// guestPath maps a path under HostDir to the guest's view of it.
+func (s *Share) guestPath(hostPath string) string {
+	rel, _ := filepath.Rel(s.HostDir, hostPath)
+	return filepath.Join(GuestRoot, rel)
+}
+
+// MountRootfs mounts a container's root filesystem (containerd's snapshot
+// mounts, usually one overlay) into the share and returns its guest path.
+// With no mounts the bundle's rootfs directory is used as it is (bind).
+func (s *Share) MountRootfs(containerID string, mounts []mount.Mount, bundleRootfs string) (string, error) {
+	target := filepath.Join(s.containerDir(containerID), "rootfs")
+	if err := os.MkdirAll(target, 0o755); err != nil {
+		return "", err
+	}
+	if len(mounts) == 0 {
+		mounts = []mount.Mount{{Type: "bind", Source: bundleRootfs, Options: []string{"rbind"}}}
+	}
+	if err := mount.All(mounts, target); err != nil {
+		os.RemoveAll(s.containerDir(containerID))
+		return "", fmt.Errorf("mount rootfs of %s: %w", containerID, err)
+	}
+	return s.guestPath(target), nil
+}
+
+// BindVolume bind-mounts a host file or directory into the share, read-only
+// if asked, and returns its guest path.
+func (s *Share) BindVolume(containerID string, index int, source string, readOnly bool) (string, error) {
+	fi, err := os.Stat(source)
+	if err != nil {
+		return "", fmt.Errorf("volume source: %w", err)
+	}
+	target := filepath.Join(s.containerDir(containerID), "volumes", strconv.Itoa(index)+"-"+filepath.Base(source))
+	if err := os.MkdirAll(filepath.Dir(target), 0o755); err != nil {
+		return "", err
+	}
+	if fi.IsDir() {
+		err = os.MkdirAll(target, 0o755)
+	} else {
+		var f *os.File
+		if f, err = os.OpenFile(target, os.O_CREATE|os.O_WRONLY, 0o644); err == nil {
+			f.Close()
+		}
+	}
+	if err != nil {
+		return "", err
+	}
+	if err := unix.Mount(source, target, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
+		return "", fmt.Errorf("bind volume %s: %w", source, err)
+	}
+	if readOnly {
+		if err := unix.Mount("", target, "", unix.MS_BIND|unix.MS_REMOUNT|unix.MS_RDONLY|unix.MS_REC, ""); err != nil {
+			unix.Unmount(target, unix.MNT_DETACH)
+			return "", fmt.Errorf("make volume %s read-only: %w", source, err)
+		}
+	}
+	return s.guestPath(target), nil
+}
+
+// RemoveContainer unmounts everything of one container and removes its directory.
+func (s *Share) RemoveContainer(containerID string) error {
+	return unmountAndRemove(s.containerDir(containerID))
+}
+
+// Destroy unmounts everything in the share and removes it. It is idempotent.
+func (s *Share) Destroy() error {
+	return unmountAndRemove(s.HostDir)
+}
+
+// unmountAndRemove detaches every mount at or below dir, deepest first, then
+// removes dir. Removal never crosses into a mount that is still there.
+func unmountAndRemove(dir string) error {
+	mounts, err := mountsUnder(dir)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, m := range mounts {
+		if err := unix.Unmount(m, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
+			errs = append(errs, fmt.Errorf("unmount %s: %w", m, err))
+		}
+	}
+	if len(errs) > 0 {
+		return errors.Join(errs...)
+	}
+	if left, _ := mountsUnder(dir); len(left) > 0 {
+		return fmt.Errorf("mounts remain under %s: %v", dir, left)
+	}
+	if err := os.RemoveAll(dir); err != nil {
+		return fmt.Errorf("remove %s: %w", dir, err)
+	}
+	return nil
+}
+
+// mountsUnder lists mount points at or below dir, deepest first.
+func mountsUnder(dir string) ([]string, error) {
+	f, err := os.Open("/proc/self/mountinfo")
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	var out []string
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fields := strings.Fields(sc.Text())
+		if len(fields) < 5 {
+			continue
+		}
+		mp := unescapeMountinfo(fields[4])
+		if mp == dir || strings.HasPrefix(mp, dir+"/") {
+			out = append(out, mp)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return len(out[i]) > len(out[j]) })
+	return out, sc.Err()
+}
+
+// unescapeMountinfo undoes the octal escapes of /proc/self/mountinfo.
+func unescapeMountinfo(s string) string {
+	if !strings.Contains(s, `\`) {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' && i+3 < len(s) {
+			if v, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
+				b.WriteByte(byte(v))
+				i += 3
+				continue
+			}
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
+}
