@@ -1,0 +1,112 @@
+package virtcontainers
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/containerd/log"
+
+	"github.com/kasa-runtime/kasa/hypervisor/qemu"
+	"github.com/kasa-runtime/kasa/virtcontainers/fsshare"
+)
+
+// SandboxStateRoot holds each sandbox's persisted state (DESIGN §3), so that
+// a restarted shim or `shim delete` can clean up after a crashed one.
+var SandboxStateRoot = "/run/kasa/sbs"
+
+// sandboxState is what a later process needs to find everything a sandbox made.
+type sandboxState struct {
+	ID            string    `json:"id"`
+	Hypervisor    string    `json:"hypervisor"`
+	HypervisorPID int       `json:"hypervisor_pid"`
+	VMStateDir    string    `json:"vm_state_dir"`
+	SharedDir     string    `json:"shared_dir"`
+	Containers    []string  `json:"containers"`
+	CreatedAt     time.Time `json:"created_at"`
+}
+
+func stateDir(id string) string { return filepath.Join(SandboxStateRoot, id) }
+
+// saveState writes the state atomically (write, fsync, rename).
+func saveState(st *sandboxState) error {
+	dir := stateDir(st.ID)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	b, err := json.MarshalIndent(st, "", "  ")
+	if err != nil {
+		return err
+	}
+	tmp, err := os.CreateTemp(dir, ".state-*")
+	if err != nil {
+		return err
+	}
+	if _, err := tmp.Write(b); err == nil {
+		err = tmp.Sync()
+	}
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp.Name(), filepath.Join(dir, "state.json"))
+	}
+	if err != nil {
+		os.Remove(tmp.Name())
+		return fmt.Errorf("persist sandbox state: %w", err)
+	}
+	return nil
+}
+
+func loadState(id string) (*sandboxState, error) {
+	b, err := os.ReadFile(filepath.Join(stateDir(id), "state.json"))
+	if err != nil {
+		return nil, err
+	}
+	var st sandboxState
+	if err := json.Unmarshal(b, &st); err != nil {
+		return nil, fmt.Errorf("sandbox %s state: %w", id, err)
+	}
+	return &st, nil
+}
+
+// CleanupSandbox removes whatever sandbox id left behind when its owner died:
+// the hypervisor process, the shared directory's mounts, and the state
+// directories. It works from the persisted state, or from the default
+// locations when there is none, and is idempotent.
+func CleanupSandbox(ctx context.Context, id string) error {
+	if err := validID(id); err != nil {
+		return err
+	}
+	logger := log.G(ctx).WithField("sandbox", id)
+	st, err := loadState(id)
+	if err != nil {
+		if !errors.Is(err, os.ErrNotExist) {
+			logger.WithError(err).Warn("unreadable sandbox state; cleaning up the default locations")
+		}
+		st = &sandboxState{ID: id, VMStateDir: filepath.Join(VMStateRoot, id), SharedDir: filepath.Join(fsshare.Root, id)}
+	}
+	var errs []error
+	if err := qemu.KillOrphan(st.VMStateDir, id); err != nil {
+		errs = append(errs, err)
+	}
+	share := fsshare.Open(id, 0)
+	share.HostDir = st.SharedDir
+	if err := share.Destroy(); err != nil {
+		errs = append(errs, err)
+	}
+	if len(errs) == 0 {
+		if err := os.RemoveAll(stateDir(id)); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("clean up sandbox %s: %w", id, err)
+	}
+	logger.Info("sandbox cleaned up")
+	return nil
+}
