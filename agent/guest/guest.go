@@ -70,7 +70,12 @@ func run(ctx context.Context) error {
 		if err := pid1.LoadModules(ctx, pid1.ModuleList); err != nil {
 			return err
 		}
-		pid1.ReapOrphans()
+	}
+	// Reap from the start: as init, every orphan of the guest is ours, and
+	// container processes are our children in any case.
+	reaper, err := pid1.StartReaper()
+	if err != nil {
+		return err
 	}
 	log.G(ctx).WithField("version", version.Version).WithField("api", api.APIVersion).Info("kasa-agent starting")
 
@@ -85,7 +90,7 @@ func run(ctx context.Context) error {
 			pid1.PowerOff(ctx, reason)
 		}
 		os.Exit(0)
-	})
+	}, server.WithSpawner(reaper))
 	srv, err := ttrpc.NewServer()
 	if err != nil {
 		return err

@@ -36,7 +36,7 @@ const (
 
 const (
 	// MaxPayload bounds one frame's payload; larger writes are split.
-	MaxPayload = 16 * 1024
+	MaxPayload = 4 * 1024
 
 	headerLen     = 4 + 1 + 4 + 4
 	trailerLen    = 4

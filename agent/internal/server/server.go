@@ -16,6 +16,8 @@ import (
 	"google.golang.org/protobuf/types/known/emptypb"
 
 	"github.com/kasa-runtime/kasa/agent/api"
+	"github.com/kasa-runtime/kasa/agent/internal/container"
+	"github.com/kasa-runtime/kasa/agent/internal/sandbox"
 	"github.com/kasa-runtime/kasa/agent/internal/transport"
 	"github.com/kasa-runtime/kasa/version"
 )
@@ -31,13 +33,46 @@ type Service struct {
 	destroyOnce sync.Once
 	// sysRoot and procRoot let tests point the guest probes elsewhere.
 	sysRoot, procRoot string
+
+	sandbox    *sandbox.Sandbox
+	containers *container.Manager
+	copyTarget sandbox.CopyTarget
 }
 
 var _ api.AgentServiceService = (*Service)(nil)
 
+// Option configures the service.
+type Option func(*options)
+
+type options struct {
+	spawner    container.Spawner
+	containers container.Config
+	copyTarget sandbox.CopyTarget
+}
+
+// WithSpawner gives the service the process reaper that container
+// processes are started through; without one, container RPCs fail.
+func WithSpawner(s container.Spawner) Option { return func(o *options) { o.spawner = s } }
+
+// WithContainerConfig overrides where containers keep state and cgroups.
+func WithContainerConfig(c container.Config) Option { return func(o *options) { o.containers = c } }
+
+// WithCopyTarget overrides where CopyFile may write.
+func WithCopyTarget(t sandbox.CopyTarget) Option { return func(o *options) { o.copyTarget = t } }
+
 // New returns the guest's service; powerOff is called once on DestroySandbox.
-func New(powerOff func(reason string)) *Service {
-	return &Service{PowerOff: powerOff, sysRoot: "/sys", procRoot: "/proc"}
+func New(powerOff func(reason string), opts ...Option) *Service {
+	o := options{containers: container.DefaultConfig(), copyTarget: sandbox.DefaultCopyTarget}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	sb := sandbox.New()
+	cc := o.containers
+	cc.Spawner, cc.Storages = o.spawner, sb.Mounts
+	return &Service{
+		PowerOff: powerOff, sysRoot: "/sys", procRoot: "/proc",
+		sandbox: sb, containers: container.NewManager(cc), copyTarget: o.copyTarget,
+	}
 }
 
 func (s *Service) Check(ctx context.Context, _ *api.CheckRequest) (*api.CheckResponse, error) {
@@ -159,11 +194,19 @@ func (s *Service) SetGuestDateTime(ctx context.Context, req *api.SetGuestDateTim
 	return &emptypb.Empty{}, nil
 }
 
-// DestroySandbox answers first and powers the guest off right after, so the
-// host sees the reply before the VM goes away.
+// DestroySandbox kills every container and unmounts every storage, then
+// answers and powers the guest off right after, so the host sees the reply
+// before the VM goes away. A teardown error is logged, not returned: the
+// guest is going away either way.
 func (s *Service) DestroySandbox(ctx context.Context, _ *api.DestroySandboxRequest) (*emptypb.Empty, error) {
 	s.destroyOnce.Do(func() {
 		log.G(ctx).Info("sandbox destroy requested")
+		if err := s.containers.DestroyAll(ctx); err != nil {
+			log.G(ctx).WithError(err).Warn("removing containers on DestroySandbox")
+		}
+		if err := s.sandbox.Destroy(ctx); err != nil {
+			log.G(ctx).WithError(err).Warn("unmounting storages on DestroySandbox")
+		}
 		go s.PowerOff("DestroySandbox")
 	})
 	return &emptypb.Empty{}, nil
