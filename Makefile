@@ -1,11 +1,12 @@
 # Kasa: a pod-per-VM container runtime.
-#   make build         bin/kasa, bin/kasa-agent (static)
+#   make build         bin/kasa, bin/containerd-shim-kasa-v2, bin/kasa-agent (static)
 #   make guest-image   build/guest/{vmlinuz,initrd.img,manifest.json}
 #   make demo          installs, checks the host, boots a VM and talks to its agent
 #   make test          installs what it needs, builds, runs unit + integration tests
 #   make install       PREFIX (default /usr) and DESTDIR are honoured
 #   make generate      regenerates agent/api from agent.proto (protoc)
 #   make bench-boot    boot phase timings, Kasa agent beside a trivial /init
+#   make bench-run     ctr run --rm hello-world, Kasa beside runc
 
 PREFIX ?= /usr
 DESTDIR ?=
@@ -20,14 +21,17 @@ GUEST := build/guest
 
 export PATH := $(CURDIR)/bin:$(PATH)
 
-.PHONY: all build deps guest-image install demo test test-unit test-integration generate bench-boot clean
+.PHONY: all build deps guest-image install demo test test-unit test-integration generate bench-boot bench-run clean
 
 all: build guest-image
 
-build: bin/kasa bin/kasa-agent
+build: bin/kasa bin/kasa-agent bin/containerd-shim-kasa-v2
 
 bin/kasa: FORCE
 	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $@ ./cmd/kasa
+
+bin/containerd-shim-kasa-v2: FORCE
+	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $@ ./cmd/containerd-shim-kasa-v2
 
 bin/kasa-agent: FORCE
 	$(STATIC) -o $@ ./cmd/kasa-agent
@@ -40,6 +44,7 @@ guest-image: deps bin/kasa-agent
 
 install: build guest-image
 	install -D -m 0755 bin/kasa $(DESTDIR)$(PREFIX)/bin/kasa
+	install -D -m 0755 bin/containerd-shim-kasa-v2 $(DESTDIR)$(PREFIX)/bin/containerd-shim-kasa-v2
 	install -D -m 0755 bin/kasa-agent $(DESTDIR)$(PREFIX)/libexec/kasa/kasa-agent
 	install -D -m 0644 $(GUEST)/vmlinuz $(DESTDIR)$(PREFIX)/share/kasa/vmlinuz
 	install -D -m 0644 $(GUEST)/initrd.img $(DESTDIR)$(PREFIX)/share/kasa/initrd.img
@@ -74,6 +79,11 @@ generate:
 
 bench-boot: build guest-image
 	KASA_TEST_GUEST_DIR=$(CURDIR)/$(GUEST) $(GO) run ./test/bench/boot
+
+# ctr run --rm hello-world: Kasa beside runc, same containerd and image.
+bench-run: build guest-image
+	printf '[hypervisor.qemu]\nkernel = "%s"\ninitrd = "%s"\n' $(CURDIR)/$(GUEST)/vmlinuz $(CURDIR)/$(GUEST)/initrd.img > build/bench-kasa.toml
+	$(GO) run ./test/bench/run -kasa-config $(CURDIR)/build/bench-kasa.toml $(BENCH_RUN_FLAGS)
 
 clean:
 	rm -rf bin build

@@ -62,6 +62,8 @@ func saveState(st *sandboxState) error {
 	return nil
 }
 
+func removeState(id string) error { return os.RemoveAll(stateDir(id)) }
+
 func loadState(id string) (*sandboxState, error) {
 	b, err := os.ReadFile(filepath.Join(stateDir(id), "state.json"))
 	if err != nil {
@@ -100,7 +102,7 @@ func CleanupSandbox(ctx context.Context, id string) error {
 		errs = append(errs, err)
 	}
 	if len(errs) == 0 {
-		if err := os.RemoveAll(stateDir(id)); err != nil {
+		if err := removeState(id); err != nil {
 			errs = append(errs, err)
 		}
 	}

@@ -76,8 +76,11 @@ func VMConfigFor(id string, cfg *configuration.Config) hypervisor.VMConfig {
 // StartVM boots a VM for sandbox id and waits until its agent answers, for
 // at most the configured dial timeout. On error nothing is left behind: no
 // hypervisor process, no state directory.
-func StartVM(ctx context.Context, id string, cfg *configuration.Config) (_ *VM, retErr error) {
-	ctx = log.WithLogger(ctx, log.G(ctx).WithField("sandbox", id))
+func StartVM(ctx context.Context, id string, cfg *configuration.Config) (*VM, error) {
+	return startVM(log.WithLogger(ctx, log.G(ctx).WithField("sandbox", id)), id, cfg, nil)
+}
+
+func startVM(ctx context.Context, id string, cfg *configuration.Config, shared *hypervisor.SharedFS) (_ *VM, retErr error) {
 	if err := validID(id); err != nil {
 		return nil, err
 	}
@@ -89,6 +92,7 @@ func StartVM(ctx context.Context, id string, cfg *configuration.Config) (_ *VM, 
 		return nil, err
 	}
 	vm := &VM{ID: id, hv: hv, Config: VMConfigFor(id, cfg)}
+	vm.Config.SharedFS = shared
 	if err := hv.CreateVM(ctx, vm.Config); err != nil {
 		return nil, fmt.Errorf("sandbox %s: create VM: %w", id, err)
 	}

@@ -1,0 +1,34 @@
+package shimv2
+
+import (
+	"github.com/containerd/containerd/pkg/shutdown"
+	"github.com/containerd/containerd/plugin"
+	"github.com/containerd/containerd/runtime/v2/shim"
+)
+
+// BinaryOpts configures containerd's shim library for Kasa: the shim waits
+// for its own children (QEMU) itself, so the library must neither reap them
+// nor make the shim a subreaper.
+func BinaryOpts(c *shim.Config) {
+	c.NoReaper = true
+	c.NoSubreaper = true
+}
+
+func init() {
+	plugin.Register(&plugin.Registration{
+		Type:     plugin.TTRPCPlugin,
+		ID:       "task",
+		Requires: []plugin.Type{plugin.EventPlugin, plugin.InternalPlugin},
+		InitFn: func(ic *plugin.InitContext) (interface{}, error) {
+			pp, err := ic.GetByID(plugin.EventPlugin, "publisher")
+			if err != nil {
+				return nil, err
+			}
+			ss, err := ic.GetByID(plugin.InternalPlugin, "shutdown")
+			if err != nil {
+				return nil, err
+			}
+			return newService(ic.Context, pp.(shim.Publisher), ss.(shutdown.Service)), nil
+		},
+	})
+}

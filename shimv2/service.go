@@ -1,0 +1,484 @@
+package shimv2
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"time"
+
+	eventstypes "github.com/containerd/containerd/api/events"
+	taskAPI "github.com/containerd/containerd/api/runtime/task/v2"
+	"github.com/containerd/containerd/api/types/task"
+	"github.com/containerd/containerd/errdefs"
+	"github.com/containerd/containerd/mount"
+	runtimeoptions "github.com/containerd/containerd/pkg/runtimeoptions/v1"
+	"github.com/containerd/containerd/pkg/shutdown"
+	"github.com/containerd/containerd/protobuf"
+	"github.com/containerd/containerd/runtime"
+	"github.com/containerd/containerd/runtime/v2/shim"
+	"github.com/containerd/log"
+	"github.com/containerd/ttrpc"
+	"github.com/containerd/typeurl/v2"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"google.golang.org/protobuf/types/known/emptypb"
+
+	"github.com/kasa-runtime/kasa/configuration"
+	"github.com/kasa-runtime/kasa/virtcontainers"
+)
+
+var _ taskAPI.TaskService = (*service)(nil)
+
+const (
+	// drainTimeout bounds how long an exit waits for the process's output.
+	drainTimeout = 5 * time.Second
+	// vmDeathExitStatus is reported for processes of a VM that died.
+	vmDeathExitStatus = 255
+)
+
+// service is the Task API of one shim, i.e. of one sandbox.
+type service struct {
+	ctx      context.Context
+	shutdown shutdown.Service
+	events   chan event
+
+	mu         sync.Mutex
+	sandbox    *virtcontainers.Sandbox
+	sandboxID  string
+	containers map[string]*container
+}
+
+type event struct {
+	topic string
+	ev    interface{}
+}
+
+// RegisterTTRPC serves the Task API on the shim's ttrpc server.
+func (s *service) RegisterTTRPC(server *ttrpc.Server) error {
+	taskAPI.RegisterTaskService(server, s)
+	return nil
+}
+
+func newService(ctx context.Context, publisher shim.Publisher, sd shutdown.Service) *service {
+	s := &service{ctx: ctx, shutdown: sd, events: make(chan event, 256), containers: map[string]*container{}}
+	go s.forward(publisher)
+	sd.RegisterCallback(func(context.Context) error { close(s.events); return nil })
+	return s
+}
+
+// forward publishes events in order.
+func (s *service) forward(publisher shim.Publisher) {
+	for e := range s.events {
+		if err := publisher.Publish(s.ctx, e.topic, e.ev); err != nil {
+			log.G(s.ctx).WithError(err).WithField("topic", e.topic).Warn("publish event")
+		}
+	}
+	publisher.Close()
+}
+
+func (s *service) publish(topic string, ev interface{}) {
+	defer func() { recover() }() // events closed during shutdown
+	s.events <- event{topic, ev}
+}
+
+// errGRPC is the one place errors become wire errors.
+func errGRPC(err error) error {
+	if err == nil {
+		return nil
+	}
+	return errdefs.ToGRPC(err)
+}
+
+func (s *service) get(id string) (*container, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	c, ok := s.containers[id]
+	if !ok {
+		return nil, fmt.Errorf("container %s: %w", id, errdefs.ErrNotFound)
+	}
+	return c, nil
+}
+
+func (s *service) getProcess(id, execID string) (*container, *process, error) {
+	c, err := s.get(id)
+	if err != nil {
+		return nil, nil, err
+	}
+	p, err := c.process(execID)
+	return c, p, err
+}
+
+func (s *service) pid() uint32 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.sandbox == nil {
+		return 0
+	}
+	return uint32(s.sandbox.PID())
+}
+
+// Create makes the sandbox's VM for its first container, then creates the
+// container in it. A failure leaves nothing behind.
+func (s *service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *taskAPI.CreateTaskResponse, retErr error) {
+	ctx = log.WithLogger(ctx, log.G(ctx).WithField("container", r.ID))
+	spec, err := readBundleSpec(r.Bundle)
+	if err != nil {
+		return nil, errGRPC(fmt.Errorf("%w: %v", errdefs.ErrInvalidArgument, err))
+	}
+	if r.Checkpoint != "" || r.ParentCheckpoint != "" {
+		return nil, errGRPC(fmt.Errorf("restore from checkpoint: %w", errdefs.ErrNotImplemented))
+	}
+	if err := s.ensureSandbox(ctx, r, spec); err != nil {
+		return nil, errGRPC(err)
+	}
+	s.mu.Lock()
+	if _, ok := s.containers[r.ID]; ok {
+		s.mu.Unlock()
+		return nil, errGRPC(fmt.Errorf("container %s: %w", r.ID, errdefs.ErrAlreadyExists))
+	}
+	sb := s.sandbox
+	s.mu.Unlock()
+	defer func() {
+		if retErr != nil && r.ID == s.sandboxID {
+			s.stopSandbox(ctx)
+		}
+	}()
+
+	var mounts []mount.Mount
+	for _, m := range r.Rootfs {
+		mounts = append(mounts, mount.Mount{Type: m.Type, Source: m.Source, Options: m.Options})
+	}
+	err = sb.CreateContainer(ctx, virtcontainers.ContainerConfig{
+		ID: r.ID, Spec: spec, Rootfs: mounts, BundleRootfs: filepath.Join(r.Bundle, "rootfs"),
+		Terminal: r.Terminal, Stdin: r.Stdin != "",
+	})
+	if err != nil {
+		return nil, errGRPC(err)
+	}
+	init := newProcess(r.ID, r.ID, stdioPaths{r.Stdin, r.Stdout, r.Stderr, r.Terminal})
+	if init.io, err = startIO(s.ctx, sb, r.ID, r.ID, init.stdio); err != nil {
+		sb.RemoveContainer(ctx, r.ID)
+		return nil, errGRPC(err)
+	}
+	c := &container{id: r.ID, bundle: r.Bundle, spec: spec, init: init, execs: map[string]*process{}}
+	s.mu.Lock()
+	s.containers[r.ID] = c
+	s.mu.Unlock()
+
+	s.publish(runtime.TaskCreateEventTopic, &eventstypes.TaskCreate{
+		ContainerID: r.ID, Bundle: r.Bundle, Rootfs: r.Rootfs, Pid: s.pid(),
+		IO: &eventstypes.TaskIO{Stdin: r.Stdin, Stdout: r.Stdout, Stderr: r.Stderr, Terminal: r.Terminal},
+	})
+	return &taskAPI.CreateTaskResponse{Pid: s.pid()}, nil
+}
+
+// ensureSandbox boots the VM when this shim has none yet.
+func (s *service) ensureSandbox(ctx context.Context, r *taskAPI.CreateTaskRequest, spec *specs.Spec) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.sandbox != nil {
+		if sandboxIDOf(r.ID, spec) != s.sandboxID {
+			return fmt.Errorf("container %s belongs to sandbox %s, this shim serves %s: %w", r.ID, sandboxIDOf(r.ID, spec), s.sandboxID, errdefs.ErrInvalidArgument)
+		}
+		return nil
+	}
+	if !isSandboxContainer(r.ID, spec) {
+		return fmt.Errorf("container %s: its sandbox %s is not running in this shim: %w", r.ID, sandboxIDOf(r.ID, spec), errdefs.ErrFailedPrecondition)
+	}
+	cfg, err := loadConfig(ctx, r, spec)
+	if err != nil {
+		return err
+	}
+	sb, err := virtcontainers.CreateSandbox(ctx, virtcontainers.SandboxConfig{ID: r.ID, Config: cfg, Hostname: spec.Hostname})
+	if err != nil {
+		return err
+	}
+	s.sandbox, s.sandboxID = sb, r.ID
+	go s.watchSandbox(sb)
+	go s.forwardOOM(sb)
+	return nil
+}
+
+// loadConfig reads the configuration (the runtime options' ConfigPath
+// first) and applies the pod's allowed annotation overrides.
+func loadConfig(ctx context.Context, r *taskAPI.CreateTaskRequest, spec *specs.Spec) (*configuration.Config, error) {
+	cfg, warnings, err := configuration.Load(configPathFromOptions(r))
+	for _, w := range warnings {
+		log.G(ctx).Warn(w.String())
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", errdefs.ErrInvalidArgument, err)
+	}
+	cfg, err = cfg.ApplyAnnotations(spec.Annotations)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", errdefs.ErrInvalidArgument, err)
+	}
+	return cfg, nil
+}
+
+// watchSandbox turns a VM that died into an exit of every process, and
+// says why in the log.
+func (s *service) watchSandbox(sb *virtcontainers.Sandbox) {
+	<-sb.Done()
+	s.mu.Lock()
+	current := s.sandbox == sb
+	cs := make([]*container, 0, len(s.containers))
+	for _, c := range s.containers {
+		cs = append(cs, c)
+	}
+	s.mu.Unlock()
+	if !current || len(cs) == 0 {
+		return
+	}
+	log.G(s.ctx).WithField("sandbox", sb.ID).Errorf("sandbox VM exited (%s): reporting its %d container(s) dead", sb.ExitReason(), len(cs))
+	now := time.Now()
+	for _, c := range cs {
+		for _, p := range c.all() {
+			if p.setExited(vmDeathExitStatus, now) {
+				s.publishExit(p)
+			}
+		}
+	}
+}
+
+func (s *service) forwardOOM(sb *virtcontainers.Sandbox) {
+	for {
+		id, err := sb.NextOOM(s.ctx)
+		if err != nil {
+			select {
+			case <-sb.Done():
+				return
+			case <-s.ctx.Done():
+				return
+			case <-time.After(time.Second):
+				continue
+			}
+		}
+		s.publish(runtime.TaskOOMEventTopic, &eventstypes.TaskOOM{ContainerID: id})
+	}
+}
+
+func (s *service) publishExit(p *process) {
+	_, status, at := p.snapshot()
+	s.publish(runtime.TaskExitEventTopic, &eventstypes.TaskExit{
+		ContainerID: p.containerID, ID: p.execID, Pid: s.pid(), ExitStatus: status, ExitedAt: protobuf.ToTimestamp(at),
+	})
+}
+
+// waitExit follows a started process to its end: the guest's exit status,
+// then all its output, then the TaskExit event.
+func (s *service) waitExit(sb *virtcontainers.Sandbox, p *process) {
+	status, at, err := sb.Wait(s.ctx, p.containerID, p.execID)
+	if err != nil {
+		// The agent's connection usually breaks a moment before the VM's
+		// process is reaped: let watchSandbox report a dead VM.
+		select {
+		case <-sb.Done():
+			return
+		case <-time.After(time.Second):
+		}
+		log.G(s.ctx).WithError(err).WithField("container", p.containerID).WithField("exec", p.execID).Error("wait for process")
+		status, at = vmDeathExitStatus, time.Now()
+	}
+	if !p.io.waitOutputs(drainTimeout) {
+		log.G(s.ctx).WithField("container", p.containerID).WithField("exec", p.execID).Warn("output still open after exit; not waiting longer")
+	}
+	if p.setExited(uint32(status), at) {
+		s.publishExit(p)
+	}
+}
+
+func (s *service) Start(ctx context.Context, r *taskAPI.StartRequest) (*taskAPI.StartResponse, error) {
+	c, p, err := s.getProcess(r.ID, r.ExecID)
+	if err != nil {
+		return nil, errGRPC(err)
+	}
+	s.mu.Lock()
+	sb := s.sandbox
+	s.mu.Unlock()
+	if st, _, _ := p.snapshot(); st != task.Status_CREATED {
+		return nil, errGRPC(fmt.Errorf("invalid state transition %q to %q: %w", st, task.Status_RUNNING, errdefs.ErrFailedPrecondition))
+	}
+	if p.isInit() {
+		err = sb.StartContainer(ctx, c.id)
+	} else {
+		// The agent keeps the output of a new process until it is read, so
+		// the copies start once the process exists there.
+		if err = sb.Exec(ctx, c.id, p.execID, p.spec, p.stdio.terminal, p.stdio.stdin != ""); err == nil {
+			if p.io, err = startIO(s.ctx, sb, c.id, p.execID, p.stdio); err != nil {
+				sb.Signal(ctx, c.id, p.execID, syscall.SIGKILL, false)
+			}
+		}
+	}
+	if err != nil {
+		return nil, errGRPC(err)
+	}
+	if err := p.transition(task.Status_RUNNING); err != nil {
+		return nil, errGRPC(err)
+	}
+	go s.waitExit(sb, p)
+	if p.isInit() {
+		s.publish(runtime.TaskStartEventTopic, &eventstypes.TaskStart{ContainerID: c.id, Pid: s.pid()})
+	} else {
+		s.publish(runtime.TaskExecStartedEventTopic, &eventstypes.TaskExecStarted{ContainerID: c.id, ExecID: p.execID, Pid: s.pid()})
+	}
+	return &taskAPI.StartResponse{Pid: s.pid()}, nil
+}
+
+func (s *service) Exec(ctx context.Context, r *taskAPI.ExecProcessRequest) (*emptypb.Empty, error) {
+	c, err := s.get(r.ID)
+	if err != nil {
+		return nil, errGRPC(err)
+	}
+	v, err := typeurl.UnmarshalAny(r.Spec)
+	if err != nil {
+		return nil, errGRPC(fmt.Errorf("exec spec: %w: %v", errdefs.ErrInvalidArgument, err))
+	}
+	spec, ok := v.(*specs.Process)
+	if !ok {
+		return nil, errGRPC(fmt.Errorf("exec spec is a %T, not an OCI process: %w", v, errdefs.ErrInvalidArgument))
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if _, ok := c.execs[r.ExecID]; ok || r.ExecID == c.id {
+		return nil, errGRPC(fmt.Errorf("exec %s: %w", r.ExecID, errdefs.ErrAlreadyExists))
+	}
+	p := newProcess(c.id, r.ExecID, stdioPaths{r.Stdin, r.Stdout, r.Stderr, r.Terminal})
+	p.spec = spec
+	c.execs[r.ExecID] = p
+	s.publish(runtime.TaskExecAddedEventTopic, &eventstypes.TaskExecAdded{ContainerID: c.id, ExecID: r.ExecID})
+	return &emptypb.Empty{}, nil
+}
+
+// Delete removes an exited process; for a container's init it removes the
+// container, and for the sandbox's own container the whole VM.
+func (s *service) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAPI.DeleteResponse, error) {
+	c, p, err := s.getProcess(r.ID, r.ExecID)
+	if err != nil {
+		return nil, errGRPC(err)
+	}
+	status, exitStatus, exitedAt := p.snapshot()
+	if status != task.Status_CREATED && status != task.Status_STOPPED {
+		return nil, errGRPC(fmt.Errorf("process %s of %s is %s: %w", p.execID, c.id, status, errdefs.ErrFailedPrecondition))
+	}
+	p.io.close()
+	if !p.isInit() {
+		c.mu.Lock()
+		delete(c.execs, p.execID)
+		c.mu.Unlock()
+		return &taskAPI.DeleteResponse{Pid: s.pid(), ExitStatus: exitStatus, ExitedAt: protobuf.ToTimestamp(exitedAt)}, nil
+	}
+	s.mu.Lock()
+	sb := s.sandbox
+	s.mu.Unlock()
+	var errs []error
+	if sb != nil {
+		if err := sb.RemoveContainer(ctx, c.id); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	s.mu.Lock()
+	delete(s.containers, c.id)
+	isSandbox := c.id == s.sandboxID
+	s.mu.Unlock()
+	if isSandbox {
+		if err := s.stopSandbox(ctx); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	pid := s.pid()
+	s.publish(runtime.TaskDeleteEventTopic, &eventstypes.TaskDelete{
+		ContainerID: c.id, Pid: pid, ExitStatus: exitStatus, ExitedAt: protobuf.ToTimestamp(exitedAt), ID: c.id,
+	})
+	if len(errs) > 0 {
+		log.G(ctx).WithError(fmt.Errorf("%v", errs)).Warn("delete left errors")
+	}
+	return &taskAPI.DeleteResponse{Pid: pid, ExitStatus: exitStatus, ExitedAt: protobuf.ToTimestamp(exitedAt)}, nil
+}
+
+func (s *service) stopSandbox(ctx context.Context) error {
+	s.mu.Lock()
+	sb := s.sandbox
+	s.mu.Unlock()
+	if sb == nil {
+		return nil
+	}
+	return sb.Stop(context.WithoutCancel(ctx))
+}
+
+// Shutdown ends the shim once it serves no container.
+func (s *service) Shutdown(ctx context.Context, r *taskAPI.ShutdownRequest) (*emptypb.Empty, error) {
+	s.mu.Lock()
+	n := len(s.containers)
+	s.mu.Unlock()
+	if n > 0 && !r.Now {
+		return &emptypb.Empty{}, nil
+	}
+	if err := s.stopSandbox(ctx); err != nil {
+		log.G(ctx).WithError(err).Warn("stopping the sandbox at shutdown")
+	}
+	s.shutdown.Shutdown()
+	return &emptypb.Empty{}, nil
+}
+
+func (s *service) Wait(ctx context.Context, r *taskAPI.WaitRequest) (*taskAPI.WaitResponse, error) {
+	_, p, err := s.getProcess(r.ID, r.ExecID)
+	if err != nil {
+		return nil, errGRPC(err)
+	}
+	select {
+	case <-p.exited:
+	case <-ctx.Done():
+		return nil, errGRPC(ctx.Err())
+	}
+	_, status, at := p.snapshot()
+	return &taskAPI.WaitResponse{ExitStatus: status, ExitedAt: protobuf.ToTimestamp(at)}, nil
+}
+
+func (s *service) Connect(ctx context.Context, r *taskAPI.ConnectRequest) (*taskAPI.ConnectResponse, error) {
+	return &taskAPI.ConnectResponse{ShimPid: uint32(os.Getpid()), TaskPid: s.pid()}, nil
+}
+
+// Checkpoint is not available for VM sandboxes.
+func (s *service) Checkpoint(ctx context.Context, r *taskAPI.CheckpointTaskRequest) (*emptypb.Empty, error) {
+	return nil, errGRPC(fmt.Errorf("checkpoint: %w", errdefs.ErrNotImplemented))
+}
+
+func (s *service) sandboxOf(id string) (*virtcontainers.Sandbox, error) {
+	if _, err := s.get(id); err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.sandbox, nil
+}
+
+func (s *service) Kill(ctx context.Context, r *taskAPI.KillRequest) (*emptypb.Empty, error) {
+	_, p, err := s.getProcess(r.ID, r.ExecID)
+	if err != nil {
+		return nil, errGRPC(err)
+	}
+	if st, _, _ := p.snapshot(); st == task.Status_STOPPED {
+		return nil, errGRPC(fmt.Errorf("process %s: %w", p.execID, errdefs.ErrNotFound))
+	}
+	sb, _ := s.sandboxOf(r.ID)
+	return &emptypb.Empty{}, errGRPC(sb.Signal(ctx, r.ID, p.execID, syscall.Signal(r.Signal), r.All))
+}
+
+// configPathFromOptions returns the ConfigPath of the runtime options
+// containerd passes (CRI's `[...runtimes.kata.options] ConfigPath`), or "".
+func configPathFromOptions(r *taskAPI.CreateTaskRequest) string {
+	if r.Options == nil {
+		return ""
+	}
+	v, err := typeurl.UnmarshalAny(r.Options)
+	if err != nil {
+		return ""
+	}
+	if o, ok := v.(*runtimeoptions.Options); ok {
+		return o.ConfigPath
+	}
+	return ""
+}

@@ -1,0 +1,91 @@
+//go:build integration
+
+package integration
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/kasa-runtime/kasa/test/ctrtest"
+)
+
+// startKasaHarness is a private containerd whose PATH has this build's
+// bin/ (the Kasa shim) and whose Kasa configuration points at the test's
+// guest image.
+func startKasaHarness(t *testing.T) *ctrtest.Containerd {
+	t.Helper()
+	dir := requireVM(t)
+	repo, _ := filepath.Abs("../..")
+	bin := filepath.Join(repo, "bin")
+	if _, err := os.Stat(filepath.Join(bin, ctrtest.ShimKasa)); err != nil {
+		t.Fatalf("needs %s/%s (make build): %v", bin, ctrtest.ShimKasa, err)
+	}
+	conf := filepath.Join(t.TempDir(), "configuration.toml")
+	body := fmt.Sprintf("[hypervisor.qemu]\nkernel = %q\ninitrd = %q\n\n[agent.kata]\ndial_timeout = 60\n",
+		filepath.Join(dir, "vmlinuz"), filepath.Join(dir, "initrd.img"))
+	if err := os.WriteFile(conf, []byte(body), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	c := ctrtest.Start(t, ctrtest.Options{BinDirs: []string{bin}, KasaConfigPath: conf})
+	c.Busybox(t)
+	return c
+}
+
+func TestShimCtrRun(t *testing.T) {
+	c := startKasaHarness(t)
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Minute)
+	defer cancel()
+	run := func(t *testing.T, id, stdin string, args ...string) ctrtest.Result {
+		t.Helper()
+		ct := ctrtest.Container{ID: id, Runtime: ctrtest.RuntimeKasa, Args: args}
+		if stdin != "" {
+			ct.Stdin = strings.NewReader(stdin)
+		}
+		res, err := c.RunContainer(ctx, ct)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("%s: %v", id, res.Duration.Round(time.Millisecond))
+		ctrtest.AssertNoLeftovers(t, c, id)
+		return res
+	}
+
+	t.Run("echo", func(t *testing.T) {
+		res := run(t, "kasa-echo", "", "sh", "-c", "echo hello; uname -r")
+		lines := strings.Split(strings.TrimSpace(res.Stdout), "\n")
+		if res.ExitCode != 0 || len(lines) != 2 || lines[0] != "hello" {
+			t.Fatalf("want hello and the guest kernel: %s", res)
+		}
+		if b, _ := os.ReadFile("/proc/sys/kernel/osrelease"); strings.TrimSpace(string(b)) == lines[1] {
+			t.Fatalf("container saw the host kernel %q: not in a VM", lines[1])
+		}
+	})
+	t.Run("exit code", func(t *testing.T) {
+		res := run(t, "kasa-exit3", "", "sh", "-c", "echo out; echo err >&2; exit 3")
+		if res.ExitCode != 3 || res.Stdout != "out\n" || !strings.Contains(res.Stderr, "err\n") {
+			t.Fatalf("want exit 3 with stdout and stderr apart: %s", res)
+		}
+	})
+	t.Run("stdin", func(t *testing.T) {
+		in := "line one\nline two\n" + strings.Repeat("x", 100000) + "\n"
+		res := run(t, "kasa-stdin", in, "cat")
+		if res.ExitCode != 0 || res.Stdout != in {
+			t.Fatalf("cat returned %d bytes of %d, exit %d, stderr %q", len(res.Stdout), len(in), res.ExitCode, res.Stderr)
+		}
+	})
+	t.Run("missing binary", func(t *testing.T) {
+		start := time.Now()
+		res := run(t, "kasa-nocmd", "", "/no/such/command")
+		if res.ExitCode == 0 || !strings.Contains(res.Stderr+res.Stdout, "/no/such/command") {
+			t.Fatalf("want a failure naming the command: %s", res)
+		}
+		if d := time.Since(start); d > 2*time.Minute {
+			t.Fatalf("took %v", d)
+		}
+	})
+}

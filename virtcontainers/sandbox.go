@@ -1,0 +1,248 @@
+package virtcontainers
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/containerd/containerd/errdefs"
+	"github.com/containerd/containerd/mount"
+	"github.com/containerd/log"
+
+	"github.com/kasa-runtime/kasa/agent/api"
+	"github.com/kasa-runtime/kasa/configuration"
+	"github.com/kasa-runtime/kasa/hypervisor"
+	"github.com/kasa-runtime/kasa/virtcontainers/fsshare"
+)
+
+// SandboxConfig describes a sandbox to create.
+type SandboxConfig struct {
+	ID string
+	// Config is the runtime configuration, annotation overrides applied.
+	Config   *configuration.Config
+	Hostname string
+	DNS      []string
+}
+
+// Sandbox is one VM with its shared directory and the containers in it.
+type Sandbox struct {
+	ID    string
+	vm    *VM
+	agent agent
+	share *fsshare.Share
+
+	mu         sync.Mutex
+	containers map[string]*containerState
+	state      *sandboxState
+}
+
+type containerState struct {
+	id string
+}
+
+// CreateSandbox boots the sandbox's VM, shares its directory with the guest
+// and prepares the guest (hostname, DNS, the shared mount). On error every
+// step already taken is undone.
+func CreateSandbox(ctx context.Context, sc SandboxConfig) (_ *Sandbox, retErr error) {
+	ctx = log.WithLogger(ctx, log.G(ctx).WithField("sandbox", sc.ID))
+	if err := validID(sc.ID); err != nil {
+		return nil, fmt.Errorf("%w: %v", errdefs.ErrInvalidArgument, err)
+	}
+	var undo cleanup
+	defer func() {
+		if retErr != nil {
+			undo.run(ctx)
+		}
+	}()
+
+	share, err := fsshare.New(sc.ID, uint32(sc.Config.Hypervisor.MSize9P))
+	if err != nil {
+		return nil, err
+	}
+	undo.add("remove shared directory", share.Destroy)
+
+	st := &sandboxState{ID: sc.ID, Hypervisor: string(sc.Config.HypervisorName), SharedDir: share.HostDir, CreatedAt: time.Now().UTC()}
+	st.VMStateDir = VMConfigFor(sc.ID, sc.Config).StateDir
+	// Persist before the VM exists, so a crash during boot is cleanable too.
+	if err := saveState(st); err != nil {
+		return nil, err
+	}
+	undo.add("remove sandbox state", func() error { return removeState(sc.ID) })
+
+	vm, err := startVM(ctx, sc.ID, sc.Config, &hypervisor.SharedFS{Type: hypervisor.SharedFS9P, Tag: fsshare.MountTag, HostPath: share.HostDir})
+	if err != nil {
+		return nil, err
+	}
+	undo.add("stop VM", func() error { return vm.Stop(context.WithoutCancel(ctx)) })
+	st.HypervisorPID = vm.PID()
+	if err := saveState(st); err != nil {
+		return nil, err
+	}
+
+	s := &Sandbox{ID: sc.ID, vm: vm, agent: vm.Agent, share: share, containers: map[string]*containerState{}, state: st}
+	err = s.agent.CreateSandbox(ctx, &api.CreateSandboxRequest{
+		SandboxId: sc.ID,
+		Hostname:  sc.Hostname,
+		Dns:       sc.DNS,
+		Storages:  []*api.Storage{share.GuestStorage()},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("sandbox %s: prepare guest: %w", sc.ID, err)
+	}
+	return s, nil
+}
+
+// ContainerConfig describes a container to create in a sandbox.
+type ContainerConfig struct {
+	ID string
+	// Spec is the bundle's OCI spec, as the host sees it.
+	Spec *OCISpec
+	// Rootfs are containerd's snapshot mounts; empty means BundleRootfs as is.
+	Rootfs       []mount.Mount
+	BundleRootfs string
+	Terminal     bool
+	Stdin        bool
+}
+
+// CreateContainer shares the container's root filesystem and volumes with
+// the guest and creates it there. Its init process is not started.
+func (s *Sandbox) CreateContainer(ctx context.Context, cc ContainerConfig) (retErr error) {
+	ctx = log.WithLogger(ctx, log.G(ctx).WithField("sandbox", s.ID).WithField("container", cc.ID))
+	if err := validID(cc.ID); err != nil {
+		return fmt.Errorf("%w: container %v", errdefs.ErrInvalidArgument, err)
+	}
+	s.mu.Lock()
+	if _, ok := s.containers[cc.ID]; ok {
+		s.mu.Unlock()
+		return fmt.Errorf("container %s: %w", cc.ID, errdefs.ErrAlreadyExists)
+	}
+	s.containers[cc.ID] = &containerState{id: cc.ID}
+	s.mu.Unlock()
+
+	var undo cleanup
+	undo.add("forget container", func() error {
+		s.mu.Lock()
+		delete(s.containers, cc.ID)
+		s.mu.Unlock()
+		return nil
+	})
+	defer func() {
+		if retErr != nil {
+			undo.run(ctx)
+		}
+	}()
+
+	rootfs, err := s.share.MountRootfs(cc.ID, cc.Rootfs, cc.BundleRootfs)
+	if err != nil {
+		return err
+	}
+	undo.add("unshare container files", func() error { return s.share.RemoveContainer(cc.ID) })
+	volumes := map[int]string{}
+	for _, i := range sharedVolumes(cc.Spec) {
+		m := cc.Spec.Mounts[i]
+		g, err := s.share.BindVolume(cc.ID, i, m.Source, isReadOnly(m))
+		if err != nil {
+			return fmt.Errorf("container %s: volume %s: %w", cc.ID, m.Destination, err)
+		}
+		volumes[i] = g
+	}
+	gs, err := guestSpec(cc.Spec, rootfs, volumes)
+	if err != nil {
+		return fmt.Errorf("container %s: %w: %v", cc.ID, errdefs.ErrInvalidArgument, err)
+	}
+	specJSON, err := marshalSpec(gs)
+	if err != nil {
+		return err
+	}
+	if err := s.agent.CreateContainer(ctx, &api.CreateContainerRequest{
+		ContainerId: cc.ID, ExecId: cc.ID, OciSpecJson: specJSON, Terminal: cc.Terminal, Stdin: cc.Stdin,
+	}); err != nil {
+		return fmt.Errorf("container %s: %w", cc.ID, err)
+	}
+	s.persistContainers()
+	return nil
+}
+
+// RemoveContainer removes a container from the guest and unshares its files.
+func (s *Sandbox) RemoveContainer(ctx context.Context, id string) error {
+	s.mu.Lock()
+	_, ok := s.containers[id]
+	s.mu.Unlock()
+	if !ok {
+		return fmt.Errorf("container %s: %w", id, errdefs.ErrNotFound)
+	}
+	var errs []error
+	if err := s.agent.RemoveContainer(ctx, id, 10); err != nil && !errdefs.IsNotFound(err) && !s.vmGone() {
+		errs = append(errs, err)
+	}
+	if err := s.share.RemoveContainer(id); err != nil {
+		errs = append(errs, err)
+	}
+	s.mu.Lock()
+	delete(s.containers, id)
+	s.mu.Unlock()
+	s.persistContainers()
+	return errors.Join(errs...)
+}
+
+// Containers lists the ids of the sandbox's containers.
+func (s *Sandbox) Containers() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]string, 0, len(s.containers))
+	for id := range s.containers {
+		out = append(out, id)
+	}
+	return out
+}
+
+func (s *Sandbox) persistContainers() {
+	s.mu.Lock()
+	s.state.Containers = s.state.Containers[:0]
+	for id := range s.containers {
+		s.state.Containers = append(s.state.Containers, id)
+	}
+	st := *s.state
+	s.mu.Unlock()
+	if err := saveState(&st); err != nil {
+		log.L.WithError(err).WithField("sandbox", s.ID).Warn("persisting sandbox state")
+	}
+}
+
+func (s *Sandbox) vmGone() bool {
+	select {
+	case <-s.vm.Done():
+		return true
+	default:
+		return false
+	}
+}
+
+// Done is closed when the sandbox's VM has exited, for whatever reason.
+func (s *Sandbox) Done() <-chan struct{} { return s.vm.Done() }
+
+// ExitReason says why the VM exited; valid after Done.
+func (s *Sandbox) ExitReason() string { return exitReason(s.vm.ExitError()) }
+
+// PID is the hypervisor's process id.
+func (s *Sandbox) PID() int { return s.vm.PID() }
+
+// Stop powers the VM off and removes everything the sandbox made: the VM's
+// state, the shared directory's mounts and the persisted state. Idempotent.
+func (s *Sandbox) Stop(ctx context.Context) error {
+	var errs []error
+	if err := s.vm.Stop(ctx); err != nil {
+		errs = append(errs, err)
+	}
+	if err := s.share.Destroy(); err != nil {
+		errs = append(errs, err)
+	}
+	if len(errs) == 0 {
+		if err := removeState(s.ID); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
