@@ -8,6 +8,7 @@ import (
 	"net"
 	"strconv"
 	"sync"
+	"syscall"
 	"time"
 )
 
@@ -250,8 +251,14 @@ func (q *QMP) write(ctx context.Context, msg []byte) error {
 	if err := q.conn.SetWriteDeadline(deadline); err != nil {
 		return err
 	}
-	_, err := q.conn.Write(append(msg, '\n'))
-	return err
+	if _, err := q.conn.Write(append(msg, '\n')); err != nil {
+		if errors.Is(err, syscall.EPIPE) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, net.ErrClosed) {
+			// QEMU went away before the reader noticed.
+			return fmt.Errorf("%w: %v", ErrQMPClosed, err)
+		}
+		return err
+	}
+	return nil
 }
 
 // Close closes the connection and waits for the reader to stop. Pending and

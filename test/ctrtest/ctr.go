@@ -193,3 +193,7 @@ func (c *Containerd) Version(ctx context.Context) (string, error) {
 	}
 	return "", fmt.Errorf("no server version in %s", res)
 }
+
+// KasaConfig is the Kasa configuration file passed to the Kasa runtime
+// (Options.KasaConfigPath).
+func (c *Containerd) KasaConfig() string { return c.kasaConfig }
