@@ -1,7 +1,7 @@
 # Kasa: a pod-per-VM container runtime.
 #   make build         bin/kasa, bin/containerd-shim-kasa-v2, bin/kasa-agent (static)
 #   make guest-image   build/guest/{vmlinuz,initrd.img,manifest.json}
-#   make demo          installs, checks the host, boots a VM and talks to its agent
+#   make demo          installs, checks the host, runs a container in a VM through containerd
 #   make test          installs what it needs, builds, runs unit + integration tests
 #   make install       PREFIX (default /usr) and DESTDIR are honoured
 #   make generate      regenerates agent/api from agent.proto (protoc)
@@ -15,7 +15,7 @@ VERSION ?= 0.1.0-dev
 COMMIT := $(shell git rev-parse --short HEAD 2>/dev/null)
 LDFLAGS := -X github.com/kasa-runtime/kasa/version.Version=$(VERSION) -X github.com/kasa-runtime/kasa/version.Commit=$(COMMIT)
 # The agent is the guest's only binary: static, no libc at run time.
-STATIC := CGO_ENABLED=1 $(GO) build -trimpath -tags netgo,osusergo,seccomp -ldflags '$(LDFLAGS) -extldflags -static'
+STATIC := CGO_ENABLED=1 $(GO) build -trimpath -tags netgo,osusergo,seccomp -ldflags '$(LDFLAGS) -s -w -extldflags -static'
 KERNEL_SOURCE ?= minimal
 GUEST := build/guest
 
@@ -53,13 +53,13 @@ install: build guest-image
 	sed 's#/usr/share/kasa/#$(PREFIX)/share/kasa/#g' configuration/configuration.toml \
 		> $(DESTDIR)$(PREFIX)/share/defaults/kasa/configuration.toml
 
-# The README's main command: install, check the host, boot a VM with the
-# embedded defaults and talk to its agent.
+# The README's main command: install, check the host, then a container in
+# its own VM through a private containerd, beside runc.
 demo: install
 	@echo "== kasa check"
 	$(PREFIX)/bin/kasa check || true
-	@echo "== kasa selftest"
-	$(PREFIX)/bin/kasa selftest
+	@echo "== a container in a VM through containerd"
+	$(GO) run ./hack/demo
 
 test: deps build guest-image test-unit test-integration
 

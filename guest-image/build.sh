@@ -5,7 +5,7 @@
 # usage: build.sh AGENT_BINARY OUTDIR
 # env:   KERNEL_SOURCE=minimal (default: linux-source-6.1 + kernel/kasa.config)
 #                     |debian (Debian's linux-image-amd64 + its modules)
-#        INITRD_COMPRESSION=zstd (default) | gzip | none
+#        INITRD_COMPRESSION=none (default: unpacking is the slow part of a TCG boot) | gzip | zstd
 #        KASA_CACHE (default /var/cache/kasa): downloads and kernel builds
 set -euo pipefail
 
@@ -13,7 +13,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 agent=${1:?usage: build.sh AGENT_BINARY OUTDIR}
 out=${2:?usage: build.sh AGENT_BINARY OUTDIR}
 source=${KERNEL_SOURCE:-minimal}
-compression=${INITRD_COMPRESSION:-zstd}
+compression=${INITRD_COMPRESSION:-none}
 
 stage=$(mktemp -d)
 trap 'rm -rf "$stage"' EXIT
@@ -28,14 +28,16 @@ esac
 # The initramfs: just enough tree for the agent to mount the rest.
 list=$stage/initramfs.list
 {
-	for d in dev proc sys run tmp etc; do echo "dir /$d 0755 0 0"; done
+	for d in dev proc sys run tmp etc kasa kasa/bin; do echo "dir /$d 0755 0 0"; done
 	echo "nod /dev/console 0600 0 0 c 5 1"
 	echo "nod /dev/null 0666 0 0 c 1 3"
-	echo "file /init $agent 0755 0 0"
+	# The agent lives in a directory of its own (pid1.MoveRootToTmpfs binds it).
+	echo "file /kasa/bin/kasa-agent $agent 0755 0 0"
+	echo "slink /init /kasa/bin/kasa-agent 0777 0 0"
 	# Modules staged by debian-kernel.sh, in a stable order.
 	(cd "$stage/root" && find . -mindepth 1 | LC_ALL=C sort) | while read -r p; do
 		p=${p#.}
-		case "$p" in /dev|/proc|/sys|/run|/tmp|/etc) continue ;; esac
+		case "$p" in /dev|/proc|/sys|/run|/tmp|/etc|/kasa|/kasa/bin) continue ;; esac
 		if [ -d "$stage/root$p" ]; then echo "dir $p 0755 0 0"; else echo "file $p $stage/root$p 0644 0 0"; fi
 	done
 } >"$list"

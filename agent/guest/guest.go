@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"runtime/debug"
+	"strings"
 	"time"
 
 	"github.com/containerd/log"
@@ -77,7 +78,7 @@ func run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	log.G(ctx).WithField("version", version.Version).WithField("api", api.APIVersion).Info("kasa-agent starting")
+	log.G(ctx).WithField("version", version.Version).WithField("api", api.APIVersion).WithField("uptime", uptime()).Info("kasa-agent starting")
 
 	listeners, err := transport.Listen(ctx, transportWait)
 	if err != nil {
@@ -101,10 +102,23 @@ func run(ctx context.Context) error {
 	for _, l := range listeners {
 		go func(l net.Listener) { errc <- srv.Serve(ctx, l) }(l)
 	}
-	log.G(ctx).Info("kasa-agent ready")
+	log.G(ctx).WithField("uptime", uptime()).Info("kasa-agent ready")
 	err = <-errc
 	if errors.Is(err, ttrpc.ErrServerClosed) {
 		return nil
 	}
 	return err
+}
+
+// uptime is the guest's /proc/uptime, for boot timing on the console.
+func uptime() string {
+	b, err := os.ReadFile("/proc/uptime")
+	if err != nil {
+		return "?"
+	}
+	f := strings.Fields(string(b))
+	if len(f) == 0 {
+		return "?"
+	}
+	return f[0] + "s"
 }

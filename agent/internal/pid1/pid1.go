@@ -10,47 +10,50 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/containerd/log"
 	"golang.org/x/sys/unix"
 )
 
-// stageEnv marks the second start of /init, after the root moved into a tmpfs.
-const stageEnv = "KASA_AGENT_ROOT=tmpfs"
-
 // IsInit reports whether this process is the guest's init.
 func IsInit() bool { return os.Getpid() == 1 }
 
-// MoveRootToTmpfs copies the initramfs into a tmpfs mounted over "/" and
-// starts /init again there. The initramfs root cannot be pivot_root'ed away
-// from, which libcontainer needs for every container. Returns only on error;
-// on the second start (root already moved) it returns nil at once.
+// MoveRootToTmpfs moves the initramfs into a tmpfs mounted over "/" and
+// makes it this process's root: the initramfs root cannot be pivot_root'ed
+// away from, which libcontainer needs for every container.
+//
+// The directory of the agent binary is bind-mounted instead of copied:
+// copying the binary costs about half a second under TCG and a second copy
+// in guest memory, and libcontainer needs the binary reachable by path to
+// seal it for container init with a read-only overlay (otherwise it copies
+// the whole binary into a memfd for every container it starts).
 func MoveRootToTmpfs() error {
-	for _, e := range os.Environ() {
-		if e == stageEnv {
-			return nil
-		}
-	}
 	const newRoot = "/newroot"
+	// /proc is not mounted yet: the kernel started us as /init, a symlink.
+	exe, err := filepath.EvalSymlinks(os.Args[0])
+	if err != nil {
+		return fmt.Errorf("find the agent binary from %q: %w", os.Args[0], err)
+	}
+	exeDir := filepath.Dir(exe)
+	if exeDir == "/" {
+		return fmt.Errorf("the agent binary %s must not be in the initramfs root directory (guest-image puts it in /kasa/bin)", exe)
+	}
 	if err := os.MkdirAll(newRoot, 0o755); err != nil {
 		return err
 	}
 	if err := unix.Mount("tmpfs", newRoot, "tmpfs", 0, "mode=0755"); err != nil {
 		return fmt.Errorf("mount tmpfs on %s: %w", newRoot, err)
 	}
-	entries, err := os.ReadDir("/")
-	if err != nil {
+	if err := moveTreeExcept("/", newRoot, map[string]bool{"/newroot": true, exeDir: true}); err != nil {
 		return err
 	}
-	for _, e := range entries {
-		if e.Name() == "newroot" {
-			continue
-		}
-		// Moving (copy, then unlink) frees the initramfs memory as we go.
-		if err := moveTree(filepath.Join("/", e.Name()), filepath.Join(newRoot, e.Name())); err != nil {
-			return fmt.Errorf("move /%s into tmpfs: %w", e.Name(), err)
-		}
+	if err := os.MkdirAll(filepath.Join(newRoot, exeDir), 0o755); err != nil {
+		return err
+	}
+	if err := unix.Mount(exeDir, filepath.Join(newRoot, exeDir), "", unix.MS_BIND, ""); err != nil {
+		return fmt.Errorf("bind %s into tmpfs: %w", exeDir, err)
 	}
 	if err := os.Chdir(newRoot); err != nil {
 		return err
@@ -61,10 +64,46 @@ func MoveRootToTmpfs() error {
 	if err := unix.Chroot("."); err != nil {
 		return fmt.Errorf("chroot into tmpfs: %w", err)
 	}
-	if err := os.Chdir("/"); err != nil {
+	return os.Chdir("/")
+}
+
+// moveTreeExcept moves dir's entries into dst, skipping the paths in skip
+// and descending into directories that contain a skipped path.
+func moveTreeExcept(dir, dst string, skip map[string]bool) error {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
 		return err
 	}
-	return unix.Exec("/init", os.Args, append(os.Environ(), stageEnv))
+	for _, e := range entries {
+		src := filepath.Join(dir, e.Name())
+		target := filepath.Join(dst, e.Name())
+		if skip[src] {
+			continue
+		}
+		if e.IsDir() && containsSkipped(src, skip) {
+			if err := os.MkdirAll(target, 0o755); err != nil {
+				return err
+			}
+			if err := moveTreeExcept(src, target, skip); err != nil {
+				return err
+			}
+			continue
+		}
+		// Moving (copy, then unlink) frees the initramfs memory as we go.
+		if err := moveTree(src, target); err != nil {
+			return fmt.Errorf("move %s into tmpfs: %w", src, err)
+		}
+	}
+	return nil
+}
+
+func containsSkipped(dir string, skip map[string]bool) bool {
+	for p := range skip {
+		if strings.HasPrefix(p, dir+"/") {
+			return true
+		}
+	}
+	return false
 }
 
 func moveTree(src, dst string) error {
@@ -114,9 +153,6 @@ func moveTree(src, dst string) error {
 		if err := os.Chmod(dst, fi.Mode().Perm()|fi.Mode()&(os.ModeSetuid|os.ModeSetgid|os.ModeSticky)); err != nil {
 			return err
 		}
-	}
-	if src == "/init" {
-		return nil // still running from it; the old root becomes unreachable anyway
 	}
 	return os.Remove(src)
 }
