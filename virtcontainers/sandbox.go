@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"path/filepath"
 	"sync"
 	"time"
 
@@ -33,9 +34,33 @@ type Sandbox struct {
 	agent agent
 	share *fsshare.Share
 
+	// shared is false with shared_fs = "none": no container can get a rootfs.
+	shared    bool
+	virtiofsd *fsshare.Daemon
+
 	mu         sync.Mutex
 	containers map[string]*containerState
 	state      *sandboxState
+}
+
+// shareWithGuest sets up the configured shared-directory transport: the
+// VM device, the guest mount and, for virtio-fs, the virtiofsd serving it.
+func shareWithGuest(ctx context.Context, sc SandboxConfig, share *fsshare.Share) (*hypervisor.SharedFS, []*api.Storage, *fsshare.Daemon, error) {
+	switch h := sc.Config.Hypervisor; h.SharedFS {
+	case configuration.SharedFSNone:
+		return nil, nil, nil, nil
+	case configuration.SharedFSVirtioFS:
+		sock := filepath.Join(stateDir(sc.ID), "virtiofsd.sock")
+		d, err := share.StartVirtioFSD(ctx, h.VirtioFSDaemon, sock)
+		if err != nil {
+			return nil, nil, nil, fmt.Errorf("sandbox %s: hypervisor.qemu.shared_fs = virtio-fs: %w", sc.ID, err)
+		}
+		return &hypervisor.SharedFS{Type: hypervisor.SharedFSVirtioFS, Tag: fsshare.MountTag, SocketPath: sock},
+			[]*api.Storage{share.GuestStorageVirtioFS()}, d, nil
+	default:
+		return &hypervisor.SharedFS{Type: hypervisor.SharedFS9P, Tag: fsshare.MountTag, HostPath: share.HostDir},
+			[]*api.Storage{share.GuestStorage()}, nil, nil
+	}
 }
 
 type containerState struct {
@@ -71,7 +96,12 @@ func CreateSandbox(ctx context.Context, sc SandboxConfig) (_ *Sandbox, retErr er
 	}
 	undo.add("remove sandbox state", func() error { return removeState(sc.ID) })
 
-	vm, err := startVM(ctx, sc.ID, sc.Config, &hypervisor.SharedFS{Type: hypervisor.SharedFS9P, Tag: fsshare.MountTag, HostPath: share.HostDir})
+	vmShare, storages, daemon, err := shareWithGuest(ctx, sc, share)
+	if err != nil {
+		return nil, err
+	}
+	undo.add("stop virtiofsd", daemon.Stop)
+	vm, err := startVM(ctx, sc.ID, sc.Config, vmShare)
 	if err != nil {
 		return nil, err
 	}
@@ -81,12 +111,13 @@ func CreateSandbox(ctx context.Context, sc SandboxConfig) (_ *Sandbox, retErr er
 		return nil, err
 	}
 
-	s := &Sandbox{ID: sc.ID, vm: vm, agent: vm.Agent, share: share, containers: map[string]*containerState{}, state: st}
+	s := &Sandbox{ID: sc.ID, vm: vm, agent: vm.Agent, share: share, shared: vmShare != nil, virtiofsd: daemon,
+		containers: map[string]*containerState{}, state: st}
 	err = s.agent.CreateSandbox(ctx, &api.CreateSandboxRequest{
 		SandboxId: sc.ID,
 		Hostname:  sc.Hostname,
 		Dns:       sc.DNS,
-		Storages:  []*api.Storage{share.GuestStorage()},
+		Storages:  storages,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("sandbox %s: prepare guest: %w", sc.ID, err)
@@ -112,6 +143,9 @@ func (s *Sandbox) CreateContainer(ctx context.Context, cc ContainerConfig) (retE
 	ctx = log.WithLogger(ctx, log.G(ctx).WithField("sandbox", s.ID).WithField("container", cc.ID))
 	if err := validID(cc.ID); err != nil {
 		return fmt.Errorf("%w: container %v", errdefs.ErrInvalidArgument, err)
+	}
+	if !s.shared {
+		return fmt.Errorf("container %s: hypervisor.qemu.shared_fs = \"none\" gives the guest no way to reach its root filesystem: %w", cc.ID, errdefs.ErrFailedPrecondition)
 	}
 	s.mu.Lock()
 	if _, ok := s.containers[cc.ID]; ok {
@@ -234,6 +268,9 @@ func (s *Sandbox) PID() int { return s.vm.PID() }
 func (s *Sandbox) Stop(ctx context.Context) error {
 	var errs []error
 	if err := s.vm.Stop(ctx); err != nil {
+		errs = append(errs, err)
+	}
+	if err := s.virtiofsd.Stop(); err != nil {
 		errs = append(errs, err)
 	}
 	if err := s.share.Destroy(); err != nil {

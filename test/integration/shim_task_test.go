@@ -4,6 +4,7 @@ package integration
 
 import (
 	"context"
+	"encoding/json"
 	"os"
 	"strconv"
 	"strings"
@@ -105,8 +106,18 @@ func TestShimTaskOperations(t *testing.T) {
 	})
 	t.Run("stats", func(t *testing.T) {
 		out := mustCtr(t, ctx, c, "task", "metrics", "--format", "json", id)
-		if !strings.Contains(out, "usage") {
-			t.Fatalf("metrics without usage: %s", out)
+		var m struct {
+			CPU struct {
+				UsageUsec uint64 `json:"usage_usec"`
+			} `json:"cpu"`
+			Memory struct{ Usage uint64 }   `json:"memory"`
+			Pids   struct{ Current uint64 } `json:"pids"`
+		}
+		if err := json.Unmarshal([]byte(out), &m); err != nil {
+			t.Fatalf("metrics %q: %v", out, err)
+		}
+		if m.CPU.UsageUsec == 0 || m.Memory.Usage == 0 || m.Pids.Current == 0 {
+			t.Fatalf("metrics have zeros: %+v from %s", m, out)
 		}
 	})
 	t.Run("update memory limit", func(t *testing.T) {
