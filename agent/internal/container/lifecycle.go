@@ -66,36 +66,30 @@ func (m *Manager) Stats(ctx context.Context, id string) (*api.StatsContainerResp
 
 // Pause freezes a running container.
 func (m *Manager) Pause(ctx context.Context, id string) error {
-	c, err := m.get(id)
-	if err != nil {
-		return err
-	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if err := c.transition(statusPaused); err != nil {
-		return err
-	}
-	if err := c.lc.Pause(); err != nil {
-		c.state = statusRunning
-		return fmt.Errorf("pause container %s: %w", id, err)
-	}
-	return nil
+	return m.step(id, statusPaused, "pause", func(c *Container) error { return c.lc.Pause() })
 }
 
 // Resume thaws a paused container.
 func (m *Manager) Resume(ctx context.Context, id string) error {
+	return m.step(id, statusRunning, "resume", func(c *Container) error { return c.lc.Resume() })
+}
+
+// step moves container id to state to by running op, under the container's
+// lock; if op fails the container stays in the state it was in.
+func (m *Manager) step(id string, to status, verb string, op func(*Container) error) error {
 	c, err := m.get(id)
 	if err != nil {
 		return err
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if err := c.transition(statusRunning); err != nil {
+	from := c.state
+	if err := c.transition(to); err != nil {
 		return err
 	}
-	if err := c.lc.Resume(); err != nil {
-		c.state = statusPaused
-		return fmt.Errorf("resume container %s: %w", id, err)
+	if err := op(c); err != nil {
+		c.state = from
+		return fmt.Errorf("%s container %s: %w", verb, id, err)
 	}
 	return nil
 }

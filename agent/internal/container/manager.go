@@ -317,18 +317,8 @@ func (m *Manager) hasController(name string) bool {
 
 // Start runs the init of a created container.
 func (m *Manager) Start(ctx context.Context, id string) error {
-	c, err := m.get(id)
-	if err != nil {
+	if err := m.step(id, statusRunning, "start", func(c *Container) error { return c.lc.Exec() }); err != nil {
 		return err
-	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if err := c.transition(statusRunning); err != nil {
-		return err
-	}
-	if err := c.lc.Exec(); err != nil {
-		c.state = statusCreated
-		return fmt.Errorf("start container %s: %w", id, err)
 	}
 	log.G(ctx).WithField("container", id).Info("container started")
 	return nil
