@@ -202,7 +202,8 @@ func (s *service) ensureSandbox(ctx context.Context, r *taskAPI.CreateTaskReques
 }
 
 // loadConfig reads the configuration (the runtime options' ConfigPath
-// first) and applies the pod's allowed annotation overrides.
+// first), applies the pod's allowed annotation overrides and sizes the VM
+// for the pod's limits.
 func loadConfig(ctx context.Context, r *taskAPI.CreateTaskRequest, spec *specs.Spec) (*configuration.Config, error) {
 	cfg, warnings, err := configuration.Load(configPathFromOptions(r))
 	for _, w := range warnings {
@@ -213,6 +214,9 @@ func loadConfig(ctx context.Context, r *taskAPI.CreateTaskRequest, spec *specs.S
 	}
 	cfg, err = cfg.ApplyAnnotations(spec.Annotations)
 	if err != nil {
+		return nil, fmt.Errorf("%w: %v", errdefs.ErrInvalidArgument, err)
+	}
+	if cfg, err = virtcontainers.SizeForPod(cfg, spec.Annotations); err != nil {
 		return nil, fmt.Errorf("%w: %v", errdefs.ErrInvalidArgument, err)
 	}
 	return cfg, nil

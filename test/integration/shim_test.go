@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -77,6 +78,25 @@ func TestShimCtrRun(t *testing.T) {
 		if res.ExitCode != 0 || res.Stdout != in {
 			t.Fatalf("cat returned %d bytes of %d, exit %d, stderr %q", len(res.Stdout), len(in), res.ExitCode, res.Stderr)
 		}
+	})
+	t.Run("pod sizing", func(t *testing.T) {
+		// containerd's CRI sets these on a pod's sandbox: defaults + limits.
+		ct := ctrtest.Container{ID: "kasa-sized", Runtime: ctrtest.RuntimeKasa,
+			Flags: []string{"--annotation", "io.kubernetes.cri.sandbox-cpu-quota=100000", "--annotation", "io.kubernetes.cri.sandbox-cpu-period=100000",
+				"--annotation", "io.kubernetes.cri.sandbox-memory=268435456"},
+			Args: []string{"sh", "-c", "grep -c ^processor /proc/cpuinfo; grep MemTotal /proc/meminfo | tr -s ' ' | cut -d' ' -f2"}}
+		res, err := c.RunContainer(ctx, ct)
+		if err != nil {
+			t.Fatal(err)
+		}
+		f := strings.Fields(res.Stdout)
+		if res.ExitCode != 0 || len(f) != 2 || f[0] != "2" {
+			t.Fatalf("want 2 vCPUs (1 default + 1 for the pod): %s", res)
+		}
+		if kb, _ := strconv.Atoi(f[1]); kb < 700<<10 {
+			t.Fatalf("guest has %s kB, want about 768 MiB (512 default + 256 for the pod)", f[1])
+		}
+		ctrtest.AssertNoLeftovers(t, c, "kasa-sized")
 	})
 	t.Run("missing binary", func(t *testing.T) {
 		start := time.Now()
