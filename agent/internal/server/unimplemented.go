@@ -26,21 +26,6 @@ type unimplemented struct{}
 func (unimplemented) GetMetrics(context.Context, *api.GetMetricsRequest) (*api.GetMetricsResponse, error) {
 	return nil, notYet("GetMetrics")
 }
-func (unimplemented) UpdateInterface(context.Context, *api.UpdateInterfaceRequest) (*api.UpdateInterfaceResponse, error) {
-	return nil, notYet("UpdateInterface")
-}
-func (unimplemented) ListInterfaces(context.Context, *api.ListInterfacesRequest) (*api.ListInterfacesResponse, error) {
-	return nil, notYet("ListInterfaces")
-}
-func (unimplemented) UpdateRoutes(context.Context, *api.UpdateRoutesRequest) (*api.UpdateRoutesResponse, error) {
-	return nil, notYet("UpdateRoutes")
-}
-func (unimplemented) ListRoutes(context.Context, *api.ListRoutesRequest) (*api.ListRoutesResponse, error) {
-	return nil, notYet("ListRoutes")
-}
-func (unimplemented) AddARPNeighbors(context.Context, *api.AddARPNeighborsRequest) (*emptypb.Empty, error) {
-	return nil, notYet("AddARPNeighbors")
-}
 func (unimplemented) OnlineCPUMem(context.Context, *api.OnlineCPUMemRequest) (*emptypb.Empty, error) {
 	return nil, notYet("OnlineCPUMem")
 }
