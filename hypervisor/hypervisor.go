@@ -5,6 +5,8 @@ package hypervisor
 import (
 	"context"
 	"errors"
+	"net"
+	"os"
 )
 
 // ErrNotSupported is returned (wrapped) by a driver for an operation or a
@@ -65,6 +67,9 @@ type VMConfig struct {
 	// filesystems and volumes); nil for none.
 	SharedFS *SharedFS
 
+	// NICs are the guest's network cards, in order (eth0, eth1...).
+	NICs []NIC
+
 	// Debug makes the guest kernel verbose on the console.
 	Debug bool
 }
@@ -88,6 +93,14 @@ type SharedFS struct {
 	HostPath string
 	// SocketPath is virtiofsd's vhost-user socket (virtio-fs).
 	SocketPath string
+}
+
+// NIC is a guest network card backed by a tap device the caller opened.
+type NIC struct {
+	// TapFile is the open tap queue; the driver hands it to the hypervisor.
+	TapFile *os.File
+	// MAC is the guest card's address (the pod veth's, in Kata's tcfilter model).
+	MAC net.HardwareAddr
 }
 
 // Hypervisor drives one VM through its life. Optional capabilities (hotplug,

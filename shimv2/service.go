@@ -191,7 +191,7 @@ func (s *service) ensureSandbox(ctx context.Context, r *taskAPI.CreateTaskReques
 	if err != nil {
 		return err
 	}
-	sb, err := virtcontainers.CreateSandbox(ctx, virtcontainers.SandboxConfig{ID: r.ID, Config: cfg, Hostname: spec.Hostname})
+	sb, err := virtcontainers.CreateSandbox(ctx, virtcontainers.SandboxConfig{ID: r.ID, Config: cfg, Hostname: spec.Hostname, NetNS: netnsPath(spec)})
 	if err != nil {
 		return err
 	}
@@ -469,6 +469,20 @@ func (s *service) Kill(ctx context.Context, r *taskAPI.KillRequest) (*emptypb.Em
 	}
 	sb, _ := s.sandboxOf(r.ID)
 	return &emptypb.Empty{}, errGRPC(sb.Signal(ctx, r.ID, p.execID, syscall.Signal(r.Signal), r.All))
+}
+
+// netnsPath is the pod's network namespace named by the spec (CRI and
+// `ctr run --with-ns network:PATH` set it), or "".
+func netnsPath(s *specs.Spec) string {
+	if s.Linux == nil {
+		return ""
+	}
+	for _, n := range s.Linux.Namespaces {
+		if n.Type == specs.NetworkNamespace {
+			return n.Path
+		}
+	}
+	return ""
 }
 
 // configPathFromOptions returns the ConfigPath of the runtime options

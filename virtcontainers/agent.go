@@ -34,6 +34,7 @@ type agent interface {
 	CloseStdin(ctx context.Context, containerID, execID string) error
 	TtyWinResize(ctx context.Context, containerID, execID string, rows, cols uint32) error
 	GetOOMEvent(ctx context.Context) (containerID string, err error)
+	guestNetworkAgent
 }
 
 func marshalSpec(s *specs.Spec) ([]byte, error) { return json.Marshal(s) }

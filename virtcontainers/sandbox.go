@@ -25,6 +25,9 @@ type SandboxConfig struct {
 	Config   *configuration.Config
 	Hostname string
 	DNS      []string
+	// NetNS is the pod's network namespace (the OCI spec's network
+	// namespace path); its veths are joined to the VM's NICs. "" for none.
+	NetNS string
 }
 
 // Sandbox is one VM with its shared directory and the containers in it.
@@ -37,6 +40,7 @@ type Sandbox struct {
 	// shared is false with shared_fs = "none": no container can get a rootfs.
 	shared    bool
 	virtiofsd *fsshare.Daemon
+	network   *podNetwork
 
 	mu         sync.Mutex
 	containers map[string]*containerState
@@ -101,7 +105,12 @@ func CreateSandbox(ctx context.Context, sc SandboxConfig) (_ *Sandbox, retErr er
 		return nil, err
 	}
 	undo.add("stop virtiofsd", daemon.Stop)
-	vm, err := startVM(ctx, sc.ID, sc.Config, vmShare)
+	pn, err := attachPodNetwork(sc.NetNS)
+	if err != nil {
+		return nil, fmt.Errorf("sandbox %s: pod network: %w", sc.ID, err)
+	}
+	undo.add("detach pod network", pn.detach)
+	vm, err := startVM(ctx, sc.ID, sc.Config, vmShare, pn.nics())
 	if err != nil {
 		return nil, err
 	}
@@ -112,7 +121,10 @@ func CreateSandbox(ctx context.Context, sc SandboxConfig) (_ *Sandbox, retErr er
 	}
 
 	s := &Sandbox{ID: sc.ID, vm: vm, agent: vm.Agent, share: share, shared: vmShare != nil, virtiofsd: daemon,
-		containers: map[string]*containerState{}, state: st}
+		network: pn, containers: map[string]*containerState{}, state: st}
+	if err := pn.configureGuest(ctx, s.agent); err != nil {
+		return nil, fmt.Errorf("sandbox %s: %w", sc.ID, err)
+	}
 	err = s.agent.CreateSandbox(ctx, &api.CreateSandboxRequest{
 		SandboxId: sc.ID,
 		Hostname:  sc.Hostname,
@@ -271,6 +283,9 @@ func (s *Sandbox) Stop(ctx context.Context) error {
 		errs = append(errs, err)
 	}
 	if err := s.virtiofsd.Stop(); err != nil {
+		errs = append(errs, err)
+	}
+	if err := s.network.detach(); err != nil {
 		errs = append(errs, err)
 	}
 	if err := s.share.Destroy(); err != nil {

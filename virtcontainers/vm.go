@@ -77,10 +77,10 @@ func VMConfigFor(id string, cfg *configuration.Config) hypervisor.VMConfig {
 // at most the configured dial timeout. On error nothing is left behind: no
 // hypervisor process, no state directory.
 func StartVM(ctx context.Context, id string, cfg *configuration.Config) (*VM, error) {
-	return startVM(log.WithLogger(ctx, log.G(ctx).WithField("sandbox", id)), id, cfg, nil)
+	return startVM(log.WithLogger(ctx, log.G(ctx).WithField("sandbox", id)), id, cfg, nil, nil)
 }
 
-func startVM(ctx context.Context, id string, cfg *configuration.Config, shared *hypervisor.SharedFS) (_ *VM, retErr error) {
+func startVM(ctx context.Context, id string, cfg *configuration.Config, shared *hypervisor.SharedFS, nics []hypervisor.NIC) (_ *VM, retErr error) {
 	if err := validID(id); err != nil {
 		return nil, err
 	}
@@ -93,6 +93,7 @@ func startVM(ctx context.Context, id string, cfg *configuration.Config, shared *
 	}
 	vm := &VM{ID: id, hv: hv, Config: VMConfigFor(id, cfg)}
 	vm.Config.SharedFS = shared
+	vm.Config.NICs = nics
 	if err := hv.CreateVM(ctx, vm.Config); err != nil {
 		return nil, fmt.Errorf("sandbox %s: create VM: %w", id, err)
 	}

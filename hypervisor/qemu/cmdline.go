@@ -197,6 +197,11 @@ func validate(cfg hypervisor.VMConfig) error {
 			errs = append(errs, fmt.Errorf("SharedFS.Type %q is not one of %s, %s", fs.Type, hypervisor.SharedFS9P, hypervisor.SharedFSVirtioFS))
 		}
 	}
+	for i, n := range cfg.NICs {
+		if n.TapFile == nil || len(n.MAC) != 6 {
+			errs = append(errs, fmt.Errorf("NICs[%d]: needs an open tap file and a 6-byte MAC", i))
+		}
+	}
 	if cfg.VCPUs == 0 {
 		errs = append(errs, errors.New("VCPUs is 0"))
 	}
@@ -287,7 +292,29 @@ func BuildArgs(cfg hypervisor.VMConfig, accel hypervisor.Accelerator) ([]string,
 		"-object", "rng-random,id=rng0,filename=/dev/urandom",
 		"-device", "virtio-rng"+model.virtioSuffix+",rng=rng0",
 	)
-	return append(args, sharedFSArgs(cfg, model)...), nil
+	args = append(args, sharedFSArgs(cfg, model)...)
+	return append(args, nicArgs(cfg, model)...), nil
+}
+
+// nicFD is the descriptor number of NIC i's tap in QEMU: the driver passes
+// the taps as the child's extra files, which start at 3.
+func nicFD(i int) int { return 3 + i }
+
+// nicArgs gives the guest a virtio-net card per NIC on an inherited tap fd.
+// romfile= keeps QEMU from loading a PXE option ROM the guest never uses.
+func nicArgs(cfg hypervisor.VMConfig, model machineModel) []string {
+	var args []string
+	for i, n := range cfg.NICs {
+		id := "net" + strconv.Itoa(i)
+		dev := "virtio-net" + model.virtioSuffix + ",netdev=" + id + ",mac=" + n.MAC.String()
+		if model.virtioSuffix == "-pci" {
+			dev += ",romfile="
+		}
+		args = append(args,
+			"-netdev", "tap,id="+id+",fd="+strconv.Itoa(nicFD(i))+",vhost=off",
+			"-device", dev)
+	}
+	return args
 }
 
 // sharedFSArgs exports cfg.SharedFS. virtio-9p is served by QEMU itself

@@ -2,6 +2,8 @@ package qemu
 
 import (
 	"errors"
+	"net"
+	"os"
 	"reflect"
 	"slices"
 	"strings"
@@ -136,6 +138,17 @@ func TestBuildArgsVariants(t *testing.T) {
 			expectValues(t, args, "-numa", "node,memdev=mem")
 			expectContains(t, values(args, "-device"), "vhost-user-fs-device,chardev=vfs,tag=kasa")
 			expectContains(t, values(args, "-chardev"), "socket,id=vfs,path=/run/kasa/vm/x/vfs.sock")
+		},
+	}, {
+		name: "virtio-net on inherited tap fds",
+		modify: func(c *hypervisor.VMConfig) {
+			mac, _ := net.ParseMAC("02:42:ac:11:00:02")
+			c.NICs = []hypervisor.NIC{{TapFile: os.Stdin, MAC: mac}, {TapFile: os.Stdin, MAC: mac}}
+		},
+		accel: hypervisor.AccelTCG,
+		check: func(t *testing.T, args []string) {
+			expectContains(t, values(args, "-netdev"), "tap,id=net0,fd=3,vhost=off", "tap,id=net1,fd=4,vhost=off")
+			expectContains(t, values(args, "-device"), "virtio-net-pci,netdev=net0,mac=02:42:ac:11:00:02,romfile=")
 		},
 	}, {
 		name:   "debug replaces quiet",

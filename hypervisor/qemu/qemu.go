@@ -235,6 +235,9 @@ func (q *QEMU) StartVM(ctx context.Context) (retErr error) {
 	cmd := exec.Command(q.cfg.Path, q.args...)
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	for _, n := range q.cfg.NICs { // fd 3, 4, ... as nicArgs says
+		cmd.ExtraFiles = append(cmd.ExtraFiles, n.TapFile)
+	}
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("starting %s: %w", q.cfg.Path, err)
 	}
