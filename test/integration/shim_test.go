@@ -98,6 +98,19 @@ func TestShimCtrRun(t *testing.T) {
 		}
 		ctrtest.AssertNoLeftovers(t, c, "kasa-sized")
 	})
+	t.Run("seccomp", func(t *testing.T) {
+		// ctr's default profile: the container's processes run filtered (mode 2).
+		ct := ctrtest.Container{ID: "kasa-seccomp", Runtime: ctrtest.RuntimeKasa, Flags: []string{"--seccomp"},
+			Args: []string{"sh", "-c", "grep ^Seccomp: /proc/self/status"}}
+		res, err := c.RunContainer(ctx, ct)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res.ExitCode != 0 || strings.Fields(res.Stdout+" x x")[1] != "2" {
+			t.Fatalf("want Seccomp: 2 (filter) inside the container: %s", res)
+		}
+		ctrtest.AssertNoLeftovers(t, c, "kasa-seccomp")
+	})
 	t.Run("missing binary", func(t *testing.T) {
 		start := time.Now()
 		res := run(t, "kasa-nocmd", "", "/no/such/command")
