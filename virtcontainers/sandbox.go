@@ -110,6 +110,10 @@ func CreateSandbox(ctx context.Context, sc SandboxConfig) (_ *Sandbox, retErr er
 		return nil, fmt.Errorf("sandbox %s: pod network: %w", sc.ID, err)
 	}
 	undo.add("detach pod network", pn.detach)
+	st.NetNS = sc.NetNS
+	for _, t := range pn.taps {
+		st.Taps = append(st.Taps, tapState{Name: t.Name, Index: t.IfIndex(), VethIndex: t.VethIndex()})
+	}
 	vm, err := startVM(ctx, sc.ID, sc.Config, vmShare, pn.nics())
 	if err != nil {
 		return nil, err

@@ -13,6 +13,7 @@ import (
 
 	"github.com/kasa-runtime/kasa/hypervisor/qemu"
 	"github.com/kasa-runtime/kasa/virtcontainers/fsshare"
+	"github.com/kasa-runtime/kasa/virtcontainers/network"
 )
 
 // SandboxStateRoot holds each sandbox's persisted state (DESIGN §3), so that
@@ -28,6 +29,16 @@ type sandboxState struct {
 	SharedDir     string    `json:"shared_dir"`
 	Containers    []string  `json:"containers"`
 	CreatedAt     time.Time `json:"created_at"`
+	// NetNS and Taps let a later process remove the taps and tc filters
+	// this sandbox added to the pod's network namespace.
+	NetNS string     `json:"netns,omitempty"`
+	Taps  []tapState `json:"taps,omitempty"`
+}
+
+type tapState struct {
+	Name      string `json:"name"`
+	Index     int    `json:"index"`
+	VethIndex int    `json:"veth_index"`
 }
 
 func stateDir(id string) string { return filepath.Join(SandboxStateRoot, id) }
@@ -95,6 +106,11 @@ func CleanupSandbox(ctx context.Context, id string) error {
 	var errs []error
 	if err := qemu.KillOrphan(st.VMStateDir, id); err != nil {
 		errs = append(errs, err)
+	}
+	for _, t := range st.Taps {
+		if err := network.ExistingTap(st.NetNS, t.Name, t.Index, t.VethIndex).Detach(); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	share := fsshare.Open(id, 0)
 	share.HostDir = st.SharedDir

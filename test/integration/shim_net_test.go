@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os/exec"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -86,4 +87,37 @@ func TestShimPodNetwork(t *testing.T) {
 	if q, _ := exec.Command("tc", "-n", strings.TrimPrefix(netns, "/var/run/netns/"), "qdisc", "show", "dev", "eth0", "ingress").Output(); len(strings.TrimSpace(string(q))) > 0 {
 		t.Fatalf("ingress qdisc left on the pod veth: %s", q)
 	}
+}
+
+// A shim killed while its pod had a network leaves a tap and tc filters in
+// the pod netns; the shim delete containerd runs must remove them too.
+func TestShimCrashCleansPodNetwork(t *testing.T) {
+	c := startKasaHarness(t)
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
+	defer cancel()
+	netns, _, _ := podNetns(t)
+	ns := strings.TrimPrefix(netns, "/var/run/netns/")
+	const id = "kasa-netcrash"
+	startDetached(t, ctx, c, id, []string{"--with-ns", "network:" + netns}, "sleep", "1000")
+	if links, _ := exec.Command("ip", "-n", ns, "-br", "link").Output(); !strings.Contains(string(links), "tap0_kasa") {
+		t.Fatalf("no tap in the pod netns while running:\n%s", links)
+	}
+	for _, pid := range shimProcesses(id) {
+		syscall.Kill(pid, syscall.SIGKILL)
+	}
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		links, _ := exec.Command("ip", "-n", ns, "-br", "link").Output()
+		q, _ := exec.Command("tc", "-n", ns, "qdisc", "show", "dev", "eth0", "ingress").Output()
+		if !strings.Contains(string(links), "_kasa") && len(strings.TrimSpace(string(q))) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("15 s after the shim was killed the pod netns still has:\n%s\n%s", links, q)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	ctr(t, ctx, c, "task", "delete", "-f", id)
+	ctr(t, ctx, c, "container", "delete", id)
+	ctrtest.AssertNoLeftovers(t, c, id)
 }

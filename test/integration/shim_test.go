@@ -106,7 +106,7 @@ func TestShimCtrRun(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if res.ExitCode != 0 || strings.Fields(res.Stdout+" x x")[1] != "2" {
+		if res.ExitCode != 0 || strings.Fields(res.Stdout + " x x")[1] != "2" {
 			t.Fatalf("want Seccomp: 2 (filter) inside the container: %s", res)
 		}
 		ctrtest.AssertNoLeftovers(t, c, "kasa-seccomp")

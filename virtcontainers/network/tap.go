@@ -316,3 +316,16 @@ func (r *rollback) run() error {
 	r.undo = nil
 	return errors.Join(errs...)
 }
+
+// IfIndex is the tap's interface index in the pod netns.
+func (t *Tap) IfIndex() int { return t.index }
+
+// VethIndex is the interface index of the veth the tap is joined to.
+func (t *Tap) VethIndex() int { return t.vethIndex }
+
+// ExistingTap describes a tap made by an earlier process (a shim that
+// died), from what it persisted, so that Detach can remove it. Detach only
+// deletes a tap that still has the recorded index.
+func ExistingTap(netnsPath, name string, index, vethIndex int) *Tap {
+	return &Tap{Name: name, netnsPath: netnsPath, index: index, vethIndex: vethIndex}
+}
