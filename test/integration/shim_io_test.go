@@ -41,9 +41,7 @@ func TestShimTerminalAndLogURIs(t *testing.T) {
 	if _, err := exec.LookPath("script"); err != nil {
 		ctrtest.Missing(t, "script(1) from util-linux")
 	}
-	c := startKasaHarness(t)
-	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
-	defer cancel()
+	c, ctx := startKasaHarness(t, 5*time.Minute)
 	conf := c.KasaConfig()
 
 	t.Run("tty", func(t *testing.T) {
@@ -112,9 +110,7 @@ func TestShimTerminalAndLogURIs(t *testing.T) {
 // A shim that dies leaves a VM, mounts and state; containerd then runs
 // `containerd-shim-kasa-v2 delete`, which must clean all of it up.
 func TestShimCrashIsCleanedUp(t *testing.T) {
-	c := startKasaHarness(t)
-	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
-	defer cancel()
+	c, ctx := startKasaHarness(t, 5*time.Minute)
 	const id = "kasa-shimcrash"
 	startDetached(t, ctx, c, id, nil, "sleep", "1000")
 	var shim int
@@ -135,17 +131,13 @@ func TestShimCrashIsCleanedUp(t *testing.T) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	ctr(t, ctx, c, "task", "delete", "-f", id)
-	ctr(t, ctx, c, "container", "delete", id)
-	ctrtest.AssertNoLeftovers(t, c, id)
+	deleteTask(t, ctx, c, id)
 }
 
 // A pod annotation that the configuration does not allow fails Create with
 // an error naming it, before any VM is started.
 func TestShimRefusesDisallowedAnnotation(t *testing.T) {
-	c := startKasaHarness(t)
-	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
-	defer cancel()
+	c, ctx := startKasaHarness(t, 5*time.Minute)
 	const id = "kasa-badann"
 	res, err := c.RunContainer(ctx, ctrtest.Container{ID: id, Runtime: ctrtest.RuntimeKasa,
 		Flags: []string{"--annotation", "io.katacontainers.config.hypervisor.default_memory=4096"}, Args: []string{"true"}})

@@ -3,7 +3,6 @@
 package integration
 
 import (
-	"context"
 	"crypto/rand"
 	"fmt"
 	"os/exec"
@@ -56,9 +55,7 @@ func TestShimPodNetwork(t *testing.T) {
 	if _, err := exec.LookPath("busybox"); err != nil {
 		ctrtest.Missing(t, "busybox (busybox-static) on the host for ping")
 	}
-	c := startKasaHarness(t)
-	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
-	defer cancel()
+	c, ctx := startKasaHarness(t, 5*time.Minute)
 	netns, podIP, inPeer := podNetns(t)
 	mac, err := exec.Command("ip", "-n", strings.TrimPrefix(netns, "/var/run/netns/"), "-br", "link", "show", "eth0").Output()
 	if err != nil {
@@ -92,9 +89,7 @@ func TestShimPodNetwork(t *testing.T) {
 // A shim killed while its pod had a network leaves a tap and tc filters in
 // the pod netns; the shim delete containerd runs must remove them too.
 func TestShimCrashCleansPodNetwork(t *testing.T) {
-	c := startKasaHarness(t)
-	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
-	defer cancel()
+	c, ctx := startKasaHarness(t, 5*time.Minute)
 	netns, _, _ := podNetns(t)
 	ns := strings.TrimPrefix(netns, "/var/run/netns/")
 	const id = "kasa-netcrash"
@@ -117,7 +112,5 @@ func TestShimCrashCleansPodNetwork(t *testing.T) {
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
-	ctr(t, ctx, c, "task", "delete", "-f", id)
-	ctr(t, ctx, c, "container", "delete", id)
-	ctrtest.AssertNoLeftovers(t, c, id)
+	deleteTask(t, ctx, c, id)
 }

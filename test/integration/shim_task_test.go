@@ -74,15 +74,19 @@ func startDetached(t *testing.T, ctx context.Context, c *ctrtest.Containerd, id 
 func removeTask(t *testing.T, ctx context.Context, c *ctrtest.Containerd, id string) {
 	t.Helper()
 	ctr(t, ctx, c, "task", "kill", "-s", "SIGKILL", id)
+	deleteTask(t, ctx, c, id)
+}
+
+// deleteTask deletes a container and its task, then checks nothing of it is left.
+func deleteTask(t *testing.T, ctx context.Context, c *ctrtest.Containerd, id string) {
+	t.Helper()
 	ctr(t, ctx, c, "task", "delete", "-f", id)
 	ctr(t, ctx, c, "container", "delete", id)
 	ctrtest.AssertNoLeftovers(t, c, id)
 }
 
 func TestShimTaskOperations(t *testing.T) {
-	c := startKasaHarness(t)
-	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Minute)
-	defer cancel()
+	c, ctx := startKasaHarness(t, 10*time.Minute)
 	const id = "kasa-long"
 	startDetached(t, ctx, c, id, nil, "sh", "-c", "trap 'exit 42' TERM; while true; do sleep 1; done")
 	defer removeTask(t, ctx, c, id)
@@ -140,9 +144,7 @@ func TestShimTaskOperations(t *testing.T) {
 
 // A VM that dies (QEMU killed) turns into an exit of its task within 2 s.
 func TestShimVMDeathIsTaskExit(t *testing.T) {
-	c := startKasaHarness(t)
-	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
-	defer cancel()
+	c, ctx := startKasaHarness(t, 5*time.Minute)
 	const id = "kasa-vmdeath"
 	startDetached(t, ctx, c, id, nil, "sleep", "1000")
 	defer removeTask(t, ctx, c, id)
@@ -163,9 +165,7 @@ func TestShimVMDeathIsTaskExit(t *testing.T) {
 
 // SIGKILL ends a task with 137.
 func TestShimSIGKILL(t *testing.T) {
-	c := startKasaHarness(t)
-	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
-	defer cancel()
+	c, ctx := startKasaHarness(t, 5*time.Minute)
 	const id = "kasa-sigkill"
 	startDetached(t, ctx, c, id, nil, "sleep", "1000")
 	defer removeTask(t, ctx, c, id)
@@ -176,9 +176,7 @@ func TestShimSIGKILL(t *testing.T) {
 // A process killed by the guest's OOM killer under a memory limit becomes a
 // TaskOOM event.
 func TestShimOOMEvent(t *testing.T) {
-	c := startKasaHarness(t)
-	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
-	defer cancel()
+	c, ctx := startKasaHarness(t, 5*time.Minute)
 	sub, err := dialContainerd(t, c).subscribe(ctx, `topic=="/tasks/oom"`)
 	if err != nil {
 		t.Fatal(err)

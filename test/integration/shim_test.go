@@ -17,8 +17,8 @@ import (
 
 // startKasaHarness is a private containerd whose PATH has this build's
 // bin/ (the Kasa shim) and whose Kasa configuration points at the test's
-// guest image.
-func startKasaHarness(t *testing.T) *ctrtest.Containerd {
+// guest image, and a context that ends with the test or after timeout.
+func startKasaHarness(t *testing.T, timeout time.Duration) (*ctrtest.Containerd, context.Context) {
 	t.Helper()
 	dir := requireVM(t)
 	repo, _ := filepath.Abs("../..")
@@ -34,13 +34,13 @@ func startKasaHarness(t *testing.T) *ctrtest.Containerd {
 	}
 	c := ctrtest.Start(t, ctrtest.Options{BinDirs: []string{bin}, KasaConfigPath: conf})
 	c.Busybox(t)
-	return c
+	ctx, cancel := context.WithTimeout(t.Context(), timeout)
+	t.Cleanup(cancel)
+	return c, ctx
 }
 
 func TestShimCtrRun(t *testing.T) {
-	c := startKasaHarness(t)
-	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Minute)
-	defer cancel()
+	c, ctx := startKasaHarness(t, 10*time.Minute)
 	run := func(t *testing.T, id, stdin string, args ...string) ctrtest.Result {
 		t.Helper()
 		ct := ctrtest.Container{ID: id, Runtime: ctrtest.RuntimeKasa, Args: args}
