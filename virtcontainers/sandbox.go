@@ -43,7 +43,7 @@ type Sandbox struct {
 	network   *podNetwork
 
 	mu         sync.Mutex
-	containers map[string]*containerState
+	containers map[string]struct{}
 	state      *sandboxState
 }
 
@@ -65,10 +65,6 @@ func shareWithGuest(ctx context.Context, sc SandboxConfig, share *fsshare.Share)
 		return &hypervisor.SharedFS{Type: hypervisor.SharedFS9P, Tag: fsshare.MountTag, HostPath: share.HostDir},
 			[]*api.Storage{share.GuestStorage()}, nil, nil
 	}
-}
-
-type containerState struct {
-	id string
 }
 
 // CreateSandbox boots the sandbox's VM, shares its directory with the guest
@@ -125,7 +121,7 @@ func CreateSandbox(ctx context.Context, sc SandboxConfig) (_ *Sandbox, retErr er
 	}
 
 	s := &Sandbox{ID: sc.ID, vm: vm, agent: vm.Agent, share: share, shared: vmShare != nil, virtiofsd: daemon,
-		network: pn, containers: map[string]*containerState{}, state: st}
+		network: pn, containers: map[string]struct{}{}, state: st}
 	if err := pn.configureGuest(ctx, s.agent); err != nil {
 		return nil, fmt.Errorf("sandbox %s: %w", sc.ID, err)
 	}
@@ -168,7 +164,7 @@ func (s *Sandbox) CreateContainer(ctx context.Context, cc ContainerConfig) (retE
 		s.mu.Unlock()
 		return fmt.Errorf("container %s: %w", cc.ID, errdefs.ErrAlreadyExists)
 	}
-	s.containers[cc.ID] = &containerState{id: cc.ID}
+	s.containers[cc.ID] = struct{}{}
 	s.mu.Unlock()
 
 	var undo cleanup

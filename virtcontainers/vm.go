@@ -18,7 +18,6 @@ import (
 	"github.com/kasa-runtime/kasa/configuration"
 	"github.com/kasa-runtime/kasa/hypervisor"
 	"github.com/kasa-runtime/kasa/hypervisor/qemu"
-	"github.com/kasa-runtime/kasa/virtcontainers/hostcheck"
 )
 
 // VMStateRoot is where each VM keeps its sockets and console log (DESIGN §3).
@@ -52,10 +51,21 @@ func newHypervisor(name configuration.HypervisorName) (hypervisor.Hypervisor, er
 	}
 }
 
+// SelectTransport resolves the configured agent transport for this host and
+// says why; kasa check reports the same choice.
+func SelectTransport(want configuration.AgentTransport) (hypervisor.AgentTransport, string) {
+	switch want {
+	case configuration.TransportAuto, "":
+		return hypervisor.TransportVirtioSerial, "auto: vsock transports are not available in this release"
+	default:
+		return hypervisor.AgentTransport(want), "set by agent.kata.transport"
+	}
+}
+
 // VMConfigFor turns the configuration into a driver's VM description.
 func VMConfigFor(id string, cfg *configuration.Config) hypervisor.VMConfig {
 	h := cfg.Hypervisor
-	transport, _ := hostcheck.SelectTransport(cfg.Agent.Transport)
+	transport, _ := SelectTransport(cfg.Agent.Transport)
 	return hypervisor.VMConfig{
 		ID:             id,
 		StateDir:       filepath.Join(VMStateRoot, id),

@@ -16,6 +16,7 @@ import (
 	"github.com/kasa-runtime/kasa/configuration"
 	"github.com/kasa-runtime/kasa/hypervisor"
 	"github.com/kasa-runtime/kasa/hypervisor/qemu"
+	"github.com/kasa-runtime/kasa/virtcontainers"
 )
 
 // Status is the outcome of one check.
@@ -122,18 +123,8 @@ func checkVhostVsock() Result {
 }
 
 func checkTransport(cfg *configuration.Config) Result {
-	t, why := SelectTransport(cfg.Agent.Transport)
+	t, why := virtcontainers.SelectTransport(cfg.Agent.Transport)
 	return Result{Name: "agent transport", Status: Info, Detail: fmt.Sprintf("%s (%s)", t, why)}
-}
-
-// SelectTransport resolves the configured agent transport for this host.
-func SelectTransport(want configuration.AgentTransport) (hypervisor.AgentTransport, string) {
-	switch want {
-	case configuration.TransportAuto, "":
-		return hypervisor.TransportVirtioSerial, "auto: vsock transports are not available in this release"
-	default:
-		return hypervisor.AgentTransport(want), "set by agent.kata.transport"
-	}
 }
 
 func checkCgroups() Result {
