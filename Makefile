@@ -21,7 +21,7 @@ GUEST := build/guest
 
 export PATH := $(CURDIR)/bin:$(PATH)
 
-.PHONY: all build deps guest-image install demo test test-unit test-integration generate bench-boot bench-run clean
+.PHONY: all build deps guest-image install demo test test-unit test-integration cri-tools generate bench-boot bench-run clean
 
 all: build guest-image
 
@@ -69,7 +69,11 @@ test-unit:
 	$(GO) test -count=1 -skip Integration ./...
 
 # CI=true turns a missing prerequisite into a failure instead of a skip.
-test-integration: build guest-image
+# crictl and critest (cri-tools v1.30.0), built from the Go module proxy.
+cri-tools:
+	hack/install-cri-tools.sh bin
+
+test-integration: build guest-image cri-tools
 	KASA_TEST_KERNEL=$(CURDIR)/$(GUEST)/vmlinuz $(GO) test -count=1 -run Integration -v ./agent/... ./hypervisor/... ./virtcontainers/...
 	KASA_TEST_GUEST_DIR=$(CURDIR)/$(GUEST) $(GO) test -count=1 -tags integration -timeout 30m -v ./test/integration/...
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds Kasa's guest image: a kernel and a compressed cpio initramfs whose
-# /init is kasa-agent, plus a manifest of versions and sha256 sums.
+# /init is kasa-agent (and /kasa/bin/pause beside it), plus a manifest of versions and sha256 sums.
 #
 # usage: build.sh AGENT_BINARY OUTDIR
 # env:   KERNEL_SOURCE=minimal (default: linux-source-6.1 + kernel/kasa.config)
@@ -34,6 +34,8 @@ list=$stage/initramfs.list
 	# The agent lives in a directory of its own (pid1.MoveRootToTmpfs binds it).
 	echo "file /kasa/bin/kasa-agent $agent 0755 0 0"
 	echo "slink /init /kasa/bin/kasa-agent 0777 0 0"
+	# The pause process of pod sandbox containers (the agent bind-mounts it).
+	echo "file /kasa/bin/pause $stage/pause 0755 0 0"
 	# Modules staged by debian-kernel.sh, in a stable order.
 	(cd "$stage/root" && find . -mindepth 1 | LC_ALL=C sort) | while read -r p; do
 		p=${p#.}
@@ -42,6 +44,7 @@ list=$stage/initramfs.list
 	done
 } >"$list"
 (cd "$here/.." && go build -o "$stage/mkinitrd" ./guest-image/mkinitrd)
+(cd "$here/.." && CGO_ENABLED=0 go build -trimpath -ldflags '-s -w' -o "$stage/pause" ./cmd/kasa-pause)
 "$stage/mkinitrd" "$list" "$stage/initrd.cpio"
 
 case "$compression" in
@@ -67,6 +70,7 @@ sha() { sha256sum "$1" | cut -d' ' -f1; }
 	echo "    \"vmlinuz\": \"$(sha "$out/vmlinuz")\","
 	[ ! -f "$out/vmlinux" ] || echo "    \"vmlinux\": \"$(sha "$out/vmlinux")\","
 	echo "    \"initrd.img\": \"$(sha "$out/initrd.img")\","
+	echo "    \"pause\": \"$(sha "$stage/pause")\","
 	echo "    \"kasa-agent\": \"$(sha "$agent")\""
 	echo "  }"
 	echo "}"

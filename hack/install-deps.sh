@@ -14,6 +14,7 @@ pkgs=(
 	busybox-static            # test guests and test images
 	libseccomp-dev            # static libseccomp for the agent (libcontainer, -tags seccomp)
 	containerd runc           # the container manager Kasa plugs into, and the runc baseline
+	containernetworking-plugins iptables  # CNI bridge/host-local/portmap for CRI pods (/usr/lib/cni)
 )
 if [ "${1:-}" = "--with-protoc" ]; then
 	pkgs+=(protobuf-compiler)

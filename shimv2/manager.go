@@ -68,6 +68,15 @@ func isSandboxContainer(id string, s *specs.Spec) bool {
 	return sandboxIDOf(id, s) == id
 }
 
+// isPodSandbox reports whether CRI or CRI-O marked the container as a pod's
+// sandbox container, whose process the agent's pause replaces.
+func isPodSandbox(s *specs.Spec) bool {
+	if s == nil {
+		return false
+	}
+	return s.Annotations[annCRIContainerType] == "sandbox" || s.Annotations[annCRIOContainerTyp] == "sandbox"
+}
+
 func readBundleSpec(bundle string) (*specs.Spec, error) {
 	b, err := os.ReadFile(filepath.Join(bundle, "config.json"))
 	if err != nil {
@@ -159,6 +168,14 @@ func (m manager) Stop(ctx context.Context, id string) (shim.StopStatus, error) {
 		log.G(ctx).WithError(err).Warn("shim delete: no bundle spec; cleaning up by container id")
 	}
 	sid := sandboxIDOf(id, spec)
+	if sid != id {
+		// containerd runs `shim delete` for every task whose connection
+		// closes, including after a normal Delete of one container of a
+		// pod whose shim serves on. The pod's VM is the sandbox
+		// container's: its own `shim delete` cleans it up if the shim died.
+		log.G(ctx).WithField("sandbox", sid).Debug("shim delete of a pod container: the sandbox is cleaned up with its sandbox container")
+		return shim.StopStatus{ExitedAt: time.Now(), ExitStatus: 128 + int(syscall.SIGKILL)}, nil
+	}
 	if err := virtcontainers.CleanupSandbox(ctx, sid); err != nil {
 		return shim.StopStatus{}, err
 	}

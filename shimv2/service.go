@@ -152,7 +152,7 @@ func (s *service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 	}
 	err = sb.CreateContainer(ctx, virtcontainers.ContainerConfig{
 		ID: r.ID, Spec: spec, Rootfs: mounts, BundleRootfs: filepath.Join(r.Bundle, "rootfs"),
-		Terminal: r.Terminal, Stdin: r.Stdin != "",
+		Terminal: r.Terminal, Stdin: r.Stdin != "", PodSandbox: isPodSandbox(spec),
 	})
 	if err != nil {
 		return nil, errGRPC(err)

@@ -36,7 +36,7 @@ type processIO struct {
 	closers     []io.Closer
 	cmd         *exec.Cmd // logging binary, if any
 	// loggerStderr is the logging binary's stderr pipe.
-	loggerStderr io.Writer
+	loggerStderr io.WriteCloser
 }
 
 // startIO opens containerd's ends and starts the copies. Output copying runs
@@ -65,6 +65,9 @@ func startIO(ctx context.Context, sb *virtcontainers.Sandbox, cid, execID string
 			if _, err := io.Copy(w, src); err != nil {
 				log.G(ctx).WithError(err).WithField("container", cid).WithField("exec", execID).Debugf("%s copy ended", name)
 			}
+			// The reader's EOF: CRI's ExecSync and attach wait for it
+			// before they report the exit.
+			w.Close()
 		}()
 		return nil
 	}
@@ -107,7 +110,7 @@ func startIO(ctx context.Context, sb *virtcontainers.Sandbox, cid, execID string
 // openOutput opens one output target: a FIFO (opened read-write so neither
 // the open nor a write fails while containerd is not reading), a file:// URI,
 // or a binary:// logging binary.
-func (pio *processIO) openOutput(ctx context.Context, cid, target string) (io.Writer, error) {
+func (pio *processIO) openOutput(ctx context.Context, cid, target string) (io.WriteCloser, error) {
 	u, err := url.Parse(target)
 	if err != nil || u.Scheme == "" || u.Scheme == "fifo" {
 		f, err := fifo.OpenFifo(ctx, target, syscall.O_RDWR, 0)
@@ -139,7 +142,7 @@ func (pio *processIO) openOutput(ctx context.Context, cid, target string) (io.Wr
 // output on fd 3 (stdout) and 4 (stderr) and closes fd 5 once it is ready.
 // Both outputs of the process go to its stdout pipe here; stderr, when
 // asked for, opens the same binary's second pipe.
-func (pio *processIO) startLogger(ctx context.Context, cid string, u *url.URL) (io.Writer, error) {
+func (pio *processIO) startLogger(ctx context.Context, cid string, u *url.URL) (io.WriteCloser, error) {
 	if pio.cmd != nil {
 		return pio.loggerStderr, nil
 	}

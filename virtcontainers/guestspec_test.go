@@ -34,9 +34,12 @@ func TestGuestSpec(t *testing.T) {
 	if got := sharedVolumes(in); len(got) != 2 || got[0] != 1 || got[1] != 2 {
 		t.Fatalf("shared volumes = %v, want [1 2]", got)
 	}
-	out, err := guestSpec(in, "/run/kasa/shared/c1/rootfs", map[int]string{1: "/run/kasa/shared/c1/volumes/1-data", 2: "/run/kasa/shared/c1/volumes/2-hosts"})
+	out, sandboxNS, err := guestSpec(in, "/run/kasa/shared/c1/rootfs", map[int]string{1: "/run/kasa/shared/c1/volumes/1-data", 2: "/run/kasa/shared/c1/volumes/2-hosts"})
 	if err != nil {
 		t.Fatal(err)
+	}
+	if len(sandboxNS) != 0 {
+		t.Errorf("sandbox namespaces %v for a spec without namespace paths", sandboxNS)
 	}
 	if out.Root.Path != "/run/kasa/shared/c1/rootfs" || !out.Root.Readonly {
 		t.Errorf("root = %+v", out.Root)
@@ -71,14 +74,64 @@ func TestGuestSpecErrors(t *testing.T) {
 		want   string
 	}{
 		"unshared bind":  {func(*specs.Spec) {}, map[int]string{1: "/x"}, `"/var/lib/hosts"`},
-		"host pid ns":    {func(s *specs.Spec) { s.Linux.Namespaces[0].Path = "/proc/1/ns/pid" }, map[int]string{1: "/x", 2: "/y"}, "pid namespace"},
+		"host user ns": {func(s *specs.Spec) {
+			s.Linux.Namespaces = append(s.Linux.Namespaces, specs.LinuxNamespace{Type: specs.UserNamespace, Path: "/proc/1/ns/user"})
+		}, map[int]string{1: "/x", 2: "/y"}, "user namespace"},
 		"no process":     {func(s *specs.Spec) { s.Process = nil }, nil, "no process"},
 		"no linux block": {func(s *specs.Spec) { s.Linux = nil }, nil, "no linux"},
 	} {
 		s := hostSpec()
 		tc.mutate(s)
-		if _, err := guestSpec(s, "/r", tc.vols); err == nil || !strings.Contains(err.Error(), tc.want) {
+		if _, _, err := guestSpec(s, "/r", tc.vols); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%s: err = %v, want %q", name, err, tc.want)
 		}
+	}
+}
+
+// A CRI workload container names its pod's namespaces by host path; they
+// become sandbox namespaces, and its /dev/shm is the pod's guest shm.
+func TestGuestSpecPodContainer(t *testing.T) {
+	in := hostSpec()
+	in.Linux.Namespaces = append(in.Linux.Namespaces,
+		specs.LinuxNamespace{Type: specs.IPCNamespace, Path: "/proc/4242/ns/ipc"},
+		specs.LinuxNamespace{Type: specs.UTSNamespace, Path: "/proc/4242/ns/uts"})
+	in.Linux.Namespaces[0].Path = "/proc/4242/ns/pid"
+	in.Mounts = append(in.Mounts, specs.Mount{Destination: "/dev/shm", Type: "bind",
+		Source: "/run/containerd/io.containerd.grpc.v1.cri/sandboxes/s1/shm", Options: []string{"rbind", "ro"}})
+	if got := sharedVolumes(in); len(got) != 2 {
+		t.Fatalf("shared volumes = %v: /dev/shm must not be shared", got)
+	}
+	out, sandboxNS, err := guestSpec(in, "/r", map[int]string{1: "/x", 2: "/y"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Join(sandboxNS, ",") != "pid,ipc,uts" {
+		t.Errorf("sandbox namespaces = %v, want pid, ipc, uts", sandboxNS)
+	}
+	for _, n := range out.Linux.Namespaces {
+		if n.Path != "" {
+			t.Errorf("host namespace path kept: %+v", n)
+		}
+	}
+	if shm := out.Mounts[3]; shm.Source != "/run/kasa/sandbox/shm" {
+		t.Errorf("/dev/shm = %+v, want the pod's guest shm", shm)
+	}
+}
+
+func TestPodSandboxSpec(t *testing.T) {
+	in := hostSpec()
+	out, err := podSandboxSpec(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(out.Mounts) != 1 || out.Mounts[0].Destination != "/proc" {
+		t.Errorf("mounts = %+v, want only the kernel file systems", out.Mounts)
+	}
+	in.Linux.Namespaces[0].Path = "/proc/1/ns/pid"
+	if _, err := podSandboxSpec(in); err == nil || !strings.Contains(err.Error(), "cannot join") {
+		t.Errorf("a sandbox container joining namespaces: err = %v", err)
+	}
+	if _, err := podSandboxSpec(nil); err == nil {
+		t.Error("nil spec accepted")
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"github.com/containerd/containerd/errdefs"
 	"github.com/containerd/containerd/mount"
 	"github.com/containerd/log"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/kasa-runtime/kasa/agent/api"
 	"github.com/kasa-runtime/kasa/configuration"
@@ -147,6 +148,9 @@ type ContainerConfig struct {
 	BundleRootfs string
 	Terminal     bool
 	Stdin        bool
+	// PodSandbox marks the pod's sandbox container: the agent runs its own
+	// pause in it, so neither its root filesystem nor its volumes are shared.
+	PodSandbox bool
 }
 
 // CreateContainer shares the container's root filesystem and volumes with
@@ -156,7 +160,7 @@ func (s *Sandbox) CreateContainer(ctx context.Context, cc ContainerConfig) (retE
 	if err := validID(cc.ID); err != nil {
 		return fmt.Errorf("%w: container %v", errdefs.ErrInvalidArgument, err)
 	}
-	if !s.shared {
+	if !s.shared && !cc.PodSandbox {
 		return fmt.Errorf("container %s: hypervisor.qemu.shared_fs = \"none\" gives the guest no way to reach its root filesystem: %w", cc.ID, errdefs.ErrFailedPrecondition)
 	}
 	s.mu.Lock()
@@ -180,23 +184,16 @@ func (s *Sandbox) CreateContainer(ctx context.Context, cc ContainerConfig) (retE
 		}
 	}()
 
-	rootfs, err := s.share.MountRootfs(cc.ID, cc.Rootfs, cc.BundleRootfs)
+	var gs *specs.Spec
+	var sandboxNS []string
+	var err error
+	if cc.PodSandbox {
+		gs, err = podSandboxSpec(cc.Spec)
+	} else {
+		gs, sandboxNS, err = s.shareContainer(cc, &undo)
+	}
 	if err != nil {
 		return err
-	}
-	undo.add("unshare container files", func() error { return s.share.RemoveContainer(cc.ID) })
-	volumes := map[int]string{}
-	for _, i := range sharedVolumes(cc.Spec) {
-		m := cc.Spec.Mounts[i]
-		g, err := s.share.BindVolume(cc.ID, i, m.Source, isReadOnly(m))
-		if err != nil {
-			return fmt.Errorf("container %s: volume %s: %w", cc.ID, m.Destination, err)
-		}
-		volumes[i] = g
-	}
-	gs, err := guestSpec(cc.Spec, rootfs, volumes)
-	if err != nil {
-		return fmt.Errorf("container %s: %w: %v", cc.ID, errdefs.ErrInvalidArgument, err)
 	}
 	specJSON, err := marshalSpec(gs)
 	if err != nil {
@@ -204,11 +201,36 @@ func (s *Sandbox) CreateContainer(ctx context.Context, cc ContainerConfig) (retE
 	}
 	if err := s.agent.CreateContainer(ctx, &api.CreateContainerRequest{
 		ContainerId: cc.ID, ExecId: cc.ID, OciSpecJson: specJSON, Terminal: cc.Terminal, Stdin: cc.Stdin,
+		SandboxContainer: cc.PodSandbox, SandboxNamespaces: sandboxNS,
 	}); err != nil {
 		return fmt.Errorf("container %s: %w", cc.ID, err)
 	}
 	s.persistContainers()
 	return nil
+}
+
+// shareContainer shares a workload container's root filesystem and
+// volumes with the guest and returns its guest spec.
+func (s *Sandbox) shareContainer(cc ContainerConfig, undo *cleanup) (*specs.Spec, []string, error) {
+	rootfs, err := s.share.MountRootfs(cc.ID, cc.Rootfs, cc.BundleRootfs)
+	if err != nil {
+		return nil, nil, err
+	}
+	undo.add("unshare container files", func() error { return s.share.RemoveContainer(cc.ID) })
+	volumes := map[int]string{}
+	for _, i := range sharedVolumes(cc.Spec) {
+		m := cc.Spec.Mounts[i]
+		g, err := s.share.BindVolume(cc.ID, i, m.Source, isReadOnly(m))
+		if err != nil {
+			return nil, nil, fmt.Errorf("container %s: volume %s: %w", cc.ID, m.Destination, err)
+		}
+		volumes[i] = g
+	}
+	gs, sandboxNS, err := guestSpec(cc.Spec, rootfs, volumes)
+	if err != nil {
+		return nil, nil, fmt.Errorf("container %s: %w: %v", cc.ID, errdefs.ErrInvalidArgument, err)
+	}
+	return gs, sandboxNS, nil
 }
 
 // RemoveContainer removes a container from the guest and unshares its files.

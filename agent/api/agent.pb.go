@@ -1108,9 +1108,19 @@ type CreateContainerRequest struct {
 	Terminal bool `protobuf:"varint,5,opt,name=terminal,proto3" json:"terminal,omitempty"`
 	// Keep the init process's stdin open for WriteStdin; when false, stdin is
 	// /dev/null.
-	Stdin         bool `protobuf:"varint,6,opt,name=stdin,proto3" json:"stdin,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Stdin bool `protobuf:"varint,6,opt,name=stdin,proto3" json:"stdin,omitempty"`
+	// The container is the pod's sandbox container. The agent runs its own
+	// pause process in it, on a root of its own: the spec's root.path and
+	// process.args are ignored. At most one per sandbox; its namespaces are
+	// the ones sandbox_namespaces joins.
+	SandboxContainer bool `protobuf:"varint,7,opt,name=sandbox_container,json=sandboxContainer,proto3" json:"sandbox_container,omitempty"`
+	// Namespace types ("ipc", "uts", "pid") the container joins from the
+	// sandbox container instead of getting new ones: on the host these were
+	// namespace paths of the pod's sandbox. Fails with FAILED_PRECONDITION
+	// when no sandbox container runs.
+	SandboxNamespaces []string `protobuf:"bytes,8,rep,name=sandbox_namespaces,json=sandboxNamespaces,proto3" json:"sandbox_namespaces,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *CreateContainerRequest) Reset() {
@@ -1183,6 +1193,20 @@ func (x *CreateContainerRequest) GetStdin() bool {
 		return x.Stdin
 	}
 	return false
+}
+
+func (x *CreateContainerRequest) GetSandboxContainer() bool {
+	if x != nil {
+		return x.SandboxContainer
+	}
+	return false
+}
+
+func (x *CreateContainerRequest) GetSandboxNamespaces() []string {
+	if x != nil {
+		return x.SandboxNamespaces
+	}
+	return nil
 }
 
 // StartContainerRequest starts a created container.
@@ -4358,14 +4382,16 @@ const file_agent_api_agent_proto_rawDesc = "" +
 	"\fcontainer_id\x18\x01 \x01(\tR\vcontainerId\"\x13\n" +
 	"\x11GetMetricsRequest\"=\n" +
 	"\x12GetMetricsResponse\x12'\n" +
-	"\x0fprometheus_text\x18\x01 \x01(\tR\x0eprometheusText\"\xde\x01\n" +
+	"\x0fprometheus_text\x18\x01 \x01(\tR\x0eprometheusText\"\xba\x02\n" +
 	"\x16CreateContainerRequest\x12!\n" +
 	"\fcontainer_id\x18\x01 \x01(\tR\vcontainerId\x12\x17\n" +
 	"\aexec_id\x18\x02 \x01(\tR\x06execId\x12\"\n" +
 	"\roci_spec_json\x18\x03 \x01(\fR\vociSpecJson\x122\n" +
 	"\bstorages\x18\x04 \x03(\v2\x16.kasa.agent.v1.StorageR\bstorages\x12\x1a\n" +
 	"\bterminal\x18\x05 \x01(\bR\bterminal\x12\x14\n" +
-	"\x05stdin\x18\x06 \x01(\bR\x05stdin\":\n" +
+	"\x05stdin\x18\x06 \x01(\bR\x05stdin\x12+\n" +
+	"\x11sandbox_container\x18\a \x01(\bR\x10sandboxContainer\x12-\n" +
+	"\x12sandbox_namespaces\x18\b \x03(\tR\x11sandboxNamespaces\":\n" +
 	"\x15StartContainerRequest\x12!\n" +
 	"\fcontainer_id\x18\x01 \x01(\tR\vcontainerId\"d\n" +
 	"\x16RemoveContainerRequest\x12!\n" +

@@ -6,7 +6,7 @@ package api
 // a lower revision than the one it needs. Increment it with every additive
 // change to agent.proto (a new RPC, field or enum value); a change that is not
 // additive needs a new package, kasa.agent.v2, instead.
-const APIVersion uint32 = 1
+const APIVersion uint32 = 2
 
 // Names of the optional guest features an agent may list in
 // GetGuestDetailsResponse.Features. The host must treat a missing name as
@@ -20,4 +20,14 @@ const (
 	FeatureSeccomp         = "seccomp"           // seccomp filters
 	FeatureCgroup2         = "cgroup2"           // unified cgroup hierarchy
 	FeatureMemHotplugProbe = "mem-hotplug-probe" // /sys/devices/system/memory/probe
+)
+
+// Guest paths the host names in the specs it sends.
+const (
+	// GuestPodShm is the pod's /dev/shm: one tmpfs per sandbox, made by
+	// CreateSandbox. The host rewrites a container's /dev/shm bind mount to
+	// it, so the pod's containers share POSIX shared memory.
+	GuestPodShm = "/run/kasa/sandbox/shm"
+	// GuestPodShmSize is its size in bytes (containerd's and Docker's 64 MiB).
+	GuestPodShmSize = 64 << 20
 )

@@ -4,8 +4,11 @@ import (
 	"bytes"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/kasa-runtime/kasa/agent/api"
 )
 
 func TestCommandLine(t *testing.T) {
@@ -18,7 +21,7 @@ func TestCommandLine(t *testing.T) {
 		inStderr string
 	}{
 		{[]string{"--help"}, 0, "commands:", ""},
-		{[]string{"version"}, 0, "agent API v1", ""},
+		{[]string{"version"}, 0, "agent API v" + strconv.Itoa(int(api.APIVersion)), ""},
 		{nil, 2, "", "usage:"},
 		{[]string{"frobnicate"}, 2, "", `unknown command "frobnicate"`},
 		{[]string{"--config", bad, "env"}, 1, "", "hypervisor.qemu.machine_type"},

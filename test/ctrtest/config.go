@@ -47,19 +47,7 @@ func renderConfig(c *Containerd, opts Options) string {
 	fmt.Fprintf(&b, "[grpc]\n  address = %q\n\n[debug]\n  level = %q\n\n", c.Address, level)
 	fmt.Fprintf(&b, "[plugins]\n  [plugins.\"io.containerd.internal.v1.opt\"]\n    path = %q\n", filepath.Join(c.Dir, "opt"))
 	if opts.CRI {
-		const cri = `  [plugins."io.containerd.grpc.v1.cri"]`
-		fmt.Fprintf(&b, "%s\n    netns_mounts_under_state_dir = true\n", cri)
-		if opts.SandboxImage != "" {
-			fmt.Fprintf(&b, "    sandbox_image = %q\n", opts.SandboxImage)
-		}
-		fmt.Fprintf(&b, "%s.cni]\n    bin_dir = \"/usr/lib/cni\"\n    conf_dir = %q\n", strings.TrimSuffix(cri, "]"), opts.CNIConfDir)
-		rt := strings.TrimSuffix(cri, "]") + ".containerd.runtimes"
-		fmt.Fprintf(&b, "%s.containerd]\n    default_runtime_name = \"runc\"\n", strings.TrimSuffix(cri, "]"))
-		fmt.Fprintf(&b, "%s.runc]\n    runtime_type = %q\n%s.runc.options]\n    Root = %q\n", rt, RuntimeRunc, rt, c.RuncRoot)
-		fmt.Fprintf(&b, "%s.kata]\n    runtime_type = %q\n", rt, RuntimeKasa)
-		if opts.KasaConfigPath != "" {
-			fmt.Fprintf(&b, "%s.kata.options]\n    ConfigPath = %q\n", rt, opts.KasaConfigPath)
-		}
+		b.WriteString(renderCRI(c, opts))
 	}
 	if opts.ExtraConfig != "" {
 		b.WriteString("\n" + opts.ExtraConfig + "\n")

@@ -58,9 +58,15 @@ type Options struct {
 	// SandboxImage is CRI's pause image (CRI only).
 	SandboxImage string
 	// CNIConfDir is CRI's CNI configuration directory; CNI binaries come
-	// from /usr/lib/cni (CRI only). Defaults to an empty directory of the
-	// instance.
+	// from /usr/lib/cni (CRI only). Defaults to a directory of the instance
+	// with a bridge + host-local + portmap network of its own (a bridge
+	// and a /24 per instance, removed by Stop).
 	CNIConfDir string
+	// RegistryMirror is the endpoint (http://host:port) CRI pulls images of
+	// MirroredRegistries from: Registry.Endpoint (CRI only).
+	RegistryMirror string
+	// Crictl is crictl's path (CRI only); default: crictl on PATH, if any.
+	Crictl string
 	// KasaConfigPath is Kasa's configuration file, passed as the shim's
 	// ConfigPath option: by RunContainer for the Kasa runtime and in the
 	// CRI runtime options.
@@ -89,6 +95,8 @@ type Containerd struct {
 	Image string
 
 	ctr, kasaConfig string
+	crictl          string
+	net             podNetwork
 	cmd             *exec.Cmd
 	exited          chan struct{}
 	waitErr         error
@@ -144,6 +152,13 @@ func Start(tb testing.TB, opts Options) *Containerd {
 	tb.Cleanup(func() {
 		if tb.Failed() {
 			tb.Logf("tail of containerd's log %s:\n%s", c.LogPath, c.LogTail(60))
+		}
+		// KASA_TEST_KEEP_LOGS=DIR keeps containerd's whole log (shims log
+		// into it) as DIR/<test>.log.
+		if dir := os.Getenv("KASA_TEST_KEEP_LOGS"); dir != "" {
+			if b, err := os.ReadFile(c.LogPath); err == nil && os.MkdirAll(dir, 0o755) == nil {
+				os.WriteFile(filepath.Join(dir, strings.ReplaceAll(tb.Name(), "/", "_")+".log"), b, 0o644)
+			}
 		}
 		if err := c.Stop(); err != nil {
 			tb.Errorf("stop containerd: %v", err)
@@ -214,9 +229,19 @@ func (c *Containerd) launch(ctx context.Context, containerd string, opts Options
 			return err
 		}
 	}
+	if opts.CRI {
+		c.crictl = opts.Crictl
+		if c.crictl == "" {
+			c.crictl, _ = exec.LookPath("crictl")
+		}
+	}
 	if opts.CRI && opts.CNIConfDir == "" {
 		opts.CNIConfDir = filepath.Join(c.Dir, "cni")
 		if err := os.MkdirAll(opts.CNIConfDir, 0o755); err != nil {
+			return err
+		}
+		c.net = newPodNetwork()
+		if err := os.WriteFile(filepath.Join(opts.CNIConfDir, "10-kasa-test.conflist"), c.net.conflist(), 0o644); err != nil {
 			return err
 		}
 	}
@@ -293,7 +318,10 @@ func (c *Containerd) Stop() error {
 func (c *Containerd) stop() error {
 	var errs []error
 	if c.cmd != nil && c.cmd.Process != nil && !c.hasExited() {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		if err := c.removePods(ctx); err != nil {
+			errs = append(errs, err)
+		}
 		if err := c.removeAll(ctx); err != nil {
 			errs = append(errs, err)
 		}
@@ -318,6 +346,9 @@ func (c *Containerd) stop() error {
 		return errors.Join(append(errs, err)...)
 	}
 	removeCgroups(c.Namespace)
+	if err := c.removeBridge(); err != nil {
+		errs = append(errs, err)
+	}
 	if err := os.RemoveAll(c.Dir); err != nil {
 		errs = append(errs, err)
 	}

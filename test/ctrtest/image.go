@@ -68,9 +68,10 @@ type ImageOptions struct {
 	Entrypoint  []string
 	Cmd         []string
 	Env         []string // default: PATH only
-	// Files are extra regular files, by path without the leading slash.
-	// Their directories must exist in the image.
-	Files map[string][]byte
+	// Files are extra regular files, by path without the leading slash;
+	// missing directories are created. Executables are the same with mode
+	// 0755, in directories that exist.
+	Files, Executables map[string][]byte
 }
 
 func (o *ImageOptions) defaults() {
@@ -155,23 +156,7 @@ func BuildImage(w io.Writer, opts ImageOptions) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	var cfg imageConfig
-	cfg.Created, cfg.Architecture, cfg.OS = imageTime, runtime.GOARCH, "linux"
-	cfg.Config.Env, cfg.Config.Entrypoint, cfg.Config.Cmd, cfg.Config.WorkingDir = opts.Env, opts.Entrypoint, opts.Cmd, "/"
-	cfg.RootFS.Type, cfg.RootFS.DiffIDs = "layers", []string{digest(layer)}
-	cfg.History = append(cfg.History, struct {
-		Created   time.Time `json:"created"`
-		CreatedBy string    `json:"created_by"`
-	}{imageTime, "kasa test/ctrtest: busybox from " + opts.BusyboxPath})
-	cfgJSON, err := json.Marshal(cfg)
-	if err != nil {
-		return "", err
-	}
-	mf := manifest{SchemaVersion: 2, MediaType: mediaManifest,
-		Config: descriptor{MediaType: mediaConfig, Digest: digest(cfgJSON), Size: int64(len(cfgJSON))},
-		Layers: []descriptor{{MediaType: mediaLayer, Digest: digest(layer), Size: int64(len(layer))}},
-	}
-	mfJSON, err := json.Marshal(mf)
+	cfgJSON, mfJSON, err := imageDocs(layer, opts)
 	if err != nil {
 		return "", err
 	}
@@ -190,7 +175,33 @@ func BuildImage(w io.Writer, opts ImageOptions) (string, error) {
 	if err != nil {
 		return "", err
 	}
+	return digest(mfJSON), writeLayout(w, idxJSON, layer, cfgJSON, mfJSON)
+}
 
+// imageDocs are the config and manifest of a one-layer image.
+func imageDocs(layer []byte, opts ImageOptions) (cfgJSON, mfJSON []byte, err error) {
+	var cfg imageConfig
+	cfg.Created, cfg.Architecture, cfg.OS = imageTime, runtime.GOARCH, "linux"
+	cfg.Config.Env, cfg.Config.Entrypoint, cfg.Config.Cmd, cfg.Config.WorkingDir = opts.Env, opts.Entrypoint, opts.Cmd, "/"
+	cfg.RootFS.Type, cfg.RootFS.DiffIDs = "layers", []string{digest(layer)}
+	cfg.History = append(cfg.History, struct {
+		Created   time.Time `json:"created"`
+		CreatedBy string    `json:"created_by"`
+	}{imageTime, "kasa test/ctrtest: busybox from " + opts.BusyboxPath})
+	cfgJSON, err = json.Marshal(cfg)
+	if err != nil {
+		return nil, nil, err
+	}
+	mf := manifest{SchemaVersion: 2, MediaType: mediaManifest,
+		Config: descriptor{MediaType: mediaConfig, Digest: digest(cfgJSON), Size: int64(len(cfgJSON))},
+		Layers: []descriptor{{MediaType: mediaLayer, Digest: digest(layer), Size: int64(len(layer))}},
+	}
+	mfJSON, err = json.Marshal(mf)
+	return cfgJSON, mfJSON, err
+}
+
+// writeLayout writes an OCI image layout tarball.
+func writeLayout(w io.Writer, idxJSON, layer, cfgJSON, mfJSON []byte) error {
 	tw := tar.NewWriter(w)
 	files := []struct {
 		name string
@@ -201,7 +212,7 @@ func BuildImage(w io.Writer, opts ImageOptions) (string, error) {
 	}
 	for _, dir := range []string{"blobs/", "blobs/sha256/"} {
 		if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeDir, Name: dir, Mode: 0o755, ModTime: imageTime, Format: tar.FormatUSTAR}); err != nil {
-			return "", err
+			return err
 		}
 	}
 	for _, blob := range [][]byte{layer, cfgJSON, mfJSON} {
@@ -212,13 +223,10 @@ func BuildImage(w io.Writer, opts ImageOptions) (string, error) {
 	}
 	for _, f := range files {
 		if err := writeFile(tw, f.name, 0o644, f.data); err != nil {
-			return "", err
+			return err
 		}
 	}
-	if err := tw.Close(); err != nil {
-		return "", err
-	}
-	return digest(mfJSON), nil
+	return tw.Close()
 }
 
 // buildLayer is the image's only layer: a root tree with busybox, its
@@ -258,8 +266,22 @@ func buildLayer(busybox []byte, opts ImageOptions) ([]byte, error) {
 	file("etc/passwd", 0o644, []byte("root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n"))
 	file("etc/group", 0o644, []byte("root:x:0:\nnobody:x:65534:\n"))
 	file("etc/hosts", 0o644, []byte("127.0.0.1\tlocalhost\n::1\tlocalhost\n"))
+	dirs := map[string]bool{}
+	for _, e := range entries {
+		if e.hdr.Typeflag == tar.TypeDir {
+			dirs[strings.TrimSuffix(e.hdr.Name, "/")] = true
+		}
+	}
 	for name, data := range opts.Files {
-		file(strings.TrimPrefix(name, "/"), 0o644, data)
+		name = strings.TrimPrefix(name, "/")
+		for d := filepath.Dir(name); d != "." && !dirs[d]; d = filepath.Dir(d) {
+			dirs[d] = true
+			dir(d, 0o755)
+		}
+		file(name, 0o644, data)
+	}
+	for name, data := range opts.Executables {
+		file(strings.TrimPrefix(name, "/"), 0o755, data)
 	}
 	sort.Slice(entries, func(i, j int) bool { return entries[i].hdr.Name < entries[j].hdr.Name })
 

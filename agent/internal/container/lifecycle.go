@@ -120,6 +120,9 @@ func (m *Manager) Remove(ctx context.Context, id string, timeout time.Duration) 
 	c.remove = true
 	m.mu.Lock()
 	delete(m.containers, id)
+	if m.sandboxContainer == id {
+		m.sandboxContainer = ""
+	}
 	if m.pidnsHolder == id {
 		m.pidnsHolder = ""
 	}

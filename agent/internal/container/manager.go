@@ -8,6 +8,8 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -48,6 +50,9 @@ type Config struct {
 	ProcRoot, SysRoot string
 	Spawner           Spawner
 	Storages          StorageMounter
+	// PauseBinary is the pause program of sandbox containers; PauseRoot the
+	// empty directory they get as root.
+	PauseBinary, PauseRoot string
 }
 
 // DefaultConfig is the guest's layout; Spawner and Storages are left unset.
@@ -55,6 +60,7 @@ func DefaultConfig() Config {
 	return Config{
 		StateRoot: "/run/kasa/containers", CgroupParent: "/kasa", CgroupRoot: "/sys/fs/cgroup",
 		ProcRoot: "/proc", SysRoot: "/sys",
+		PauseBinary: "/kasa/bin/pause", PauseRoot: "/run/kasa/pause-root",
 	}
 }
 
@@ -70,6 +76,8 @@ type Manager struct {
 	// container created (the pod's pause), whose id is pidnsHolder.
 	sharedPidns bool
 	pidnsHolder string
+	// sandboxContainer is the id of the pod's sandbox container, if any.
+	sandboxContainer string
 }
 
 // NewManager returns an empty manager.
@@ -121,6 +129,12 @@ type CreateRequest struct {
 	Spec            []byte
 	Storages        []*api.Storage
 	Terminal, Stdin bool
+	// SandboxContainer runs the agent's pause on a root of its own, in
+	// place of the spec's root and process (a pod's sandbox container).
+	SandboxContainer bool
+	// SandboxNamespaces are the namespace types joined from the sandbox
+	// container instead of new ones.
+	SandboxNamespaces []string
 }
 
 // Create mounts the container's storages and creates its init, which waits
@@ -145,15 +159,12 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (retErr error) 
 		m.mu.Unlock()
 		return fmt.Errorf("container %q: %w", req.ID, errdefs.ErrAlreadyExists)
 	}
-	m.creating[req.ID] = true
-	pidnsPath, holder := "", false
-	if m.sharedPidns {
-		if h, ok := m.containers[m.pidnsHolder]; ok {
-			pidnsPath = h.pidnsPath()
-		} else {
-			holder = true
-		}
+	joins, holder, err := m.namespaceJoinsLocked(req)
+	if err != nil {
+		m.mu.Unlock()
+		return fmt.Errorf("container %s: %w", req.ID, err)
 	}
+	m.creating[req.ID] = true
 	m.mu.Unlock()
 	defer func() {
 		m.mu.Lock()
@@ -162,7 +173,12 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (retErr error) 
 	}()
 
 	ctx = log.WithLogger(ctx, log.G(ctx).WithField("container", req.ID))
-	c, err := m.create(ctx, req, &spec, pidnsPath)
+	if req.SandboxContainer {
+		if err := m.pauseSpec(&spec); err != nil {
+			return fmt.Errorf("container %s: %w", req.ID, err)
+		}
+	}
+	c, err := m.create(ctx, req, &spec, joins)
 	if err != nil {
 		return err
 	}
@@ -171,11 +187,95 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (retErr error) 
 	if holder {
 		m.pidnsHolder = req.ID
 	}
+	if req.SandboxContainer {
+		m.sandboxContainer = req.ID
+	}
 	m.mu.Unlock()
 	return nil
 }
 
-func (m *Manager) create(ctx context.Context, req CreateRequest, spec *specs.Spec, pidnsPath string) (_ *Container, retErr error) {
+// joinable are the namespace types a container may take from the sandbox
+// container.
+var joinable = map[string]specs.LinuxNamespaceType{
+	"ipc": specs.IPCNamespace, "uts": specs.UTSNamespace, "pid": specs.PIDNamespace,
+}
+
+// namespaceJoinsLocked resolves the namespaces a new container joins, by
+// type: the sandbox container's for req.SandboxNamespaces, and the
+// sandbox-wide PID namespace of sandbox_pidns. holder is true when the
+// container will be that PID namespace's first member. m.mu is held.
+func (m *Manager) namespaceJoinsLocked(req CreateRequest) (joins map[specs.LinuxNamespaceType]string, holder bool, err error) {
+	joins = map[specs.LinuxNamespaceType]string{}
+	if req.SandboxContainer {
+		if len(req.SandboxNamespaces) > 0 {
+			return nil, false, fmt.Errorf("the sandbox container cannot join its own namespaces: %w", errdefs.ErrInvalidArgument)
+		}
+		if id := m.sandboxContainer; id != "" {
+			return nil, false, fmt.Errorf("sandbox container %s already exists: %w", id, errdefs.ErrAlreadyExists)
+		}
+	}
+	if len(req.SandboxNamespaces) > 0 {
+		sb, ok := m.containers[m.sandboxContainer]
+		if !ok {
+			return nil, false, fmt.Errorf("it joins the pod's %s namespaces, but the pod has no sandbox container: %w",
+				strings.Join(req.SandboxNamespaces, ", "), errdefs.ErrFailedPrecondition)
+		}
+		if sb.init.hasExited() {
+			return nil, false, fmt.Errorf("it joins the pod's namespaces, but sandbox container %s has exited: %w", sb.id, errdefs.ErrFailedPrecondition)
+		}
+		for _, name := range req.SandboxNamespaces {
+			t, ok := joinable[name]
+			if !ok {
+				return nil, false, fmt.Errorf("sandbox namespace %q: want ipc, uts or pid: %w", name, errdefs.ErrInvalidArgument)
+			}
+			joins[t] = "/proc/" + strconv.Itoa(sb.init.pid) + "/ns/" + name
+		}
+	}
+	if _, ok := joins[specs.PIDNamespace]; !ok && m.sharedPidns {
+		if h, ok := m.containers[m.pidnsHolder]; ok {
+			if p := h.pidnsPath(); p != "" {
+				joins[specs.PIDNamespace] = p
+			}
+		} else {
+			holder = true
+		}
+	}
+	return joins, holder, nil
+}
+
+// pauseSpec turns a sandbox container's spec into the agent's pause: the
+// pause binary bind-mounted read-only on an empty root. The rest of the
+// spec (namespaces, hostname, user, sysctls, limits) stays.
+func (m *Manager) pauseSpec(spec *specs.Spec) error {
+	if _, err := os.Stat(m.cfg.PauseBinary); err != nil {
+		return fmt.Errorf("the agent's pause binary: %w: %w", err, errdefs.ErrFailedPrecondition)
+	}
+	if err := os.MkdirAll(m.cfg.PauseRoot, 0o755); err != nil {
+		return err
+	}
+	if spec.Root == nil {
+		spec.Root = &specs.Root{}
+	}
+	spec.Root.Path = m.cfg.PauseRoot
+	if spec.Process == nil {
+		spec.Process = &specs.Process{}
+	}
+	spec.Process.Args = []string{"/pause"}
+	spec.Process.Cwd = "/"
+	spec.Process.Terminal = false
+	// Only the kernel file systems: the host's bind mounts (volumes,
+	// resolv.conf, shm) mean nothing to pause.
+	var mounts []specs.Mount
+	for _, mnt := range spec.Mounts {
+		if !slices.Contains(mnt.Options, "bind") && !slices.Contains(mnt.Options, "rbind") && mnt.Type != "bind" {
+			mounts = append(mounts, mnt)
+		}
+	}
+	spec.Mounts = append(mounts, specs.Mount{Destination: "/pause", Type: "bind", Source: m.cfg.PauseBinary, Options: []string{"bind", "ro", "nosuid", "nodev"}})
+	return nil
+}
+
+func (m *Manager) create(ctx context.Context, req CreateRequest, spec *specs.Spec, joins map[specs.LinuxNamespaceType]string) (_ *Container, retErr error) {
 	var undo []func()
 	defer func() {
 		if retErr != nil {
@@ -187,7 +287,7 @@ func (m *Manager) create(ctx context.Context, req CreateRequest, spec *specs.Spe
 
 	cgroupsPath := filepath.Join("/", m.cfg.CgroupParent, req.ID)
 	ad, err := adaptSpec(spec, adaptOptions{
-		cgroupsPath: cgroupsPath, pidnsPath: pidnsPath, guestDevice: guestDevice,
+		cgroupsPath: cgroupsPath, joins: joins, guestDevice: guestDevice,
 		hugetlb: m.hasController("hugetlb"),
 	})
 	if err != nil {

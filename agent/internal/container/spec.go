@@ -20,9 +20,10 @@ type adaptOptions struct {
 	// cgroupsPath is the container's cgroup, relative to the guest's
 	// cgroup2 root, e.g. "/kasa/<id>".
 	cgroupsPath string
-	// pidnsPath, when set, is a PID namespace to join instead of a new one
-	// (the sandbox-wide namespace of CreateSandbox.sandbox_pidns).
-	pidnsPath string
+	// joins are namespaces to join instead of new ones, by type: the
+	// sandbox container's, or the sandbox-wide PID namespace of
+	// CreateSandbox.sandbox_pidns.
+	joins map[specs.LinuxNamespaceType]string
 	// guestDevice returns the guest's device node at path, if there is one.
 	guestDevice func(path string) (specs.LinuxDevice, bool)
 	// hugetlb tells whether the guest has the hugetlb cgroup controller.
@@ -67,7 +68,7 @@ func adaptSpec(spec *specs.Spec, opts adaptOptions) (*adapted, error) {
 		spec.Linux = &specs.Linux{}
 	}
 	l := spec.Linux
-	l.Namespaces = adaptNamespaces(l.Namespaces, opts.pidnsPath, note)
+	l.Namespaces = adaptNamespaces(l.Namespaces, opts.joins, note)
 
 	if l.CgroupsPath != "" && l.CgroupsPath != opts.cgroupsPath {
 		note("cgroup path %q replaced by %q", l.CgroupsPath, opts.cgroupsPath)
@@ -129,9 +130,9 @@ func countHooks(h *specs.Hooks) int {
 }
 
 // adaptNamespaces gives the container new PID, mount, IPC and UTS
-// namespaces (or the sandbox's PID namespace), no network namespace (it
+// namespaces (or joins the ones in joins), no network namespace (it
 // shares the VM's), and keeps other namespaces it asks for, as new ones.
-func adaptNamespaces(in []specs.LinuxNamespace, pidnsPath string, note func(string, ...any)) []specs.LinuxNamespace {
+func adaptNamespaces(in []specs.LinuxNamespace, joins map[specs.LinuxNamespaceType]string, note func(string, ...any)) []specs.LinuxNamespace {
 	var out []specs.LinuxNamespace
 	seen := map[specs.LinuxNamespaceType]bool{}
 	for _, ns := range in {
@@ -156,9 +157,7 @@ func adaptNamespaces(in []specs.LinuxNamespace, pidnsPath string, note func(stri
 		}
 	}
 	for i := range out {
-		if out[i].Type == specs.PIDNamespace {
-			out[i].Path = pidnsPath
-		}
+		out[i].Path = joins[out[i].Type]
 	}
 	sort.SliceStable(out, func(i, j int) bool { return out[i].Type < out[j].Type })
 	return out

@@ -47,10 +47,10 @@ func TestAdaptSpecRejects(t *testing.T) {
 
 func TestAdaptSpecNamespaces(t *testing.T) {
 	for _, tc := range []struct {
-		name      string
-		in        []specs.LinuxNamespace
-		pidnsPath string
-		want      map[specs.LinuxNamespaceType]string
+		name  string
+		in    []specs.LinuxNamespace
+		joins map[specs.LinuxNamespaceType]string
+		want  map[specs.LinuxNamespaceType]string
 	}{
 		{
 			name: "none asked: the four new ones, no network",
@@ -65,16 +65,22 @@ func TestAdaptSpecNamespaces(t *testing.T) {
 			want: map[specs.LinuxNamespaceType]string{"pid": "", "mount": "", "ipc": "", "uts": "", "cgroup": ""},
 		},
 		{
-			name:      "sandbox PID namespace joined",
-			in:        []specs.LinuxNamespace{{Type: "pid", Path: "/proc/42/ns/pid"}, {Type: "pid"}},
-			pidnsPath: "/proc/7/ns/pid",
-			want:      map[specs.LinuxNamespaceType]string{"pid": "/proc/7/ns/pid", "mount": "", "ipc": "", "uts": ""},
+			name:  "sandbox PID namespace joined",
+			in:    []specs.LinuxNamespace{{Type: "pid", Path: "/proc/42/ns/pid"}, {Type: "pid"}},
+			joins: map[specs.LinuxNamespaceType]string{"pid": "/proc/7/ns/pid"},
+			want:  map[specs.LinuxNamespaceType]string{"pid": "/proc/7/ns/pid", "mount": "", "ipc": "", "uts": ""},
+		},
+		{
+			name:  "sandbox IPC and UTS joined, a new mount namespace kept",
+			in:    []specs.LinuxNamespace{{Type: "ipc"}, {Type: "uts"}, {Type: "mount"}},
+			joins: map[specs.LinuxNamespaceType]string{"ipc": "/proc/7/ns/ipc", "uts": "/proc/7/ns/uts"},
+			want:  map[specs.LinuxNamespaceType]string{"pid": "", "mount": "", "ipc": "/proc/7/ns/ipc", "uts": "/proc/7/ns/uts"},
 		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			s := baseSpec()
 			s.Linux.Namespaces = tc.in
-			if _, err := adaptSpec(s, adaptOptions{cgroupsPath: "/kasa/c1", pidnsPath: tc.pidnsPath}); err != nil {
+			if _, err := adaptSpec(s, adaptOptions{cgroupsPath: "/kasa/c1", joins: tc.joins}); err != nil {
 				t.Fatal(err)
 			}
 			got := nsTypes(s.Linux.Namespaces)

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 
@@ -28,6 +29,8 @@ type Sandbox struct {
 	// EtcDir is where resolv.conf and hosts are written; ModulesDir is
 	// /lib/modules.
 	EtcDir, ModulesDir string
+	// ShmDir gets the pod's /dev/shm tmpfs (api.GuestPodShm); "" for none.
+	ShmDir string
 
 	mu      sync.Mutex
 	id      string
@@ -36,7 +39,7 @@ type Sandbox struct {
 
 // New returns the guest's sandbox, not yet created.
 func New() *Sandbox {
-	return &Sandbox{Mounts: NewMounts(), EtcDir: "/etc", ModulesDir: "/lib/modules"}
+	return &Sandbox{Mounts: NewMounts(), EtcDir: "/etc", ModulesDir: "/lib/modules", ShmDir: api.GuestPodShm}
 }
 
 // ID is the sandbox id CreateSandbox gave; empty before.
@@ -79,11 +82,41 @@ func (s *Sandbox) Create(ctx context.Context, req *api.CreateSandboxRequest) err
 	if err := s.writeEtc(req.GetHostname(), req.GetDns()); err != nil {
 		return err
 	}
+	if err := s.mountShm(); err != nil {
+		return err
+	}
 	release, err := s.Mounts.Mount(ctx, req.GetStorages())
 	if err != nil {
+		s.unmountShm()
 		return fmt.Errorf("sandbox storages: %w", err)
 	}
 	s.id, s.release = req.GetSandboxId(), release
+	return nil
+}
+
+// mountShm mounts the pod's /dev/shm, a tmpfs the containers' /dev/shm
+// bind mounts name.
+func (s *Sandbox) mountShm() error {
+	if s.ShmDir == "" {
+		return nil
+	}
+	if err := os.MkdirAll(s.ShmDir, 0o755); err != nil {
+		return fmt.Errorf("pod shm: %w", err)
+	}
+	data := "mode=1777,size=" + strconv.Itoa(api.GuestPodShmSize)
+	if err := unix.Mount("shm", s.ShmDir, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, data); err != nil {
+		return fmt.Errorf("pod shm: mount tmpfs on %s: %w", s.ShmDir, err)
+	}
+	return nil
+}
+
+func (s *Sandbox) unmountShm() error {
+	if s.ShmDir == "" {
+		return nil
+	}
+	if err := unix.Unmount(s.ShmDir, unix.MNT_DETACH); err != nil && err != unix.EINVAL && err != unix.ENOENT {
+		return fmt.Errorf("pod shm: unmount %s: %w", s.ShmDir, err)
+	}
 	return nil
 }
 
@@ -113,7 +146,7 @@ func (s *Sandbox) Destroy(ctx context.Context) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.release = nil
-	return s.Mounts.ReleaseAll(ctx)
+	return errors.Join(s.Mounts.ReleaseAll(ctx), s.unmountShm())
 }
 
 func writeFileAtomic(path string, data []byte, perm os.FileMode) error {

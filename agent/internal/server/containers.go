@@ -64,6 +64,7 @@ func (s *Service) CreateContainer(ctx context.Context, req *api.CreateContainerR
 	err := s.containers.Create(ctx, container.CreateRequest{
 		ID: req.GetContainerId(), ExecID: req.GetExecId(), Spec: req.GetOciSpecJson(),
 		Storages: req.GetStorages(), Terminal: req.GetTerminal(), Stdin: req.GetStdin(),
+		SandboxContainer: req.GetSandboxContainer(), SandboxNamespaces: req.GetSandboxNamespaces(),
 	})
 	return empty, wire(ctx, "CreateContainer", err)
 }

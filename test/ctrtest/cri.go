@@ -1,0 +1,218 @@
+package ctrtest
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"time"
+)
+
+// CRI images the harness serves from its registry (PushCRIImages): the
+// pause image containerd's sandbox_image names, critest's busybox, and a
+// stand-in for critest's nginx (busybox httpd on port 80).
+const (
+	PauseImage     = "registry.k8s.io/pause:3.9"
+	BusyboxImage   = "registry.k8s.io/e2e-test-images/busybox:1.29-2"
+	WebServerImage = "registry.k8s.io/e2e-test-images/nginx:1.14-2"
+	// WebServerBody is the page WebServerImage serves at /.
+	WebServerBody = "<h1>Welcome to nginx! (busybox httpd in a Kasa test image)</h1>\n"
+)
+
+// PushCRIImages builds and pushes the CRI test images to r: pause (with
+// the pause binary for runc; the path is a static build of cmd/kasa-pause),
+// busybox with every applet, and the web server.
+func PushCRIImages(r *Registry, pause string) error {
+	if err := r.PushPause(PauseImage, pause); err != nil {
+		return err
+	}
+	applets, err := AllApplets("/bin/busybox")
+	if err != nil {
+		return err
+	}
+	if err := r.PushBusybox(ImageOptions{Name: BusyboxImage, Applets: applets}); err != nil {
+		return err
+	}
+	return r.PushBusybox(ImageOptions{
+		Name: WebServerImage, Applets: applets,
+		Cmd:   []string{"httpd", "-f", "-v", "-p", "80", "-h", "/usr/share/nginx/html"},
+		Files: map[string][]byte{"usr/share/nginx/html/index.html": []byte(WebServerBody)},
+	})
+}
+
+// Pod network of a harness: a CNI bridge of its own with a /24 of its own,
+// so harness instances on one host do not collide.
+type podNetwork struct {
+	Bridge, Subnet, Gateway string
+}
+
+func newPodNetwork() podNetwork {
+	b := randomHex(2)
+	var n byte
+	fmt.Sscanf(b[:2], "%02x", &n)
+	third := fmt.Sprintf("%d", n)
+	return podNetwork{Bridge: "kbr" + b, Subnet: "10.89." + third + ".0/24", Gateway: "10.89." + third + ".1"}
+}
+
+// conflist is the CNI configuration: Debian's bridge with host-local IPAM
+// and masquerading, and portmap for hostPort.
+func (n podNetwork) conflist() []byte {
+	cfg := map[string]any{
+		"cniVersion": "1.0.0",
+		"name":       "kasa-test-" + n.Bridge,
+		"plugins": []any{
+			map[string]any{
+				"type": "bridge", "bridge": n.Bridge, "isGateway": true, "ipMasq": true, "hairpinMode": true,
+				"ipam": map[string]any{
+					"type":   "host-local",
+					"ranges": [][]map[string]string{{{"subnet": n.Subnet, "gateway": n.Gateway}}},
+					"routes": []map[string]string{{"dst": "0.0.0.0/0"}},
+				},
+			},
+			map[string]any{"type": "portmap", "capabilities": map[string]bool{"portMappings": true}},
+		},
+	}
+	b, _ := json.MarshalIndent(cfg, "", "  ")
+	return b
+}
+
+// renderCRI is the CRI plugin's part of config.toml.
+func renderCRI(c *Containerd, opts Options) string {
+	var b strings.Builder
+	const cri = `[plugins."io.containerd.grpc.v1.cri"`
+	fmt.Fprintf(&b, "  %s]\n", cri)
+	b.WriteString("    netns_mounts_under_state_dir = true\n")
+	// No CAP_SYS_RESOURCE here: containerd must not raise oom_score_adj.
+	b.WriteString("    restrict_oom_score_adj = true\n")
+	b.WriteString("    stream_server_address = \"127.0.0.1\"\n    stream_server_port = \"0\"\n")
+	if opts.SandboxImage != "" {
+		fmt.Fprintf(&b, "    sandbox_image = %q\n", opts.SandboxImage)
+	}
+	fmt.Fprintf(&b, "  %s.cni]\n    bin_dir = \"/usr/lib/cni\"\n    conf_dir = %q\n    max_conf_num = 1\n", cri, opts.CNIConfDir)
+	fmt.Fprintf(&b, "  %s.containerd]\n    default_runtime_name = \"runc\"\n", cri)
+	rt := cri + ".containerd.runtimes"
+	fmt.Fprintf(&b, "  %s.runc]\n    runtime_type = %q\n  %s.runc.options]\n    Root = %q\n", rt, RuntimeRunc, rt, c.RuncRoot)
+	fmt.Fprintf(&b, "  %s.kata]\n    runtime_type = %q\n    pod_annotations = [\"io.katacontainers.*\"]\n", rt, RuntimeKasa)
+	if opts.KasaConfigPath != "" {
+		fmt.Fprintf(&b, "  %s.kata.options]\n    ConfigPath = %q\n", rt, opts.KasaConfigPath)
+	}
+	if opts.RegistryMirror != "" {
+		for _, host := range MirroredRegistries {
+			fmt.Fprintf(&b, "  %s.registry.mirrors.%q]\n    endpoint = [%q]\n", cri, host, opts.RegistryMirror)
+		}
+	}
+	return b.String()
+}
+
+// Crictl runs crictl against this containerd's CRI (see Options.CRI). A
+// non-zero exit code is in the Result, not an error.
+func (c *Containerd) Crictl(ctx context.Context, args ...string) (Result, error) {
+	return c.CrictlStdin(ctx, nil, args...)
+}
+
+// CrictlStdin is Crictl with stdin from r (nil: none).
+func (c *Containerd) CrictlStdin(ctx context.Context, r io.Reader, args ...string) (Result, error) {
+	if c.crictl == "" {
+		return Result{}, fmt.Errorf("crictl: not found (hack/install-cri-tools.sh bin), or the harness runs without CRI")
+	}
+	cmd := c.CrictlCommand(ctx, args...)
+	cmd.Stdin = r
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	start := time.Now()
+	err := cmd.Run()
+	res := Result{Args: append([]string{"crictl"}, args...), Stdout: stdout.String(), Stderr: stderr.String(), Duration: time.Since(start)}
+	if ee, ok := err.(*exec.ExitError); ok && ctx.Err() == nil {
+		res.ExitCode = ee.ExitCode()
+		return res, nil
+	}
+	if err != nil {
+		return res, fmt.Errorf("crictl %s: %w", strings.Join(args, " "), err)
+	}
+	return res, nil
+}
+
+// CrictlCommand is crictl with args against this containerd, not started
+// (stdio unset). Without CRI it runs a crictl that is not there.
+func (c *Containerd) CrictlCommand(ctx context.Context, args ...string) *exec.Cmd {
+	full := append([]string{"--runtime-endpoint", "unix://" + c.Address, "--image-endpoint", "unix://" + c.Address, "--timeout", "120s"}, args...)
+	cmd := exec.CommandContext(ctx, c.crictl, full...)
+	cmd.WaitDelay = 5 * time.Second
+	return cmd
+}
+
+// CrictlOK runs crictl and returns its trimmed stdout, or an error that
+// carries its output when it fails.
+func (c *Containerd) CrictlOK(ctx context.Context, args ...string) (string, error) {
+	res, err := c.Crictl(ctx, args...)
+	if err != nil {
+		return "", err
+	}
+	if res.ExitCode != 0 {
+		return "", fmt.Errorf("crictl %s: exit %d: %s%s", strings.Join(args, " "), res.ExitCode, res.Stderr, res.Stdout)
+	}
+	return strings.TrimSpace(res.Stdout), nil
+}
+
+// WriteJSON writes v as JSON into the instance directory and returns the
+// path: crictl's pod and container configs.
+func (c *Containerd) WriteJSON(name string, v any) (string, error) {
+	b, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		return "", err
+	}
+	p := filepath.Join(c.Dir, name)
+	return p, os.WriteFile(p, b, 0o600)
+}
+
+// PodConfig is a crictl pod sandbox config (runtime.v1.PodSandboxConfig
+// in JSON) for a pod named name with a unique uid.
+func PodConfig(name string) map[string]any {
+	return map[string]any{
+		"metadata":      map[string]any{"name": name, "namespace": "kasatest", "uid": randomHex(8), "attempt": 0},
+		"hostname":      name,
+		"log_directory": "",
+		"dns_config":    map[string]any{"servers": []string{"10.96.0.10"}, "searches": []string{"kasatest.svc.cluster.local"}, "options": []string{"ndots:5"}},
+		// What the kubelet sends without shareProcessNamespace or host
+		// namespaces: network POD, pid CONTAINER, ipc POD.
+		"linux": map[string]any{"security_context": map[string]any{"namespace_options": map[string]any{"network": 0, "pid": 1, "ipc": 0}}},
+	}
+}
+
+// CRIBridge is the CNI bridge of this harness, "" without CRI.
+func (c *Containerd) CRIBridge() string { return c.net.Bridge }
+
+// removeBridge deletes the harness's CNI bridge (CNI's DEL leaves it).
+func (c *Containerd) removeBridge() error {
+	if c.net.Bridge == "" {
+		return nil
+	}
+	if _, err := net.InterfaceByName(c.net.Bridge); err != nil {
+		return nil
+	}
+	if out, err := exec.Command("ip", "link", "del", c.net.Bridge).CombinedOutput(); err != nil {
+		return fmt.Errorf("delete bridge %s: %v: %s", c.net.Bridge, err, out)
+	}
+	return nil
+}
+
+// removePods stops and removes every pod of CRI (crictl rmp --all --force).
+func (c *Containerd) removePods(ctx context.Context) error {
+	if c.crictl == "" {
+		return nil
+	}
+	res, err := c.Crictl(ctx, "rmp", "--all", "--force")
+	if err != nil {
+		return err
+	}
+	if res.ExitCode != 0 {
+		return fmt.Errorf("removing pods: %s", res)
+	}
+	return nil
+}

@@ -1,0 +1,487 @@
+//go:build integration
+
+package integration
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/containerd/console"
+
+	"github.com/kasa-runtime/kasa/test/ctrtest"
+)
+
+// startCRIHarness is a private containerd with the CRI plugin: the runtime
+// handler "kata" is this build's shim with the test's guest image, CNI is a
+// bridge of the harness's own, and images come from an in-process registry
+// mirroring registry.k8s.io, gcr.io and docker.io. crictl is bin/crictl
+// (hack/install-cri-tools.sh).
+func startCRIHarness(t *testing.T, timeout time.Duration, mutate func(*ctrtest.Options)) (*ctrtest.Containerd, context.Context) {
+	t.Helper()
+	dir := requireVM(t)
+	repo, _ := filepath.Abs("../..")
+	bin := filepath.Join(repo, "bin")
+	for _, b := range []string{ctrtest.ShimKasa, "crictl"} {
+		if _, err := os.Stat(filepath.Join(bin, b)); err != nil {
+			ctrtest.Missing(t, "%s/%s (make build; hack/install-cri-tools.sh bin)", bin, b)
+		}
+	}
+	if _, err := os.Stat("/usr/lib/cni/bridge"); err != nil {
+		ctrtest.Missing(t, "CNI plugins in /usr/lib/cni (apt-get install containernetworking-plugins)")
+	}
+	conf := filepath.Join(t.TempDir(), "configuration.toml")
+	body := fmt.Sprintf("[hypervisor.qemu]\nkernel = %q\ninitrd = %q\nenable_annotations = [\"default_memory\", \"default_vcpus\"]\n\n[agent.kata]\ndial_timeout = 60\n",
+		filepath.Join(dir, "vmlinuz"), filepath.Join(dir, "initrd.img"))
+	if err := os.WriteFile(conf, []byte(body), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	reg, err := ctrtest.StartRegistry()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { reg.Close() })
+	pause, err := ctrtest.BuildPause(repo, t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ctrtest.PushCRIImages(reg, pause); err != nil {
+		t.Fatal(err)
+	}
+	opts := ctrtest.Options{
+		BinDirs: []string{bin}, KasaConfigPath: conf, CRI: true, Crictl: filepath.Join(bin, "crictl"),
+		SandboxImage: ctrtest.PauseImage, RegistryMirror: reg.Endpoint(), Debug: os.Getenv("KASA_TEST_DEBUG") != "",
+	}
+	if mutate != nil {
+		mutate(&opts)
+	}
+	c := ctrtest.Start(t, opts)
+	ctx, cancel := context.WithTimeout(t.Context(), timeout)
+	t.Cleanup(cancel)
+	return c, ctx
+}
+
+// crictl runs crictl and fails the test if it fails.
+func crictl(t *testing.T, ctx context.Context, c *ctrtest.Containerd, args ...string) string {
+	t.Helper()
+	out, err := c.CrictlOK(ctx, args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// runPod runs a pod with the "kata" handler from cfg and returns its id.
+func runPod(t *testing.T, ctx context.Context, c *ctrtest.Containerd, cfg map[string]any) string {
+	t.Helper()
+	name := cfg["metadata"].(map[string]any)["name"].(string)
+	p, err := c.WriteJSON(name+"-pod.json", cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	id := crictl(t, ctx, c, "runp", "--runtime", "kata", p)
+	t.Logf("pod %s (%s) ready after %v", name, id[:12], time.Since(start).Round(time.Millisecond))
+	return id
+}
+
+// startContainer creates and starts a container in pod podID and returns
+// its id.
+func startContainer(t *testing.T, ctx context.Context, c *ctrtest.Containerd, podID string, podCfg, cfg map[string]any) string {
+	t.Helper()
+	name := cfg["metadata"].(map[string]any)["name"].(string)
+	// As the kubelet does, the container gets the pod's namespace options.
+	if sc, ok := podCfg["linux"].(map[string]any)["security_context"]; ok {
+		cfg["linux"] = map[string]any{"security_context": map[string]any{"namespace_options": sc.(map[string]any)["namespace_options"]}}
+	}
+	podPath, err := c.WriteJSON(name+"-pod.json", podCfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctrPath, err := c.WriteJSON(name+"-ctr.json", cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := crictl(t, ctx, c, "create", "--with-pull", podID, ctrPath, podPath)
+	crictl(t, ctx, c, "start", id)
+	return id
+}
+
+func containerConfig(name, image string, args []string, mounts ...map[string]any) map[string]any {
+	cfg := map[string]any{
+		"metadata": map[string]any{"name": name},
+		"image":    map[string]any{"image": image},
+		"log_path": name + ".log",
+		"linux":    map[string]any{},
+	}
+	if args != nil {
+		cfg["command"] = args
+	}
+	if len(mounts) > 0 {
+		cfg["mounts"] = mounts
+	}
+	return cfg
+}
+
+// podIP is the pod's IP from crictl inspectp.
+func podIP(t *testing.T, ctx context.Context, c *ctrtest.Containerd, podID string) string {
+	t.Helper()
+	var st struct {
+		Status struct {
+			Network struct {
+				IP string `json:"ip"`
+			} `json:"network"`
+		} `json:"status"`
+	}
+	if err := json.Unmarshal([]byte(crictl(t, ctx, c, "inspectp", podID)), &st); err != nil {
+		t.Fatal(err)
+	}
+	if st.Status.Network.IP == "" {
+		t.Fatal("pod has no IP")
+	}
+	return st.Status.Network.IP
+}
+
+// httpGet fetches url, retrying for up to 30s while the server starts.
+func httpGet(ctx context.Context, url string) (string, error) {
+	client := &http.Client{Timeout: 5 * time.Second}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		resp, err := client.Get(url)
+		if err == nil {
+			b, err := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if err == nil && resp.StatusCode == 200 {
+				return string(b), nil
+			}
+			if err == nil {
+				err = fmt.Errorf("%s", resp.Status)
+			}
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			return "", fmt.Errorf("GET %s: %w", url, err)
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+}
+
+// TestCRIPod runs one pod of two containers through CRI with the "kata"
+// handler and checks what a pod promises: its own VM, volumes shared
+// between its containers, a read-only hostPath, the pod IP reachable from
+// the host, localhost between containers, DNS and hostname from the CRI
+// config, one /dev/shm and one IPC namespace, and nothing left after
+// stopp/rmp.
+func TestCRIPod(t *testing.T) {
+	c, ctx := startCRIHarness(t, 6*time.Minute, nil)
+	emptyDir := t.TempDir()
+	hostPath := t.TempDir()
+	if err := os.WriteFile(filepath.Join(hostPath, "config.txt"), []byte("from the node\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+
+	podCfg := ctrtest.PodConfig("web")
+	podID := runPod(t, ctx, c, podCfg)
+	web := startContainer(t, ctx, c, podID, podCfg, containerConfig("httpd", ctrtest.WebServerImage, nil,
+		map[string]any{"container_path": "/shared", "host_path": emptyDir}))
+	tool := startContainer(t, ctx, c, podID, podCfg, containerConfig("tool", ctrtest.BusyboxImage, []string{"sleep", "3600"},
+		map[string]any{"container_path": "/shared", "host_path": emptyDir},
+		map[string]any{"container_path": "/config", "host_path": hostPath, "readonly": true}))
+
+	inPod := func(t *testing.T, id string, cmd ...string) string {
+		t.Helper()
+		return crictl(t, ctx, c, append([]string{"exec", "--sync", "--timeout", "60", id}, cmd...)...)
+	}
+
+	t.Run("own kernel", func(t *testing.T) {
+		host, _ := os.ReadFile("/proc/sys/kernel/osrelease")
+		if guest := inPod(t, tool, "uname", "-r"); guest == strings.TrimSpace(string(host)) || guest == "" {
+			t.Errorf("container kernel %q, host kernel %q: not in a VM", guest, host)
+		}
+	})
+	t.Run("pod IP from the host", func(t *testing.T) {
+		body, err := httpGet(ctx, "http://"+podIP(t, ctx, c, podID)+"/")
+		if err != nil || body != ctrtest.WebServerBody {
+			t.Errorf("page %q, %v; want %q", body, err, ctrtest.WebServerBody)
+		}
+	})
+	t.Run("localhost between containers", func(t *testing.T) {
+		if body := inPod(t, tool, "wget", "-q", "-O", "-", "http://127.0.0.1:80/"); body+"\n" != ctrtest.WebServerBody {
+			t.Errorf("page over localhost %q, want %q", body, ctrtest.WebServerBody)
+		}
+	})
+	t.Run("emptyDir shared", func(t *testing.T) {
+		inPod(t, web, "sh", "-c", "echo written-by-httpd > /shared/note")
+		if got := inPod(t, tool, "cat", "/shared/note"); got != "written-by-httpd" {
+			t.Errorf("the other container reads %q", got)
+		}
+	})
+	t.Run("read-only hostPath", func(t *testing.T) {
+		if got := inPod(t, tool, "cat", "/config/config.txt"); got != "from the node" {
+			t.Errorf("read %q", got)
+		}
+		res, err := c.Crictl(ctx, "exec", "--sync", tool, "sh", "-c", "echo x > /config/new")
+		if err != nil || res.ExitCode == 0 {
+			t.Errorf("writing to a read-only hostPath: %v %v", res, err)
+		}
+		if _, err := os.Stat(filepath.Join(hostPath, "new")); err == nil {
+			t.Error("a file appeared in the read-only hostPath")
+		}
+	})
+	t.Run("DNS and hostname", func(t *testing.T) {
+		resolv := inPod(t, tool, "cat", "/etc/resolv.conf")
+		for _, want := range []string{"nameserver 10.96.0.10", "search kasatest.svc.cluster.local", "options ndots:5"} {
+			if !strings.Contains(resolv, want) {
+				t.Errorf("resolv.conf %q lacks %q", resolv, want)
+			}
+		}
+		if h := inPod(t, tool, "hostname"); h != "web" {
+			t.Errorf("hostname %q, want web", h)
+		}
+	})
+	t.Run("one shm and IPC namespace per pod", func(t *testing.T) {
+		inPod(t, web, "sh", "-c", "echo shm-note > /dev/shm/note")
+		if got := inPod(t, tool, "cat", "/dev/shm/note"); got != "shm-note" {
+			t.Errorf("/dev/shm not shared: %q", got)
+		}
+		if a, b := inPod(t, web, "readlink", "/proc/self/ns/ipc"), inPod(t, tool, "readlink", "/proc/self/ns/ipc"); a != b {
+			t.Errorf("IPC namespaces differ: %s, %s", a, b)
+		}
+		if a, b := inPod(t, web, "readlink", "/proc/self/ns/pid"), inPod(t, tool, "readlink", "/proc/self/ns/pid"); a == b {
+			t.Errorf("PID namespace shared without shareProcessNamespace: %s", a)
+		}
+	})
+
+	crictl(t, ctx, c, "stopp", podID)
+	crictl(t, ctx, c, "rmp", podID)
+	ctrtest.AssertNoLeftovers(t, c, podID, web, tool)
+	assertNoTaps(t)
+}
+
+// TestCRISharedPIDNamespace: a pod with shareProcessNamespace sees the
+// agent's pause as PID 1, and no pause binary came from the image.
+func TestCRISharedPIDNamespace(t *testing.T) {
+	c, ctx := startCRIHarness(t, 4*time.Minute, nil)
+	podCfg := ctrtest.PodConfig("sharedpid")
+	podCfg["linux"] = map[string]any{"security_context": map[string]any{"namespace_options": map[string]any{"pid": 0}}}
+	podID := runPod(t, ctx, c, podCfg)
+	id := startContainer(t, ctx, c, podID, podCfg, containerConfig("ps", ctrtest.BusyboxImage, []string{"sleep", "3600"}))
+	ps := crictl(t, ctx, c, "exec", "--sync", id, "ps", "-o", "pid,args")
+	if !regexp.MustCompile(`(?m)^\s*1\s+/pause$`).MatchString(ps) {
+		t.Errorf("PID 1 of the pod is not pause:\n%s", ps)
+	}
+	crictl(t, ctx, c, "rmp", "--force", podID)
+	ctrtest.AssertNoLeftovers(t, c, podID, id)
+}
+
+// TestCRIFailures: bad input fails cleanly and leaves nothing.
+func TestCRIFailures(t *testing.T) {
+	t.Run("refused annotation", func(t *testing.T) {
+		c, ctx := startCRIHarness(t, 3*time.Minute, nil)
+		podCfg := ctrtest.PodConfig("badmem")
+		podCfg["annotations"] = map[string]string{"io.katacontainers.config.hypervisor.default_memory": "lots"}
+		p, _ := c.WriteJSON("badmem.json", podCfg)
+		res, err := c.Crictl(ctx, "runp", "--runtime", "kata", p)
+		if err != nil || res.ExitCode == 0 || !strings.Contains(res.Stderr, "default_memory") {
+			t.Errorf("runp with default_memory=lots: %v %v, want an error naming default_memory", res, err)
+		}
+		ctrtest.AssertNoLeftovers(t, c)
+		assertNoTaps(t)
+		if out, _ := c.CrictlOK(ctx, "pods", "-q"); out != "" {
+			t.Errorf("pods left: %s", out)
+		}
+	})
+	t.Run("CNI failure", func(t *testing.T) {
+		// The bridge works, then tuning fails on a sysctl that does not
+		// exist: ADD fails, DEL succeeds, as with a real misconfiguration.
+		cni := t.TempDir()
+		broken := `{"cniVersion": "1.0.0", "name": "broken", "plugins": [
+  {"type": "bridge", "bridge": "kbrfail` + newID(t)[3:7] + `", "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.88.254.0/24"}]]}},
+  {"type": "tuning", "sysctl": {"net.kasa.no_such_sysctl": "1"}}]}`
+		if err := os.WriteFile(filepath.Join(cni, "10-broken.conflist"), []byte(broken), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		c, ctx := startCRIHarness(t, 3*time.Minute, func(o *ctrtest.Options) { o.CNIConfDir = cni })
+		p, _ := c.WriteJSON("nonet.json", ctrtest.PodConfig("nonet"))
+		res, err := c.Crictl(ctx, "runp", "--runtime", "kata", p)
+		if err != nil || res.ExitCode == 0 || !strings.Contains(res.Stderr, "no_such_sysctl") {
+			t.Errorf("runp with a broken CNI: %v %v, want an error naming the sysctl", res, err)
+		}
+		ctrtest.AssertNoLeftovers(t, c)
+		if out, _ := c.CrictlOK(ctx, "pods", "-q"); out != "" {
+			t.Errorf("pods left: %s", out)
+		}
+	})
+	t.Run("missing image", func(t *testing.T) {
+		c, ctx := startCRIHarness(t, 3*time.Minute, nil)
+		podCfg := ctrtest.PodConfig("noimage")
+		podID := runPod(t, ctx, c, podCfg)
+		podPath, _ := c.WriteJSON("noimage-pod.json", podCfg)
+		ctrPath, _ := c.WriteJSON("noimage-ctr.json", containerConfig("ghost", "registry.k8s.io/kasa/no-such-image:1", nil))
+		res, err := c.Crictl(ctx, "create", "--with-pull", podID, ctrPath, podPath)
+		if err != nil || res.ExitCode == 0 || !strings.Contains(res.Stderr, "no-such-image") {
+			t.Errorf("create with a missing image: %v %v", res, err)
+		}
+		if out, _ := c.CrictlOK(ctx, "ps", "-a", "-q"); out != "" {
+			t.Errorf("containers left: %s", out)
+		}
+		// The pod is unharmed: a container still runs in it.
+		id := startContainer(t, ctx, c, podID, podCfg, containerConfig("after", ctrtest.BusyboxImage, []string{"sleep", "60"}))
+		if out := crictl(t, ctx, c, "exec", "--sync", id, "echo", "ok"); out != "ok" {
+			t.Errorf("exec after a failed create: %q", out)
+		}
+		crictl(t, ctx, c, "rmp", "--force", podID)
+		ctrtest.AssertNoLeftovers(t, c, podID, id)
+	})
+}
+
+// assertNoTaps fails if a Kasa tap is left in the host's network
+// namespace (the pod's namespaces are gone with their pods).
+func assertNoTaps(t *testing.T) {
+	t.Helper()
+	out, err := exec.Command("ip", "-o", "link", "show").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range strings.Split(string(out), "\n") {
+		if strings.Contains(l, "_kasa") {
+			t.Errorf("tap left: %s", l)
+		}
+	}
+}
+
+// TestCRICrictl walks crictl's pod and container commands through the
+// "kata" handler: runp, create, start, exec, exec -it, logs, attach,
+// inspect, inspectp, stats, stop, rm, stopp, rmp.
+func TestCRICrictl(t *testing.T) {
+	c, ctx := startCRIHarness(t, 5*time.Minute, nil)
+	podCfg := ctrtest.PodConfig("crictl")
+	podCfg["log_directory"] = t.TempDir()
+	podID := runPod(t, ctx, c, podCfg)
+
+	var pod struct {
+		Status struct{ State string } `json:"status"`
+	}
+	if err := json.Unmarshal([]byte(crictl(t, ctx, c, "inspectp", podID)), &pod); err != nil || pod.Status.State != "SANDBOX_READY" {
+		t.Errorf("inspectp: state %q, %v", pod.Status.State, err)
+	}
+
+	ticker := startContainer(t, ctx, c, podID, podCfg, containerConfig("ticker", ctrtest.BusyboxImage,
+		[]string{"sh", "-c", "i=0; while :; do i=$((i+1)); echo tick $i; sleep 0.5; done"}))
+	reader := containerConfig("reader", ctrtest.BusyboxImage, []string{"sh", "-c", "read line; echo got-$line"})
+	reader["stdin"], reader["stdin_once"] = true, true
+	readerID := startContainer(t, ctx, c, podID, podCfg, reader)
+
+	t.Run("inspect", func(t *testing.T) {
+		var ctr struct {
+			Status struct {
+				State string `json:"state"`
+			} `json:"status"`
+		}
+		if err := json.Unmarshal([]byte(crictl(t, ctx, c, "inspect", ticker)), &ctr); err != nil || ctr.Status.State != "CONTAINER_RUNNING" {
+			t.Errorf("inspect: state %q, %v", ctr.Status.State, err)
+		}
+	})
+	t.Run("exec", func(t *testing.T) {
+		if out := crictl(t, ctx, c, "exec", ticker, "sh", "-c", "echo out; echo err >&2; exit 0"); !strings.Contains(out, "out") {
+			t.Errorf("exec output %q", out)
+		}
+		res, err := c.Crictl(ctx, "exec", ticker, "sh", "-c", "exit 7")
+		if err != nil || res.ExitCode == 0 || !strings.Contains(res.Stderr, "exit code 7") {
+			t.Errorf("exec exit status: %v %v, want exit code 7", res, err)
+		}
+	})
+	t.Run("exec -it", func(t *testing.T) {
+		// crictl wants a terminal on its stdin for -t.
+		pty, tty, err := console.NewPty()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer pty.Close()
+		ttyFile, err := os.OpenFile(tty, os.O_RDWR, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ttyFile.Close()
+		cmd := c.CrictlCommand(ctx, "exec", "-i", "-t", ticker, "sh")
+		cmd.Stdin, cmd.Stdout, cmd.Stderr = ttyFile, ttyFile, ttyFile
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		ttyFile.Close()
+		io.WriteString(pty, "echo in-tty $(tty)\rexit\r")
+		var out strings.Builder
+		copied := make(chan struct{})
+		go func() { io.Copy(&out, pty); close(copied) }()
+		err = cmd.Wait()
+		pty.Close()
+		<-copied
+		if err != nil || !strings.Contains(out.String(), "in-tty /dev/pts/") {
+			t.Errorf("exec -it: %v, output %q", err, out.String())
+		}
+	})
+	t.Run("logs", func(t *testing.T) {
+		time.Sleep(time.Second)
+		if out := crictl(t, ctx, c, "logs", ticker); !strings.Contains(out, "tick 1\n") {
+			t.Errorf("logs %q lack tick 1", out)
+		}
+	})
+	t.Run("attach", func(t *testing.T) {
+		// crictl 1.30 loses attach's default transport: name it.
+		res, err := c.CrictlStdin(ctx, strings.NewReader("through-attach\n"), "attach", "--transport", "spdy", "-i", readerID)
+		if err != nil || !strings.Contains(res.Stdout, "got-through-attach") {
+			t.Errorf("attach: %v %v", res, err)
+		}
+	})
+	t.Run("stats", func(t *testing.T) {
+		var st struct {
+			Stats []struct {
+				Attributes struct{ ID string } `json:"attributes"`
+				CPU        struct {
+					UsageCoreNanoSeconds struct{ Value string } `json:"usageCoreNanoSeconds"`
+				} `json:"cpu"`
+				Memory struct {
+					WorkingSetBytes struct{ Value string } `json:"workingSetBytes"`
+				} `json:"memory"`
+			} `json:"stats"`
+		}
+		out := crictl(t, ctx, c, "stats", "-o", "json", "--id", ticker)
+		if err := json.Unmarshal([]byte(out), &st); err != nil || len(st.Stats) != 1 {
+			t.Fatalf("stats %s: %v", out, err)
+		}
+		if s := st.Stats[0]; s.CPU.UsageCoreNanoSeconds.Value == "" || s.CPU.UsageCoreNanoSeconds.Value == "0" || s.Memory.WorkingSetBytes.Value == "" || s.Memory.WorkingSetBytes.Value == "0" {
+			t.Errorf("stats without figures: %s", out)
+			for _, l := range strings.Split(c.LogTail(3000), "\n") {
+				if strings.Contains(l, "etrics") || strings.Contains(l, "tats") {
+					t.Log(l)
+				}
+			}
+		}
+	})
+	t.Run("stop and rm", func(t *testing.T) {
+		crictl(t, ctx, c, "stop", "--timeout", "2", ticker)
+		var ctr struct {
+			Status struct {
+				State string `json:"state"`
+			} `json:"status"`
+		}
+		if err := json.Unmarshal([]byte(crictl(t, ctx, c, "inspect", ticker)), &ctr); err != nil || ctr.Status.State != "CONTAINER_EXITED" {
+			t.Errorf("after stop: state %q, %v", ctr.Status.State, err)
+		}
+		crictl(t, ctx, c, "rm", ticker)
+		if out := crictl(t, ctx, c, "ps", "-a", "-q", "--id", ticker); out != "" {
+			t.Errorf("container still listed: %s", out)
+		}
+	})
+	crictl(t, ctx, c, "stopp", podID)
+	crictl(t, ctx, c, "rmp", podID)
+	ctrtest.AssertNoLeftovers(t, c, podID, ticker, readerID)
+}
