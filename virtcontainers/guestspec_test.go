@@ -73,7 +73,7 @@ func TestGuestSpecErrors(t *testing.T) {
 		vols   map[int]string
 		want   string
 	}{
-		"unshared bind":  {func(*specs.Spec) {}, map[int]string{1: "/x"}, `"/var/lib/hosts"`},
+		"unshared bind": {func(*specs.Spec) {}, map[int]string{1: "/x"}, `"/var/lib/hosts"`},
 		"host user ns": {func(s *specs.Spec) {
 			s.Linux.Namespaces = append(s.Linux.Namespaces, specs.LinuxNamespace{Type: specs.UserNamespace, Path: "/proc/1/ns/user"})
 		}, map[int]string{1: "/x", 2: "/y"}, "user namespace"},
