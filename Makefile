@@ -21,7 +21,7 @@ GUEST := build/guest
 
 export PATH := $(CURDIR)/bin:$(PATH)
 
-.PHONY: all build deps guest-image install demo test test-unit test-integration cri-tools generate bench-boot bench-run clean
+.PHONY: all build deps guest-image install install-containerd-config demo test test-unit test-integration cri-tools generate bench-boot bench-run clean
 
 all: build guest-image
 
@@ -52,6 +52,13 @@ install: build guest-image
 	install -d $(DESTDIR)$(PREFIX)/share/defaults/kasa
 	sed 's#/usr/share/kasa/#$(PREFIX)/share/kasa/#g' configuration/configuration.toml \
 		> $(DESTDIR)$(PREFIX)/share/defaults/kasa/configuration.toml
+	install -D -m 0644 configuration/runtime/containerd-kata.toml $(DESTDIR)$(PREFIX)/share/kasa/containerd-kata.toml
+	sed 's#/usr/#$(PREFIX)/#g' configuration/runtime/crio-kata.conf > $(DESTDIR)$(PREFIX)/share/kasa/crio-kata.conf
+
+# Registers the RuntimeClass handler "kata" with containerd's CRI plugin
+# (hack/register-containerd.sh says how); restart containerd afterwards.
+install-containerd-config:
+	CONTAINERD_DIR=$(DESTDIR)/etc/containerd hack/register-containerd.sh
 
 # The README's main command: install, check the host, then a container in
 # its own VM through a private containerd, beside runc.

@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -522,4 +523,68 @@ func TestCRITest(t *testing.T) {
 	}
 	t.Logf("critest v1.30 with handler kata: ran %s of %s specs: %s passed, %s failed, %s skipped", ran[1], ran[2], passed[1], passed[2], passed[4])
 	ctrtest.AssertNoLeftovers(t, c)
+}
+
+// TestRegisterContainerd: hack/register-containerd.sh leaves a containerd
+// whose CRI plugin has the kata handler, keeping what config.toml set.
+func TestRegisterContainerd(t *testing.T) {
+	ctrtest.Require(t, "containerd")
+	repo, _ := filepath.Abs("../..")
+	for name, cri := range map[string]bool{"config.toml without CRI": false, "config.toml with CRI": true} {
+		t.Run(name, func(t *testing.T) {
+			dir, err := os.MkdirTemp("", "kasa-reg")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer os.RemoveAll(dir)
+			conf := fmt.Sprintf("version = 2\nroot = %q\nstate = %q\n[grpc]\n  address = %q\n", dir+"/root", dir+"/state", dir+"/c.sock")
+			if cri {
+				conf += "[plugins.\"io.containerd.grpc.v1.cri\"]\n  sandbox_image = \"example.org/pause:kept\"\n" +
+					"[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.runc]\n  runtime_type = \"io.containerd.runc.v2\"\n"
+			}
+			os.WriteFile(dir+"/config.toml", []byte(conf), 0o644)
+			for range 2 { // twice: the second run changes nothing
+				cmd := exec.Command(filepath.Join(repo, "hack", "register-containerd.sh"))
+				cmd.Env = append(os.Environ(), "CONTAINERD_DIR="+dir)
+				if out, err := cmd.CombinedOutput(); err != nil {
+					t.Fatalf("register-containerd.sh: %v\n%s", err, out)
+				}
+			}
+			ctd := exec.Command("containerd", "--config", dir+"/config.toml")
+			ctd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+			if err := ctd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			defer func() { ctd.Process.Kill(); ctd.Wait() }()
+			var info struct {
+				Config struct {
+					SandboxImage string `json:"sandboxImage"`
+					Containerd   struct {
+						Runtimes map[string]struct {
+							RuntimeType    string   `json:"runtimeType"`
+							PodAnnotations []string `json:"PodAnnotations"`
+						} `json:"runtimes"`
+					} `json:"containerd"`
+				} `json:"config"`
+			}
+			var out []byte
+			for i := 0; i < 50; i++ {
+				time.Sleep(100 * time.Millisecond)
+				out, err = exec.Command(filepath.Join(repo, "bin", "crictl"), "--runtime-endpoint", "unix://"+dir+"/c.sock", "info").Output()
+				if err == nil {
+					break
+				}
+			}
+			if err := json.Unmarshal(out, &info); err != nil {
+				t.Fatalf("crictl info: %v\n%s", err, out)
+			}
+			kata := info.Config.Containerd.Runtimes["kata"]
+			if kata.RuntimeType != "io.containerd.kasa.v2" || len(kata.PodAnnotations) == 0 || info.Config.Containerd.Runtimes["runc"].RuntimeType == "" {
+				t.Errorf("runtimes after registering: %+v", info.Config.Containerd.Runtimes)
+			}
+			if cri && info.Config.SandboxImage != "example.org/pause:kept" {
+				t.Errorf("sandbox_image %q: config.toml's CRI settings were lost", info.Config.SandboxImage)
+			}
+		})
+	}
 }
