@@ -1,7 +1,7 @@
 # Kasa: a pod-per-VM container runtime.
 #   make build         bin/kasa, bin/containerd-shim-kasa-v2, bin/kasa-agent (static)
 #   make guest-image   build/guest/{vmlinuz,initrd.img,manifest.json}
-#   make demo          installs, checks the host, runs a container in a VM through containerd
+#   make demo          installs, checks the host, runs a pod in a VM through containerd's CRI
 #   make test          installs what it needs, builds, runs unit + integration tests
 #   make install       PREFIX (default /usr) and DESTDIR are honoured
 #   make generate      regenerates agent/api from agent.proto (protoc)
@@ -60,12 +60,12 @@ install: build guest-image
 install-containerd-config:
 	CONTAINERD_DIR=$(DESTDIR)/etc/containerd hack/register-containerd.sh
 
-# The README's main command: install, check the host, then a container in
-# its own VM through a private containerd, beside runc.
-demo: install
+# The README's main command: install, check the host, then a pod in its own
+# VM through containerd's CRI (handler kata, CNI bridge), beside runc.
+demo: install cri-tools
 	@echo "== kasa check"
 	$(PREFIX)/bin/kasa check || true
-	@echo "== a container in a VM through containerd"
+	@echo "== a pod in a VM through containerd's CRI"
 	$(GO) run ./hack/demo
 
 test: deps build guest-image test-unit test-integration
