@@ -7,6 +7,7 @@
 #   make generate      regenerates agent/api from agent.proto (protoc)
 #   make bench-boot    boot phase timings, Kasa agent beside a trivial /init
 #   make bench-run     ctr run --rm hello-world, Kasa beside runc
+#   make bench-pod     CRI pod-ready latency, a burst, memory per idle pod, Kasa beside runc
 
 PREFIX ?= /usr
 DESTDIR ?=
@@ -21,7 +22,7 @@ GUEST := build/guest
 
 export PATH := $(CURDIR)/bin:$(PATH)
 
-.PHONY: all build deps guest-image install install-containerd-config demo test test-unit test-integration cri-tools generate bench-boot bench-run clean
+.PHONY: all build deps guest-image install install-containerd-config demo test test-unit test-integration cri-tools generate bench-boot bench-run bench-pod clean
 
 all: build guest-image
 
@@ -95,6 +96,12 @@ bench-boot: build guest-image
 bench-run: build guest-image
 	printf '[hypervisor.qemu]\nkernel = "%s"\ninitrd = "%s"\n' $(CURDIR)/$(GUEST)/vmlinuz $(CURDIR)/$(GUEST)/initrd.img > build/bench-kasa.toml
 	$(GO) run ./test/bench/run -kasa-config $(CURDIR)/build/bench-kasa.toml $(BENCH_RUN_FLAGS)
+
+# CRI pods through crictl: pod-ready latency, a burst, memory per idle pod;
+# the kata handler (this build) beside runc, same containerd.
+bench-pod: build guest-image cri-tools
+	printf '[hypervisor.qemu]\nkernel = "%s"\ninitrd = "%s"\n' $(CURDIR)/$(GUEST)/vmlinuz $(CURDIR)/$(GUEST)/initrd.img > build/bench-kasa.toml
+	$(GO) run ./test/bench/pod -shim-dir bin -kasa-config $(CURDIR)/build/bench-kasa.toml $(BENCH_POD_FLAGS)
 
 clean:
 	rm -rf bin build

@@ -1,0 +1,411 @@
+// Command pod measures CRI pods with the "kata" handler (Kasa) beside runc,
+// same containerd, same images, one run:
+//
+//   - pod-ready latency: RunPodSandbox → CreateContainer → StartContainer →
+//     ExecSync `true` answered, median and p90 of -n pods, one at a time;
+//   - a burst of -burst pods created at once: time until all are ready;
+//   - host memory per idle pod: PSS (/proc/PID/smaps_rollup) of the pod's
+//     processes on the host, i.e. QEMU + shim for Kasa, shim + pause +
+//     container for runc, averaged over -idle pods.
+//
+//	go run ./test/bench/pod [-n 10] [-burst 10] [-idle 3] [-kasa-config FILE] [-shim-dir DIR] [-crictl PATH]
+//
+// It needs root, containerd, runc, the CNI plugins and crictl (make
+// cri-tools).
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/kasa-runtime/kasa/test/ctrtest"
+)
+
+type config struct {
+	n, burst, idle        int
+	kasaConfig, shimDir   string
+	crictl                string
+	timeout               time.Duration
+	handlers              []string
+	containerImage, pause string
+}
+
+func main() {
+	var cfg config
+	flag.IntVar(&cfg.n, "n", 10, "pods measured one at a time, per handler")
+	flag.IntVar(&cfg.burst, "burst", 10, "pods created at once, per handler (0: skip)")
+	flag.IntVar(&cfg.idle, "idle", 3, "idle pods whose memory is measured, per handler (0: skip)")
+	flag.StringVar(&cfg.kasaConfig, "kasa-config", "", "Kasa configuration file (the shim's ConfigPath option)")
+	flag.StringVar(&cfg.shimDir, "shim-dir", "", "directory put first on containerd's PATH (e.g. ./bin)")
+	flag.StringVar(&cfg.crictl, "crictl", "bin/crictl", "crictl binary")
+	flag.DurationVar(&cfg.timeout, "timeout", 20*time.Minute, "limit for the whole run")
+	flag.Parse()
+	cfg.handlers = []string{"runc", "kata"}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	ctx, cancel := context.WithTimeout(ctx, cfg.timeout)
+	defer cancel()
+	if err := run(ctx, cfg); err != nil {
+		fmt.Fprintln(os.Stderr, "bench-pod:", err)
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, cfg config) error {
+	if os.Geteuid() != 0 {
+		return fmt.Errorf("needs root (it starts its own containerd)")
+	}
+	repo, _ := os.Getwd()
+	reg, err := ctrtest.StartRegistry()
+	if err != nil {
+		return err
+	}
+	defer reg.Close()
+	tmp, err := os.MkdirTemp("", "kasa-bench-pod")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(tmp)
+	pause, err := ctrtest.BuildPause(repo, tmp)
+	if err != nil {
+		return err
+	}
+	if err := ctrtest.PushCRIImages(reg, pause); err != nil {
+		return err
+	}
+	opts := ctrtest.Options{CRI: true, Crictl: cfg.crictl, SandboxImage: ctrtest.PauseImage,
+		RegistryMirror: reg.Endpoint(), KasaConfigPath: cfg.kasaConfig}
+	if cfg.shimDir != "" {
+		abs, _ := filepath.Abs(cfg.shimDir)
+		opts.BinDirs = []string{abs}
+	}
+	c, err := ctrtest.Launch(ctx, opts)
+	if err != nil {
+		return err
+	}
+	defer c.Stop()
+	b := &bench{c: c, dir: tmp}
+	if _, err := c.CrictlOK(ctx, "pull", ctrtest.BusyboxImage); err != nil {
+		return err
+	}
+	if _, err := c.CrictlOK(ctx, "pull", ctrtest.PauseImage); err != nil {
+		return err
+	}
+	fmt.Printf("bench-pod: %d pods one at a time, a burst of %d, %d idle pods; handlers %v\n", cfg.n, cfg.burst, cfg.idle, cfg.handlers)
+
+	type result struct {
+		ready     []time.Duration
+		phases    map[string][]time.Duration
+		burst     time.Duration
+		burstErr  error
+		pssKiB    []int64
+		pssDetail string
+	}
+	results := map[string]*result{}
+	for _, h := range cfg.handlers {
+		r := &result{phases: map[string][]time.Duration{}}
+		results[h] = r
+		// One unmeasured pod first: image unpacking, first shim start.
+		if _, err := b.pod(ctx, h, "warm"); err != nil {
+			return fmt.Errorf("%s: %w", h, err)
+		}
+		for i := range cfg.n {
+			p, err := b.pod(ctx, h, fmt.Sprintf("seq%d", i))
+			if err != nil {
+				return fmt.Errorf("%s: %w", h, err)
+			}
+			r.ready = append(r.ready, p.ready)
+			for k, v := range p.phases {
+				r.phases[k] = append(r.phases[k], v)
+			}
+			fmt.Printf("  %-5s pod %2d ready in %v\n", h, i+1, p.ready.Round(time.Millisecond))
+		}
+		if cfg.burst > 0 {
+			r.burst, r.burstErr = b.burst(ctx, h, cfg.burst)
+			fmt.Printf("  %-5s burst of %d ready in %v (%v)\n", h, cfg.burst, r.burst.Round(time.Millisecond), r.burstErr)
+		}
+		if cfg.idle > 0 {
+			r.pssKiB, r.pssDetail, err = b.idleMemory(ctx, h, cfg.idle)
+			if err != nil {
+				return fmt.Errorf("%s: idle memory: %w", h, err)
+			}
+		}
+	}
+
+	fmt.Printf("\npod ready = RunPodSandbox → CreateContainer → StartContainer → ExecSync true (crictl, %d pods each)\n", cfg.n)
+	fmt.Printf("%-6s %10s %10s %10s %10s   %s\n", "", "median", "p90", "min", "max", "median of runp / create+start / exec")
+	for _, h := range cfg.handlers {
+		r := results[h]
+		fmt.Printf("%-6s %10v %10v %10v %10v   %v / %v / %v\n", h, pct(r.ready, 50), pct(r.ready, 90), pct(r.ready, 0), pct(r.ready, 100),
+			pct(r.phases["runp"], 50), pct(r.phases["create+start"], 50), pct(r.phases["exec"], 50))
+	}
+	if k, rc := results["kata"], results["runc"]; k != nil && rc != nil && pct(rc.ready, 50) > 0 {
+		fmt.Printf("kata/runc median ratio: %.1fx\n", float64(pct(k.ready, 50))/float64(pct(rc.ready, 50)))
+	}
+	if cfg.burst > 0 {
+		fmt.Printf("\nburst: %d pods created at once, until all answered ExecSync\n", cfg.burst)
+		for _, h := range cfg.handlers {
+			fmt.Printf("%-6s %10v %v\n", h, results[h].burst.Round(time.Millisecond), errText(results[h].burstErr))
+		}
+	}
+	if cfg.idle > 0 {
+		fmt.Printf("\nhost memory per idle pod (PSS, one sleeping busybox container; %d pods)\n", cfg.idle)
+		for _, h := range cfg.handlers {
+			r := results[h]
+			fmt.Printf("%-6s %8.1f MiB   %s\n", h, float64(mean(r.pssKiB))/1024, r.pssDetail)
+		}
+	}
+	if left := ctrtest.WaitNoLeftovers(ctx, 15*time.Second, c); len(left) > 0 {
+		return fmt.Errorf("left behind:\n  %s", strings.Join(left, "\n  "))
+	}
+	return nil
+}
+
+type bench struct {
+	c   *ctrtest.Containerd
+	dir string
+}
+
+type podRun struct {
+	id, ctr string
+	ready   time.Duration
+	phases  map[string]time.Duration
+}
+
+// start runs a pod with one sleeping busybox container and waits for
+// ExecSync `true`; the pod is left running.
+func (b *bench) start(ctx context.Context, handler, name string) (podRun, error) {
+	r := podRun{phases: map[string]time.Duration{}}
+	pod := ctrtest.PodConfig(handler + "-" + name)
+	podPath, err := b.c.WriteJSON("pod-"+handler+"-"+name+".json", pod)
+	if err != nil {
+		return r, err
+	}
+	ctrPath, err := b.c.WriteJSON("ctr-"+handler+"-"+name+".json", map[string]any{
+		"metadata": map[string]any{"name": "sleep"},
+		"image":    map[string]any{"image": ctrtest.BusyboxImage},
+		"command":  []string{"sleep", "3600"},
+		"linux":    map[string]any{"security_context": map[string]any{"namespace_options": map[string]any{"pid": 1}}},
+	})
+	if err != nil {
+		return r, err
+	}
+	t0 := time.Now()
+	if r.id, err = b.c.CrictlOK(ctx, "runp", "--runtime", handler, podPath); err != nil {
+		return r, err
+	}
+	t1 := time.Now()
+	if r.ctr, err = b.c.CrictlOK(ctx, "create", r.id, ctrPath, podPath); err != nil {
+		return r, err
+	}
+	if _, err = b.c.CrictlOK(ctx, "start", r.ctr); err != nil {
+		return r, err
+	}
+	t2 := time.Now()
+	if _, err = b.c.CrictlOK(ctx, "exec", "--sync", r.ctr, "true"); err != nil {
+		return r, err
+	}
+	t3 := time.Now()
+	r.ready = t3.Sub(t0)
+	r.phases["runp"], r.phases["create+start"], r.phases["exec"] = t1.Sub(t0), t2.Sub(t1), t3.Sub(t2)
+	return r, nil
+}
+
+func (b *bench) remove(ctx context.Context, id string) {
+	if id != "" {
+		b.c.CrictlOK(context.WithoutCancel(ctx), "rmp", "--force", id)
+	}
+}
+
+// pod measures one pod and removes it.
+func (b *bench) pod(ctx context.Context, handler, name string) (podRun, error) {
+	r, err := b.start(ctx, handler, name)
+	b.remove(ctx, r.id)
+	return r, err
+}
+
+// burst starts n pods at once and returns the time until the last is ready.
+func (b *bench) burst(ctx context.Context, handler string, n int) (time.Duration, error) {
+	var wg sync.WaitGroup
+	runs := make([]podRun, n)
+	errs := make([]error, n)
+	t0 := time.Now()
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			runs[i], errs[i] = b.start(ctx, handler, fmt.Sprintf("burst%d", i))
+		}()
+	}
+	wg.Wait()
+	d := time.Since(t0)
+	for _, r := range runs {
+		b.remove(ctx, r.id)
+	}
+	for _, err := range errs {
+		if err != nil {
+			return d, err
+		}
+	}
+	return d, nil
+}
+
+// idleMemory starts n pods, lets them settle, and sums the PSS of each
+// pod's host processes.
+func (b *bench) idleMemory(ctx context.Context, handler string, n int) ([]int64, string, error) {
+	var runs []podRun
+	defer func() {
+		for _, r := range runs {
+			b.remove(ctx, r.id)
+		}
+	}()
+	for i := range n {
+		r, err := b.start(ctx, handler, fmt.Sprintf("idle%d", i))
+		runs = append(runs, r)
+		if err != nil {
+			return nil, "", err
+		}
+	}
+	time.Sleep(10 * time.Second)
+	var out []int64
+	parts := map[string][]int64{}
+	for _, r := range runs {
+		procs := podProcesses(r.id)
+		var total int64
+		for kind, pids := range procs {
+			var sum int64
+			for _, pid := range pids {
+				sum += pssKiB(pid)
+			}
+			parts[kind] = append(parts[kind], sum)
+			total += sum
+		}
+		out = append(out, total)
+	}
+	var detail []string
+	kinds := make([]string, 0, len(parts))
+	for k := range parts {
+		kinds = append(kinds, k)
+	}
+	slices.Sort(kinds)
+	for _, k := range kinds {
+		detail = append(detail, fmt.Sprintf("%s %.1f", k, float64(mean(parts[k]))/1024))
+	}
+	return out, strings.Join(detail, ", ") + " MiB", nil
+}
+
+// podProcesses finds the host processes of a pod by kind: its shim (started
+// with -id <pod id>), the shim's descendants (QEMU for Kasa; pause and the
+// container for runc).
+func podProcesses(podID string) map[string][]int {
+	type proc struct {
+		pid, ppid int
+		name      string
+		argv      []string
+	}
+	var all []proc
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		stat, err := os.ReadFile("/proc/" + e.Name() + "/stat")
+		if err != nil {
+			continue
+		}
+		s := string(stat)
+		close := strings.LastIndexByte(s, ')')
+		if close < 0 {
+			continue
+		}
+		fields := strings.Fields(s[close+2:])
+		ppid, _ := strconv.Atoi(fields[1])
+		cmdline, _ := os.ReadFile("/proc/" + e.Name() + "/cmdline")
+		all = append(all, proc{pid: pid, ppid: ppid, name: s[strings.IndexByte(s, '(')+1 : close], argv: strings.Split(string(cmdline), "\x00")})
+	}
+	out := map[string][]int{}
+	shims := map[int]bool{}
+	for _, p := range all {
+		if strings.HasPrefix(filepath.Base(p.argv[0]), "containerd-shim") {
+			for i, a := range p.argv {
+				if a == "-id" && i+1 < len(p.argv) && p.argv[i+1] == podID {
+					shims[p.pid] = true
+					out["shim"] = append(out["shim"], p.pid)
+				}
+			}
+		}
+	}
+	// Descendants of the shim, by generations.
+	in := shims
+	for len(in) > 0 {
+		next := map[int]bool{}
+		for _, p := range all {
+			if in[p.ppid] {
+				next[p.pid] = true
+				kind := "container"
+				switch {
+				case strings.HasPrefix(p.name, "qemu"):
+					kind = "qemu"
+				case p.name == "pause" || p.name == "kasa-pause":
+					kind = "pause"
+				}
+				out[kind] = append(out[kind], p.pid)
+			}
+		}
+		in = next
+	}
+	return out
+}
+
+func pssKiB(pid int) int64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/smaps_rollup", pid))
+	if err != nil {
+		return 0
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(l); len(f) >= 2 && f[0] == "Pss:" {
+			v, _ := strconv.ParseInt(f[1], 10, 64)
+			return v
+		}
+	}
+	return 0
+}
+
+func pct(ds []time.Duration, p int) time.Duration {
+	if len(ds) == 0 {
+		return 0
+	}
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	i := (len(s) - 1) * p / 100
+	return s[i].Round(time.Millisecond)
+}
+
+func mean(v []int64) int64 {
+	if len(v) == 0 {
+		return 0
+	}
+	var sum int64
+	for _, x := range v {
+		sum += x
+	}
+	return sum / int64(len(v))
+}
+
+func errText(err error) string {
+	if err == nil {
+		return ""
+	}
+	return "error: " + err.Error()
+}
