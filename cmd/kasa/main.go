@@ -37,6 +37,14 @@ options:
                   /etc/kasa/configuration.toml,
                   /usr/share/defaults/kasa/configuration.toml, built-in defaults)
   --debug         log the runtime's steps (warnings are always shown)
+
+running pods:
+  containerd  runtime type io.containerd.kasa.v2 (containerd-shim-kasa-v2 on
+              PATH); for CRI, RuntimeClass handler "kata" from
+              /usr/share/kasa/containerd-kata.toml (hack/register-containerd.sh
+              puts it in place)
+  CRI-O       runtime_type "vm", /usr/share/kasa/crio-kata.conf
+  single      ctr run --runtime io.containerd.kasa.v2 IMAGE ID CMD
 `
 
 func main() {
