@@ -8,6 +8,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/kasa-runtime/kasa/agent/api"
+	"github.com/kasa-runtime/kasa/configuration"
 	"github.com/kasa-runtime/kasa/hypervisor"
 	"github.com/kasa-runtime/kasa/virtcontainers/network"
 )
@@ -20,12 +21,17 @@ type podNetwork struct {
 	taps      []*network.Tap
 }
 
-// attachPodNetwork scans the pod netns and joins a tap to every veth (Kata's
-// tcfilter model). With no netns there is no network beyond the guest's lo.
-func attachPodNetwork(netns string) (_ *podNetwork, retErr error) {
+// attachPodNetwork scans the pod netns and joins every veth to a NIC of the
+// VM: a tap with tc redirects (tcfilter, the default) or a macvtap on the
+// veth. With no netns, or model "none", the guest has only lo.
+func attachPodNetwork(netns string, model configuration.InterNetworkingModel) (_ *podNetwork, retErr error) {
 	pn := &podNetwork{netns: netns}
-	if netns == "" {
+	if netns == "" || model == configuration.NetNone {
 		return pn, nil
+	}
+	attach := network.AttachTap
+	if model == configuration.NetMacvtap {
+		attach = network.AttachMacvtap
 	}
 	eps, err := network.Scan(netns)
 	if err != nil {
@@ -37,7 +43,7 @@ func attachPodNetwork(netns string) (_ *podNetwork, retErr error) {
 		}
 	}()
 	for i, ep := range eps {
-		tap, err := network.AttachTap(netns, ep, i)
+		tap, err := attach(netns, ep, i)
 		if err != nil {
 			return nil, err
 		}

@@ -102,14 +102,18 @@ func CreateSandbox(ctx context.Context, sc SandboxConfig) (_ *Sandbox, retErr er
 		return nil, err
 	}
 	undo.add("stop virtiofsd", daemon.Stop)
-	pn, err := attachPodNetwork(sc.NetNS)
+	pn, err := attachPodNetwork(sc.NetNS, sc.Config.Runtime.InterNetworkingModel)
 	if err != nil {
 		return nil, fmt.Errorf("sandbox %s: pod network: %w", sc.ID, err)
 	}
 	undo.add("detach pod network", pn.detach)
 	st.NetNS = sc.NetNS
 	for _, t := range pn.taps {
-		st.Taps = append(st.Taps, tapState{Name: t.Name, Index: t.IfIndex(), VethIndex: t.VethIndex()})
+		ts := tapState{Name: t.Name, Kind: t.Kind, Index: t.IfIndex(), VethIndex: t.VethIndex()}
+		if t.VethMAC != nil {
+			ts.VethMAC = t.VethMAC.String()
+		}
+		st.Taps = append(st.Taps, ts)
 	}
 	vm, err := startVM(ctx, sc.ID, sc.Config, vmShare, pn.nics())
 	if err != nil {

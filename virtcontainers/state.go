@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"time"
@@ -37,8 +38,11 @@ type sandboxState struct {
 
 type tapState struct {
 	Name      string `json:"name"`
+	Kind      string `json:"kind,omitempty"` // network.KindTCFilter when empty
 	Index     int    `json:"index"`
 	VethIndex int    `json:"veth_index"`
+	// VethMAC is the veth's own MAC, which macvtap replaced.
+	VethMAC string `json:"veth_mac,omitempty"`
 }
 
 func stateDir(id string) string { return filepath.Join(SandboxStateRoot, id) }
@@ -108,7 +112,8 @@ func CleanupSandbox(ctx context.Context, id string) error {
 		errs = append(errs, err)
 	}
 	for _, t := range st.Taps {
-		if err := network.ExistingTap(st.NetNS, t.Name, t.Index, t.VethIndex).Detach(); err != nil {
+		mac, _ := net.ParseMAC(t.VethMAC)
+		if err := network.ExistingTap(st.NetNS, t.Name, t.Kind, t.Index, t.VethIndex, mac).Detach(); err != nil {
 			errs = append(errs, err)
 		}
 	}

@@ -50,12 +50,19 @@ func podNetns(t *testing.T) (string, string, func(args ...string) (string, error
 
 // The pod's veth reaches the guest: the guest NIC has the veth's MAC,
 // address and MTU, and the node side reaches the pod IP, which answers from
-// inside the VM; teardown leaves no tap or filter in the pod netns.
+// inside the VM; teardown leaves no tap or filter in the pod netns. Both
+// internetworking models.
 func TestShimPodNetwork(t *testing.T) {
 	if _, err := exec.LookPath("busybox"); err != nil {
 		ctrtest.Missing(t, "busybox (busybox-static) on the host for ping")
 	}
-	c, ctx := startKasaHarness(t, 5*time.Minute)
+	for _, model := range []string{"tcfilter", "macvtap"} {
+		t.Run(model, func(t *testing.T) { testPodNetwork(t, model) })
+	}
+}
+
+func testPodNetwork(t *testing.T, model string) {
+	c, ctx := startKasaHarnessWith(t, 5*time.Minute, "\n[runtime]\ninternetworking_model = \""+model+"\"\n")
 	netns, podIP, inPeer := podNetns(t)
 	mac, err := exec.Command("ip", "-n", strings.TrimPrefix(netns, "/var/run/netns/"), "-br", "link", "show", "eth0").Output()
 	if err != nil {
@@ -76,10 +83,18 @@ func TestShimPodNetwork(t *testing.T) {
 		t.Fatalf("node side cannot reach the pod IP %s: %v\n%s", podIP, err, res)
 	}
 
+	kind, _ := exec.Command("ip", "-n", strings.TrimPrefix(netns, "/var/run/netns/"), "-d", "link", "show", "tap0_kasa").Output()
+	if want := map[string]string{"tcfilter": "tun type tap", "macvtap": "macvtap mode bridge"}[model]; !strings.Contains(string(kind), want) {
+		t.Errorf("tap0_kasa is not what %s makes (%q):\n%s", model, want, kind)
+	}
+
 	removeTask(t, ctx, c, id)
 	left, _ := exec.Command("ip", "-n", strings.TrimPrefix(netns, "/var/run/netns/"), "-br", "link").Output()
 	if strings.Contains(string(left), "_kasa") {
 		t.Fatalf("tap left in the pod netns:\n%s", left)
+	}
+	if !strings.Contains(string(left), vethMAC) {
+		t.Errorf("the veth does not have its MAC %s back:\n%s", vethMAC, left)
 	}
 	if q, _ := exec.Command("tc", "-n", strings.TrimPrefix(netns, "/var/run/netns/"), "qdisc", "show", "dev", "eth0", "ingress").Output(); len(strings.TrimSpace(string(q))) > 0 {
 		t.Fatalf("ingress qdisc left on the pod veth: %s", q)

@@ -20,6 +20,13 @@ import (
 // guest image, and a context that ends with the test or after timeout.
 func startKasaHarness(t *testing.T, timeout time.Duration) (*ctrtest.Containerd, context.Context) {
 	t.Helper()
+	return startKasaHarnessWith(t, timeout, "")
+}
+
+// startKasaHarnessWith is startKasaHarness with extra TOML appended to the
+// Kasa configuration.
+func startKasaHarnessWith(t *testing.T, timeout time.Duration, extraTOML string) (*ctrtest.Containerd, context.Context) {
+	t.Helper()
 	dir := requireVM(t)
 	repo, _ := filepath.Abs("../..")
 	bin := filepath.Join(repo, "bin")
@@ -27,8 +34,8 @@ func startKasaHarness(t *testing.T, timeout time.Duration) (*ctrtest.Containerd,
 		t.Fatalf("needs %s/%s (make build): %v", bin, ctrtest.ShimKasa, err)
 	}
 	conf := filepath.Join(t.TempDir(), "configuration.toml")
-	body := fmt.Sprintf("[hypervisor.qemu]\nkernel = %q\ninitrd = %q\n\n[agent.kata]\ndial_timeout = 60\n",
-		filepath.Join(dir, "vmlinuz"), filepath.Join(dir, "initrd.img"))
+	body := fmt.Sprintf("[hypervisor.qemu]\nkernel = %q\ninitrd = %q\n\n[agent.kata]\ndial_timeout = 60\n%s",
+		filepath.Join(dir, "vmlinuz"), filepath.Join(dir, "initrd.img"), extraTOML)
 	if err := os.WriteFile(conf, []byte(body), 0o644); err != nil {
 		t.Fatal(err)
 	}

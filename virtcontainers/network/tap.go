@@ -3,6 +3,7 @@ package network
 import (
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"runtime"
 	"sync"
@@ -27,6 +28,10 @@ type Tap struct {
 	// File is the tap's queue, opened inside the pod netns; QEMU gets it
 	// as -netdev tap,fd=N.
 	File *os.File
+	// Kind is KindTCFilter or KindMacvtap.
+	Kind string
+	// VethMAC is the veth's own MAC, given back on Detach (macvtap).
+	VethMAC net.HardwareAddr
 
 	netnsPath string
 	index     int // the tap's ifindex
@@ -112,6 +117,7 @@ func AttachTap(netnsPath string, ep Endpoint, index int) (_ *Tap, err error) {
 	return &Tap{
 		Name:      name,
 		File:      file,
+		Kind:      KindTCFilter,
 		netnsPath: netnsPath,
 		index:     tap.Attrs().Index,
 		vethIndex: veth.Attrs().Index,
@@ -143,6 +149,13 @@ func (t *Tap) Detach() error {
 	}
 	defer h.close()
 
+	if t.Kind == KindMacvtap {
+		if err := t.detachMacvtap(h); err != nil {
+			return fmt.Errorf("detach macvtap %s in netns %s: %w", t.Name, t.netnsPath, err)
+		}
+		t.detached = true
+		return nil
+	}
 	if veth, err := h.LinkByIndex(t.vethIndex); err == nil {
 		errs = append(errs, h.removeRedirect(veth))
 	} else if !isLinkNotFound(err) {
@@ -323,9 +336,12 @@ func (t *Tap) IfIndex() int { return t.index }
 // VethIndex is the interface index of the veth the tap is joined to.
 func (t *Tap) VethIndex() int { return t.vethIndex }
 
-// ExistingTap describes a tap made by an earlier process (a shim that
-// died), from what it persisted, so that Detach can remove it. Detach only
-// deletes a tap that still has the recorded index.
-func ExistingTap(netnsPath, name string, index, vethIndex int) *Tap {
-	return &Tap{Name: name, netnsPath: netnsPath, index: index, vethIndex: vethIndex}
+// ExistingTap describes a tap or macvtap (kind) made by an earlier process
+// (a shim that died), from what it persisted, so that Detach can remove it.
+// Detach only deletes a device that still has the recorded index.
+func ExistingTap(netnsPath, name, kind string, index, vethIndex int, vethMAC net.HardwareAddr) *Tap {
+	if kind == "" {
+		kind = KindTCFilter
+	}
+	return &Tap{Name: name, Kind: kind, VethMAC: vethMAC, netnsPath: netnsPath, index: index, vethIndex: vethIndex}
 }
