@@ -1,16 +1,15 @@
 // Command pod measures CRI pods with the "kata" handler (Kasa) beside runc,
-// same containerd, same images, one run:
+// same containerd, same images, one run: the pod-ready latency
+// (RunPodSandbox, CreateContainer, StartContainer, then ExecSync `true`
+// answered; median and p90 of -n pods, one at a time), a burst of -burst
+// pods created at once (time until all are ready), and the host memory per
+// idle pod (PSS from /proc/PID/smaps_rollup of the pod's host processes:
+// QEMU + shim for Kasa, shim + pause + container for runc; mean of -idle
+// pods).
 //
-//   - pod-ready latency: RunPodSandbox → CreateContainer → StartContainer →
-//     ExecSync `true` answered, median and p90 of -n pods, one at a time;
+// Usage:
 //
-//   - a burst of -burst pods created at once: time until all are ready;
-//
-//   - host memory per idle pod: PSS (/proc/PID/smaps_rollup) of the pod's
-//     processes on the host, i.e. QEMU + shim for Kasa, shim + pause +
-//     container for runc, averaged over -idle pods.
-//
-//     go run ./test/bench/pod [-n 10] [-burst 10] [-idle 3] [-kasa-config FILE] [-shim-dir DIR] [-crictl PATH]
+//	go run ./test/bench/pod [-n 10] [-burst 10] [-idle 3] [-kasa-config FILE] [-shim-dir DIR] [-crictl PATH]
 //
 // It needs root, containerd, runc, the CNI plugins and crictl (make
 // cri-tools).
