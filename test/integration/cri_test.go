@@ -588,3 +588,41 @@ func TestRegisterContainerd(t *testing.T) {
 		})
 	}
 }
+
+// TestCRIShimKilled: after a pod's shim is killed with SIGKILL, containerd
+// reports the pod's containers exited, the `shim delete` it runs for the
+// sandbox kills the VM and removes its state and taps (from the persisted
+// state), and removing the pod leaves nothing.
+func TestCRIShimKilled(t *testing.T) {
+	c, ctx := startCRIHarness(t, 4*time.Minute, nil)
+	podCfg := ctrtest.PodConfig("shimkill")
+	podID := runPod(t, ctx, c, podCfg)
+	id := startContainer(t, ctx, c, podID, podCfg, containerConfig("sleeper", ctrtest.BusyboxImage, []string{"sleep", "3600"}))
+	out, err := exec.Command("pgrep", "-f", "containerd-shim-kasa-v2 .*-id "+podID).Output()
+	pids := strings.Fields(string(out))
+	if err != nil || len(pids) != 1 {
+		t.Fatalf("the pod's shim: pgrep %v %q", err, out)
+	}
+	if err := exec.Command("kill", "-KILL", pids[0]).Run(); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		var ctr struct {
+			Status struct {
+				State string `json:"state"`
+			} `json:"status"`
+		}
+		json.Unmarshal([]byte(crictl(t, ctx, c, "inspect", id)), &ctr)
+		if ctr.Status.State == "CONTAINER_EXITED" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("container still %s 30s after its shim was killed", ctr.Status.State)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	crictl(t, ctx, c, "rmp", "--force", podID)
+	ctrtest.AssertNoLeftovers(t, c, podID, id)
+	assertNoTaps(t)
+}
