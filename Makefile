@@ -7,6 +7,7 @@
 #   make generate      regenerates agent/api from agent.proto (protoc)
 #   make bench-boot    boot phase timings, Kasa agent beside a trivial /init
 #   make bench-run     ctr run --rm hello-world, Kasa beside runc
+#   make bench-vsock   agent RPC latency and stream throughput, vhost-user-vsock beside virtio-serial
 
 PREFIX ?= /usr
 DESTDIR ?=
@@ -21,7 +22,7 @@ GUEST := build/guest
 
 export PATH := $(CURDIR)/bin:$(PATH)
 
-.PHONY: all build deps guest-image install demo test test-unit test-integration generate bench-boot bench-run clean
+.PHONY: all build deps guest-image install demo test test-unit test-integration generate bench-boot bench-run bench-vsock clean
 
 all: build guest-image
 
@@ -79,6 +80,10 @@ generate:
 
 bench-boot: build guest-image
 	KASA_TEST_GUEST_DIR=$(CURDIR)/$(GUEST) $(GO) run ./test/bench/boot
+
+# Agent round trips and stream throughput: vhost-user-vsock beside virtio-serial, same guest.
+bench-vsock: build guest-image
+	KASA_TEST_GUEST_DIR=$(CURDIR)/$(GUEST) $(GO) run ./test/bench/vsock $(BENCH_VSOCK_FLAGS)
 
 # ctr run --rm hello-world: Kasa beside runc, same containerd and image.
 bench-run: build guest-image

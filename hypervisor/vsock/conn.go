@@ -191,7 +191,9 @@ func (b *Backend) readLoop(c *conn) {
 		if m > 0 {
 			c.txCnt += uint32(m)
 			c.queuedOut += m
-			b.enqueue(&outPacket{c: c, op: opRW, data: buf[:m]})
+			// Queued without waking the worker: this goroutine delivers it
+			// below, a hop less.
+			b.sendq = append(b.sendq, &outPacket{c: c, local: c.key.local, peer: c.key.peer, op: opRW, data: buf[:m]})
 		}
 		if err != nil {
 			if errors.Is(err, io.EOF) {
@@ -206,6 +208,7 @@ func (b *Backend) readLoop(c *conn) {
 			return
 		}
 		b.mu.Unlock()
+		b.process()
 	}
 }
 

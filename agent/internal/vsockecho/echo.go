@@ -9,6 +9,8 @@
 //	     shuts its sending side
 //	's'  sink: read to end of stream, then answer the byte count (8 bytes,
 //	     little-endian) and the SHA-256 of the data
+//	'd'  discard: as 's' but only the count, so that the guest's CPU (slow
+//	     under TCG) does not limit a throughput measurement
 //	'g'  generate: read a count (8 bytes, little-endian), then send that
 //	     many bytes of Stream(count) and close
 //	't'  stats: one line "streams=N open=N eof=N errors=N"
@@ -50,12 +52,26 @@ func PortFromCmdline(cmdline string) (uint32, error) {
 	return 0, nil
 }
 
-// Stream returns the bytes mode 'g' sends for a count: deterministic, so
-// the host can check them without a trailer.
+// Stream returns the bytes mode 'g' sends for a count: a 64 KiB
+// pseudo-random block seeded by count, repeated. Deterministic, so the host
+// can check them without a trailer, and cheap to make in the guest.
 func Stream(count uint64) io.Reader {
 	var seed [32]byte
 	binary.LittleEndian.PutUint64(seed[:], count)
-	return io.LimitReader(rand.NewChaCha8(seed), int64(count))
+	block := make([]byte, 64<<10)
+	rand.NewChaCha8(seed).Read(block)
+	return io.LimitReader(&repeat{block: block}, int64(count))
+}
+
+type repeat struct {
+	block []byte
+	off   int
+}
+
+func (r *repeat) Read(p []byte) (int, error) {
+	n := copy(p, r.block[r.off:])
+	r.off = (r.off + n) % len(r.block)
+	return n, nil
 }
 
 // Stats counts the service's streams.
@@ -110,6 +126,13 @@ func serveConn(c net.Conn, st *Stats) error {
 		}
 		out := binary.LittleEndian.AppendUint64(nil, uint64(n))
 		_, err = c.Write(h.Sum(out))
+		return err
+	case 'd':
+		n, err := io.Copy(io.Discard, c)
+		if err != nil {
+			return err
+		}
+		_, err = c.Write(binary.LittleEndian.AppendUint64(nil, uint64(n)))
 		return err
 	case 'g':
 		var cnt [8]byte

@@ -64,6 +64,13 @@ func TestModes(t *testing.T) {
 		t.Errorf("sink: %x", b)
 	}
 
+	c = dial('d')
+	c.Write(make([]byte, 3000))
+	c.CloseWrite()
+	if b, _ := io.ReadAll(c); len(b) != 8 || binary.LittleEndian.Uint64(b) != 3000 {
+		t.Errorf("discard: %x", b)
+	}
+
 	c = dial('g')
 	c.Write(binary.LittleEndian.AppendUint64(nil, 100000))
 	got, _ := io.ReadAll(c)
@@ -73,7 +80,7 @@ func TestModes(t *testing.T) {
 	}
 
 	c = dial('t')
-	if b, _ := io.ReadAll(c); !strings.HasPrefix(string(b), "streams=4 open=1 eof=3 errors=0") {
+	if b, _ := io.ReadAll(c); !strings.HasPrefix(string(b), "streams=5 open=1 eof=4 errors=0") {
 		t.Errorf("stats: %q", b)
 	}
 }
