@@ -204,3 +204,37 @@ func TestQEMUIntegrationVsockBackendDies(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// A QEMU that fails to start (here: a file that is not a kernel) takes the
+// vsock backend down with it: no socket, goroutine or descriptor remains.
+func TestQEMUIntegrationVhostUserVsockStartFailure(t *testing.T) {
+	requireRoot(t)
+	qemu := requireQEMU(t)
+	goroutines, fds := runtime.NumGoroutine(), openFDs(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	cfg := vmConfig(t, qemu, MachineQ35)
+	cfg.AgentTransport = hypervisor.TransportVhostUserVsock
+	q := New()
+	if err := q.CreateVM(ctx, cfg); err != nil {
+		t.Fatal(err)
+	}
+	if err := q.StartVM(ctx); err == nil {
+		q.StopVM(ctx)
+		t.Fatal("StartVM with a bogus kernel succeeded")
+	}
+	waitDone(t, q, time.Second)
+	select {
+	case <-q.vsock.Done():
+	default:
+		t.Error("vsock backend still running after a failed start")
+	}
+	if _, err := os.Stat(cfg.StateDir); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("state directory left behind: %v", err)
+	}
+	for deadline := time.Now().Add(5 * time.Second); runtime.NumGoroutine() > goroutines || openFDs(t) > fds; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("left behind: goroutines %d → %d, fds %d → %d", goroutines, runtime.NumGoroutine(), fds, openFDs(t))
+		}
+	}
+}
