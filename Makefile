@@ -22,7 +22,7 @@ GUEST := build/guest
 
 export PATH := $(CURDIR)/bin:$(PATH)
 
-.PHONY: all build deps guest-image install demo test test-unit test-integration generate bench-boot bench-run bench-vsock clean
+.PHONY: all build deps guest-image install demo test test-unit test-integration generate bench-boot bench-run clean
 
 all: build guest-image
 
@@ -82,6 +82,7 @@ bench-boot: build guest-image
 	KASA_TEST_GUEST_DIR=$(CURDIR)/$(GUEST) $(GO) run ./test/bench/boot
 
 # Agent round trips and stream throughput: vhost-user-vsock beside virtio-serial, same guest.
+.PHONY: bench-vsock
 bench-vsock: build guest-image
 	KASA_TEST_GUEST_DIR=$(CURDIR)/$(GUEST) $(GO) run ./test/bench/vsock $(BENCH_VSOCK_FLAGS)
 
