@@ -19,12 +19,16 @@ import (
 	"github.com/kasa-runtime/kasa/hypervisor"
 )
 
-// guestImage is $KASA_TEST_GUEST_DIR (make guest-image's output, which
-// `make test-integration` sets): a kernel and the agent's initrd. It skips,
-// or fails under CI=true, without one.
+// guestImage is make guest-image's output, a kernel and the agent's initrd:
+// $KASA_TEST_GUEST_DIR, else the directory of $KASA_TEST_KERNEL (which
+// `make test-integration` points at build/guest/vmlinuz). It skips, or
+// fails under CI=true, without one.
 func guestImage(t *testing.T) (kernel, initrd string) {
 	t.Helper()
 	dir := os.Getenv("KASA_TEST_GUEST_DIR")
+	if k := os.Getenv("KASA_TEST_KERNEL"); dir == "" && k != "" {
+		dir = filepath.Dir(k)
+	}
 	kernel, initrd = filepath.Join(dir, "vmlinuz"), filepath.Join(dir, "initrd.img")
 	_, err1 := os.Stat(kernel)
 	_, err2 := os.Stat(initrd)
