@@ -8,6 +8,7 @@
 #   make bench-boot    boot phase timings, Kasa agent beside a trivial /init
 #   make bench-run     ctr run --rm hello-world, Kasa beside runc
 #   make bench-pod     CRI pod-ready latency, a burst, memory per idle pod, Kasa beside runc
+#   make bench-vsock   agent RPC latency and stream throughput, vhost-user-vsock beside virtio-serial
 
 PREFIX ?= /usr
 DESTDIR ?=
@@ -22,7 +23,7 @@ GUEST := build/guest
 
 export PATH := $(CURDIR)/bin:$(PATH)
 
-.PHONY: all build deps guest-image install install-containerd-config demo test test-unit test-integration cri-tools generate bench-boot bench-run bench-pod clean
+.PHONY: all build deps guest-image install install-containerd-config demo test test-unit test-integration cri-tools generate bench-boot bench-run bench-pod bench-vsock clean
 
 all: build guest-image
 
@@ -91,6 +92,10 @@ generate:
 
 bench-boot: build guest-image
 	KASA_TEST_GUEST_DIR=$(CURDIR)/$(GUEST) $(GO) run ./test/bench/boot
+
+# Agent round trips and stream throughput: vhost-user-vsock beside virtio-serial, same guest.
+bench-vsock: build guest-image
+	KASA_TEST_GUEST_DIR=$(CURDIR)/$(GUEST) $(GO) run ./test/bench/vsock $(BENCH_VSOCK_FLAGS)
 
 # ctr run --rm hello-world: Kasa beside runc, same containerd and image.
 bench-run: build guest-image

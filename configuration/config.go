@@ -53,8 +53,9 @@ const (
 type AgentTransport string
 
 const (
-	// TransportAuto picks vsock when /dev/vhost-vsock exists, else
-	// vhost-user-vsock (QEMU) or hybrid vsock (Cloud Hypervisor).
+	// TransportAuto picks vsock when /dev/vhost-vsock can be opened, else
+	// vhost-user-vsock (QEMU) or hybrid vsock (Cloud Hypervisor); see
+	// virtcontainers.SelectTransport.
 	TransportAuto           AgentTransport = "auto"
 	TransportVsock          AgentTransport = "vsock"
 	TransportVhostUserVsock AgentTransport = "vhost-user-vsock"

@@ -70,6 +70,9 @@ type VMConfig struct {
 	// NICs are the guest's network cards, in order (eth0, eth1...).
 	NICs []NIC
 
+	// VhostVsock is the kernel vsock device TransportVsock needs; nil otherwise.
+	VhostVsock *VhostVsock
+
 	// Debug makes the guest kernel verbose on the console.
 	Debug bool
 }
@@ -101,6 +104,14 @@ type NIC struct {
 	TapFile *os.File
 	// MAC is the guest card's address (the pod veth's, in Kata's tcfilter model).
 	MAC net.HardwareAddr
+}
+
+// VhostVsock is an open /dev/vhost-vsock whose guest CID is already set
+// (hypervisor/vsock.OpenVhostVsock). The driver hands the file to the
+// hypervisor; the caller keeps it open while the VM runs and closes it after.
+type VhostVsock struct {
+	File *os.File
+	CID  uint32
 }
 
 // Hypervisor drives one VM through its life. Optional capabilities (hotplug,

@@ -18,6 +18,7 @@ import (
 	"github.com/kasa-runtime/kasa/configuration"
 	"github.com/kasa-runtime/kasa/hypervisor"
 	"github.com/kasa-runtime/kasa/hypervisor/qemu"
+	"github.com/kasa-runtime/kasa/hypervisor/vsock"
 )
 
 // VMStateRoot is where each VM keeps its sockets and console log (DESIGN §3).
@@ -32,6 +33,9 @@ const (
 	// consoleTail is how much of the console an error carries.
 	consoleTail = 2048
 )
+
+// VhostVsockDevice is the kernel's vhost-vsock device; a variable for tests.
+var VhostVsockDevice = vsock.VhostVsockDevice
 
 // VM is one running guest with its agent connected.
 type VM struct {
@@ -52,14 +56,39 @@ func newHypervisor(name configuration.HypervisorName) (hypervisor.Hypervisor, er
 }
 
 // SelectTransport resolves the configured agent transport for this host and
-// says why; kasa check reports the same choice.
+// says why; kasa check reports the same choice. auto prefers the kernel's
+// vhost-vsock, which needs /dev/vhost-vsock, and otherwise takes Kasa's own
+// vhost-user-vsock backend, which works on any host: either way the agent
+// is on AF_VSOCK. virtio-serial is used only when configured.
 func SelectTransport(want configuration.AgentTransport) (hypervisor.AgentTransport, string) {
+	return selectTransport(want, vsock.VhostVsockUsable(VhostVsockDevice))
+}
+
+func selectTransport(want configuration.AgentTransport, vhostVsockErr error) (hypervisor.AgentTransport, string) {
 	switch want {
 	case configuration.TransportAuto, "":
-		return hypervisor.TransportVirtioSerial, "auto: vsock transports are not available in this release"
+		if vhostVsockErr == nil {
+			return hypervisor.TransportVsock, "auto: " + VhostVsockDevice + " is usable (kernel vhost-vsock)"
+		}
+		return hypervisor.TransportVhostUserVsock, fmt.Sprintf("auto: kernel vhost-vsock unusable (%v), so Kasa's user-space vhost-user-vsock backend", vhostVsockErr)
+	case configuration.TransportVsock:
+		if vhostVsockErr != nil {
+			return hypervisor.TransportVsock, fmt.Sprintf("set by agent.kata.transport, but kernel vhost-vsock is unusable (%v): sandboxes will fail to start", vhostVsockErr)
+		}
+		return hypervisor.TransportVsock, "set by agent.kata.transport"
 	default:
 		return hypervisor.AgentTransport(want), "set by agent.kata.transport"
 	}
+}
+
+// openVhostVsock claims a guest CID on the kernel's vhost-vsock for a VM
+// that uses it. The caller closes the file after the VM is gone.
+func openVhostVsock() (*hypervisor.VhostVsock, error) {
+	f, cid, err := vsock.OpenVhostVsock(VhostVsockDevice, vsock.DefaultGuestCID)
+	if err != nil {
+		return nil, fmt.Errorf("agent transport vsock: %w (set agent.kata.transport = \"auto\" to use vhost-user-vsock instead)", err)
+	}
+	return &hypervisor.VhostVsock{File: f, CID: cid}, nil
 }
 
 // VMConfigFor turns the configuration into a driver's VM description.
@@ -104,6 +133,18 @@ func startVM(ctx context.Context, id string, cfg *configuration.Config, shared *
 	vm := &VM{ID: id, hv: hv, Config: VMConfigFor(id, cfg)}
 	vm.Config.SharedFS = shared
 	vm.Config.NICs = nics
+	if vm.Config.AgentTransport == hypervisor.TransportVsock {
+		v, err := openVhostVsock()
+		if err != nil {
+			return nil, fmt.Errorf("sandbox %s: %w", id, err)
+		}
+		vm.Config.VhostVsock = v
+		defer func() {
+			if retErr != nil {
+				v.File.Close()
+			}
+		}()
+	}
 	if err := hv.CreateVM(ctx, vm.Config); err != nil {
 		return nil, fmt.Errorf("sandbox %s: create VM: %w", id, err)
 	}
@@ -223,7 +264,13 @@ func (vm *VM) Stop(ctx context.Context) error {
 		}
 		vm.Agent.Close()
 	}
-	return vm.hv.StopVM(ctx)
+	if err := vm.hv.StopVM(ctx); err != nil {
+		return err
+	}
+	if v := vm.Config.VhostVsock; v != nil {
+		v.File.Close() // releases the guest CID
+	}
+	return nil
 }
 
 // Done is closed when the VM's hypervisor process has exited.

@@ -14,12 +14,14 @@ import (
 
 	"github.com/containerd/log"
 	"github.com/containerd/ttrpc"
+	"github.com/mdlayher/vsock"
 	"github.com/sirupsen/logrus"
 
 	"github.com/kasa-runtime/kasa/agent/api"
 	"github.com/kasa-runtime/kasa/agent/internal/pid1"
 	"github.com/kasa-runtime/kasa/agent/internal/server"
 	"github.com/kasa-runtime/kasa/agent/internal/transport"
+	"github.com/kasa-runtime/kasa/agent/internal/vsockecho"
 	"github.com/kasa-runtime/kasa/version"
 )
 
@@ -84,6 +86,7 @@ func run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	startVsockEcho(ctx)
 	svc := server.New(func(reason string) {
 		// Give the ttrpc reply to DestroySandbox time to leave the guest.
 		time.Sleep(50 * time.Millisecond)
@@ -108,6 +111,30 @@ func run(ctx context.Context) error {
 		return nil
 	}
 	return err
+}
+
+// startVsockEcho runs the vsock test service when the kernel command line
+// asks for it (kasa.vsock_echo=PORT); see agent/internal/vsockecho.
+func startVsockEcho(ctx context.Context) {
+	cmdline, _ := os.ReadFile("/proc/cmdline")
+	port, err := vsockecho.PortFromCmdline(string(cmdline))
+	if err != nil || port == 0 {
+		if err != nil {
+			log.G(ctx).WithError(err).Warn("vsock echo service not started")
+		}
+		return
+	}
+	if !transport.HasVsockDevice() {
+		log.G(ctx).Warn(vsockecho.Param + " is set but the VM has no vsock device")
+		return
+	}
+	l, err := vsock.Listen(port, nil)
+	if err != nil {
+		log.G(ctx).WithError(err).Warn("vsock echo service not started")
+		return
+	}
+	log.G(ctx).WithField("port", port).Info("vsock echo service listening")
+	go vsockecho.Serve(ctx, l)
 }
 
 // uptime is the guest's /proc/uptime, for boot timing on the console.

@@ -28,6 +28,8 @@ const (
 	qmpSocketName   = "qmp.sock"
 	consoleLogName  = "console.log"
 	agentSocketName = "agent.sock"
+	vhostUserName   = "vhost-vsock.sock"
+	hybridVsockName = "vsock.sock"
 	pidFileName     = "qemu.pid"
 	qemuLogName     = "qemu.log"
 )
@@ -44,6 +46,11 @@ type Paths struct {
 	Console string
 	// Agent is the host end of the agent's virtio-serial port.
 	Agent string
+	// VhostUserVsock is where QEMU's vhost-user-vsock device meets the
+	// driver's in-process backend (hypervisor/vsock).
+	VhostUserVsock string
+	// HybridVsock is the host's end of the guest's vsock: CONNECT <port>.
+	HybridVsock string
 	// PIDFile lets a restarted shim find and reap an orphaned QEMU.
 	PIDFile string
 	// Log receives QEMU's own stdout and stderr.
@@ -53,11 +60,13 @@ type Paths struct {
 // PathsFor returns the paths inside stateDir.
 func PathsFor(stateDir string) Paths {
 	return Paths{
-		QMP:     filepath.Join(stateDir, qmpSocketName),
-		Console: filepath.Join(stateDir, consoleLogName),
-		Agent:   filepath.Join(stateDir, agentSocketName),
-		PIDFile: filepath.Join(stateDir, pidFileName),
-		Log:     filepath.Join(stateDir, qemuLogName),
+		QMP:            filepath.Join(stateDir, qmpSocketName),
+		Console:        filepath.Join(stateDir, consoleLogName),
+		Agent:          filepath.Join(stateDir, agentSocketName),
+		VhostUserVsock: filepath.Join(stateDir, vhostUserName),
+		HybridVsock:    filepath.Join(stateDir, hybridVsockName),
+		PIDFile:        filepath.Join(stateDir, pidFileName),
+		Log:            filepath.Join(stateDir, qemuLogName),
 	}
 }
 
@@ -172,7 +181,9 @@ func validate(cfg hypervisor.VMConfig) error {
 		errs = append(errs, fmt.Errorf("StateDir %q is not an absolute path", cfg.StateDir))
 	default:
 		// Unix socket paths are limited to sun_path; QEMU would fail late.
-		for _, p := range []string{PathsFor(cfg.StateDir).QMP, PathsFor(cfg.StateDir).Agent} {
+		paths := PathsFor(cfg.StateDir)
+		// The hybrid socket also names <path>_<port> for guest-initiated streams.
+		for _, p := range []string{paths.QMP, paths.Agent, paths.VhostUserVsock, paths.HybridVsock + "_4294967295"} {
 			if len(p) > unixPathMax {
 				errs = append(errs, fmt.Errorf("StateDir %q is too long: socket path %q exceeds %d bytes", cfg.StateDir, p, unixPathMax))
 				break
@@ -209,9 +220,11 @@ func validate(cfg hypervisor.VMConfig) error {
 		errs = append(errs, errors.New("MemoryMiB is 0"))
 	}
 	switch cfg.AgentTransport {
-	case hypervisor.TransportVirtioSerial:
-	case hypervisor.TransportVsock, hypervisor.TransportVhostUserVsock:
-		errs = append(errs, fmt.Errorf("AgentTransport %q: %w (yet)", cfg.AgentTransport, hypervisor.ErrNotSupported))
+	case hypervisor.TransportVirtioSerial, hypervisor.TransportVhostUserVsock:
+	case hypervisor.TransportVsock:
+		if v := cfg.VhostVsock; v == nil || v.File == nil || v.CID <= 2 {
+			errs = append(errs, fmt.Errorf("AgentTransport %q needs VhostVsock: an open /dev/vhost-vsock and a guest CID above 2", cfg.AgentTransport))
+		}
 	default:
 		errs = append(errs, fmt.Errorf("AgentTransport %q is not one of %s, %s, %s", cfg.AgentTransport,
 			hypervisor.TransportVirtioSerial, hypervisor.TransportVsock, hypervisor.TransportVhostUserVsock))
@@ -284,16 +297,66 @@ func BuildArgs(cfg hypervisor.VMConfig, accel hypervisor.Accelerator) ([]string,
 		// QMP; wait=off so QEMU does not block for a client.
 		"-chardev", "socket,id=qmp,path="+optValue(paths.QMP)+",server=on,wait=off",
 		"-mon", "chardev=qmp,mode=control",
-		// Agent channel.
-		"-device", "virtio-serial"+model.virtioSuffix+",id=serial0",
-		"-chardev", "socket,id=agent,path="+optValue(paths.Agent)+",server=on,wait=off",
-		"-device", "virtserialport,bus=serial0.0,chardev=agent,name=agent.0",
+	)
+	args = append(args, agentArgs(cfg, model, paths)...)
+	args = append(args,
 		// Entropy, so the guest's crng is ready without waiting for jitter.
 		"-object", "rng-random,id=rng0,filename=/dev/urandom",
 		"-device", "virtio-rng"+model.virtioSuffix+",rng=rng0",
 	)
+	args = append(args, sharedMemoryArgs(cfg)...)
 	args = append(args, sharedFSArgs(cfg, model)...)
 	return append(args, nicArgs(cfg, model)...), nil
+}
+
+// agentArgs gives the guest the agent's channel:
+//   - virtio-serial: a port named agent.0 on a QEMU server socket;
+//   - vhost-user-vsock: a virtio-vsock device whose backend is the driver's
+//     own (hypervisor/vsock), listening on the socket QEMU connects to as a
+//     client; the guest's RAM must be shareable (sharedMemoryArgs);
+//   - vsock: the kernel's vhost-vsock on an inherited /dev/vhost-vsock fd.
+func agentArgs(cfg hypervisor.VMConfig, model machineModel, paths Paths) []string {
+	switch cfg.AgentTransport {
+	case hypervisor.TransportVhostUserVsock:
+		return []string{
+			"-chardev", "socket,id=vsock,path=" + optValue(paths.VhostUserVsock),
+			"-device", "vhost-user-vsock" + model.virtioSuffix + ",chardev=vsock",
+		}
+	case hypervisor.TransportVsock:
+		return []string{
+			"-device", "vhost-vsock" + model.virtioSuffix + ",id=vsock0,guest-cid=" + strconv.FormatUint(uint64(cfg.VhostVsock.CID), 10) +
+				",vhostfd=" + strconv.Itoa(vhostVsockFD(cfg)),
+		}
+	default:
+		return []string{
+			"-device", "virtio-serial" + model.virtioSuffix + ",id=serial0",
+			"-chardev", "socket,id=agent,path=" + optValue(paths.Agent) + ",server=on,wait=off",
+			"-device", "virtserialport,bus=serial0.0,chardev=agent,name=agent.0",
+		}
+	}
+}
+
+// vhostVsockFD is the descriptor number of /dev/vhost-vsock in QEMU: the
+// driver passes it after the taps.
+func vhostVsockFD(cfg hypervisor.VMConfig) int { return nicFD(len(cfg.NICs)) }
+
+// needsSharedMemory reports whether a vhost-user backend maps guest RAM.
+func needsSharedMemory(cfg hypervisor.VMConfig) bool {
+	return cfg.AgentTransport == hypervisor.TransportVhostUserVsock ||
+		(cfg.SharedFS != nil && cfg.SharedFS.Type == hypervisor.SharedFSVirtioFS)
+}
+
+// sharedMemoryArgs puts the guest's RAM in a memfd that vhost-user
+// backends (virtiofsd, the vsock backend) can map.
+func sharedMemoryArgs(cfg hypervisor.VMConfig) []string {
+	if !needsSharedMemory(cfg) {
+		return nil
+	}
+	mem := strconv.FormatUint(uint64(cfg.MemoryMiB), 10) + "M"
+	return []string{
+		"-object", "memory-backend-memfd,id=mem,size=" + mem + ",share=on",
+		"-numa", "node,memdev=mem",
+	}
 }
 
 // nicFD is the descriptor number of NIC i's tap in QEMU: the driver passes
@@ -321,7 +384,7 @@ func nicArgs(cfg hypervisor.VMConfig, model machineModel) []string {
 // (security_model=none: QEMU, running as root, keeps the files' owners;
 // multidevs=remap keeps inode numbers unique across the mounts inside the
 // directory). virtio-fs needs the guest's RAM in a shareable memfd so the
-// external virtiofsd can map it.
+// external virtiofsd can map it (sharedMemoryArgs).
 func sharedFSArgs(cfg hypervisor.VMConfig, model machineModel) []string {
 	fs := cfg.SharedFS
 	if fs == nil {
@@ -334,10 +397,7 @@ func sharedFSArgs(cfg hypervisor.VMConfig, model machineModel) []string {
 			"-device", "virtio-9p" + model.virtioSuffix + ",fsdev=fs0,mount_tag=" + optValue(fs.Tag),
 		}
 	case hypervisor.SharedFSVirtioFS:
-		mem := strconv.FormatUint(uint64(cfg.MemoryMiB), 10) + "M"
 		return []string{
-			"-object", "memory-backend-memfd,id=mem,size=" + mem + ",share=on",
-			"-numa", "node,memdev=mem",
 			"-chardev", "socket,id=vfs,path=" + optValue(fs.SocketPath),
 			"-device", "vhost-user-fs" + model.virtioSuffix + ",chardev=vfs,tag=" + optValue(fs.Tag),
 		}
@@ -345,9 +405,21 @@ func sharedFSArgs(cfg hypervisor.VMConfig, model machineModel) []string {
 	return nil
 }
 
-// AgentAddress is where the agent is dialled for a VM in stateDir.
-func AgentAddress(stateDir string) string {
-	return "serial://" + PathsFor(stateDir).Agent
+// AgentPort is the agent's vsock port (DESIGN §3).
+const AgentPort = 1024
+
+// AgentAddress is where the agent of a VM built from cfg is dialled.
+func AgentAddress(cfg hypervisor.VMConfig) string {
+	paths := PathsFor(cfg.StateDir)
+	switch cfg.AgentTransport {
+	case hypervisor.TransportVhostUserVsock:
+		return "hvsock://" + paths.HybridVsock + ":" + strconv.Itoa(AgentPort)
+	case hypervisor.TransportVsock:
+		if cfg.VhostVsock != nil {
+			return "vsock://" + strconv.FormatUint(uint64(cfg.VhostVsock.CID), 10) + ":" + strconv.Itoa(AgentPort)
+		}
+	}
+	return "serial://" + paths.Agent
 }
 
 // optValue escapes a value inside a QEMU key=value option list, where a

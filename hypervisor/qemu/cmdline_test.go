@@ -140,6 +140,44 @@ func TestBuildArgsVariants(t *testing.T) {
 			expectContains(t, values(args, "-chardev"), "socket,id=vfs,path=/run/kasa/vm/x/vfs.sock")
 		},
 	}, {
+		name:   "vhost-user-vsock: shared memory, the backend's socket, no virtio-serial",
+		modify: func(c *hypervisor.VMConfig) { c.AgentTransport = hypervisor.TransportVhostUserVsock },
+		accel:  hypervisor.AccelTCG,
+		check: func(t *testing.T, args []string) {
+			expectContains(t, values(args, "-object"), "memory-backend-memfd,id=mem,size=256M,share=on")
+			expectValues(t, args, "-numa", "node,memdev=mem")
+			expectContains(t, values(args, "-chardev"), "socket,id=vsock,path=/run/kasa/vm/sb1/vhost-vsock.sock")
+			expectContains(t, values(args, "-device"), "vhost-user-vsock-pci,chardev=vsock")
+			expectAbsent(t, values(args, "-device"), "virtio-serial-pci,id=serial0")
+		},
+	}, {
+		name: "vhost-user-vsock with virtio-fs on microvm: one memory backend",
+		modify: func(c *hypervisor.VMConfig) {
+			c.MachineType = MachineMicroVM
+			c.AgentTransport = hypervisor.TransportVhostUserVsock
+			c.SharedFS = &hypervisor.SharedFS{Type: hypervisor.SharedFSVirtioFS, Tag: "kasa", SocketPath: "/run/kasa/vm/x/vfs.sock"}
+		},
+		accel: hypervisor.AccelTCG,
+		check: func(t *testing.T, args []string) {
+			expectValues(t, args, "-object", "rng-random,id=rng0,filename=/dev/urandom", "memory-backend-memfd,id=mem,size=256M,share=on")
+			expectValues(t, args, "-numa", "node,memdev=mem")
+			expectContains(t, values(args, "-device"), "vhost-user-vsock-device,chardev=vsock", "vhost-user-fs-device,chardev=vfs,tag=kasa")
+		},
+	}, {
+		name: "kernel vhost-vsock on an inherited fd after the taps",
+		modify: func(c *hypervisor.VMConfig) {
+			mac, _ := net.ParseMAC("02:42:ac:11:00:02")
+			c.NICs = []hypervisor.NIC{{TapFile: os.Stdin, MAC: mac}}
+			c.AgentTransport = hypervisor.TransportVsock
+			c.VhostVsock = &hypervisor.VhostVsock{File: os.Stdin, CID: 7}
+		},
+		accel: hypervisor.AccelTCG,
+		check: func(t *testing.T, args []string) {
+			expectContains(t, values(args, "-device"), "vhost-vsock-pci,id=vsock0,guest-cid=7,vhostfd=4")
+			expectAbsent(t, values(args, "-object"), "memory-backend-memfd,id=mem,size=256M,share=on")
+			expectAbsent(t, values(args, "-device"), "virtio-serial-pci,id=serial0")
+		},
+	}, {
 		name: "virtio-net on inherited tap fds",
 		modify: func(c *hypervisor.VMConfig) {
 			mac, _ := net.ParseMAC("02:42:ac:11:00:02")
@@ -258,8 +296,11 @@ func TestBuildArgsErrors(t *testing.T) {
 		{name: "relative state dir", modify: func(c *hypervisor.VMConfig) { c.StateDir = "run/x" }, wantInError: []string{"StateDir", "absolute"}},
 		{name: "state dir too long for a socket", modify: func(c *hypervisor.VMConfig) { c.StateDir = "/" + strings.Repeat("d", 100) }, wantInError: []string{"StateDir", "too long"}},
 		{name: "unknown transport", modify: func(c *hypervisor.VMConfig) { c.AgentTransport = "pigeon" }, wantInError: []string{"AgentTransport", "pigeon"}},
-		{name: "vsock not yet", modify: func(c *hypervisor.VMConfig) { c.AgentTransport = hypervisor.TransportVsock }, wantInError: []string{"AgentTransport"}, notSupported: true},
-		{name: "vhost-user-vsock not yet", modify: func(c *hypervisor.VMConfig) { c.AgentTransport = hypervisor.TransportVhostUserVsock }, wantInError: []string{"AgentTransport"}, notSupported: true},
+		{name: "vsock without a device", modify: func(c *hypervisor.VMConfig) { c.AgentTransport = hypervisor.TransportVsock }, wantInError: []string{"AgentTransport", "VhostVsock"}},
+		{name: "vsock with a reserved CID", modify: func(c *hypervisor.VMConfig) {
+			c.AgentTransport = hypervisor.TransportVsock
+			c.VhostVsock = &hypervisor.VhostVsock{File: os.Stdin, CID: 2}
+		}, wantInError: []string{"VhostVsock", "CID"}},
 		{name: "unresolved accelerator", accel: hypervisor.AccelAuto, wantInError: []string{"auto"}},
 		{name: "every problem at once", modify: func(c *hypervisor.VMConfig) { c.Kernel = ""; c.MemoryMiB = 0 }, wantInError: []string{"Kernel", "MemoryMiB"}},
 	} {
@@ -311,8 +352,19 @@ func TestWithDefaultFirmware(t *testing.T) {
 }
 
 func TestAgentAddress(t *testing.T) {
-	if got, want := AgentAddress("/run/kasa/vm/x"), "serial:///run/kasa/vm/x/agent.sock"; got != want {
-		t.Errorf("AgentAddress = %q, want %q", got, want)
+	for _, tc := range []struct {
+		transport hypervisor.AgentTransport
+		vsock     *hypervisor.VhostVsock
+		want      string
+	}{
+		{hypervisor.TransportVirtioSerial, nil, "serial:///run/kasa/vm/x/agent.sock"},
+		{hypervisor.TransportVhostUserVsock, nil, "hvsock:///run/kasa/vm/x/vsock.sock:1024"},
+		{hypervisor.TransportVsock, &hypervisor.VhostVsock{File: os.Stdin, CID: 9}, "vsock://9:1024"},
+	} {
+		cfg := hypervisor.VMConfig{StateDir: "/run/kasa/vm/x", AgentTransport: tc.transport, VhostVsock: tc.vsock}
+		if got := AgentAddress(cfg); got != tc.want {
+			t.Errorf("%s: AgentAddress = %q, want %q", tc.transport, got, tc.want)
+		}
 	}
 }
 

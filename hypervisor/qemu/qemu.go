@@ -19,6 +19,7 @@ import (
 	"github.com/containerd/log"
 
 	"github.com/kasa-runtime/kasa/hypervisor"
+	"github.com/kasa-runtime/kasa/hypervisor/vsock"
 )
 
 const (
@@ -69,6 +70,8 @@ type QEMU struct {
 	paths Paths
 	cmd   *exec.Cmd
 	qmp   *QMP
+	// vsock is the in-process vhost-user-vsock backend (TransportVhostUserVsock).
+	vsock *vsock.Backend
 
 	info atomic.Pointer[vmInfo]
 	pid  atomic.Int64
@@ -79,6 +82,9 @@ type QEMU struct {
 
 	killed   atomic.Bool // StopVM had to SIGKILL
 	panicked atomic.Bool // QEMU reported GUEST_PANICKED
+	// vsockFailed is why the vsock backend stopped under a running QEMU,
+	// which was then killed.
+	vsockFailed atomic.Pointer[error]
 }
 
 // vmInfo is what the non-blocking accessors read.
@@ -135,7 +141,7 @@ func (q *QEMU) CreateVM(ctx context.Context, cfg hypervisor.VMConfig) error {
 	}
 
 	q.cfg, q.args, q.paths = cfg, args, PathsFor(cfg.StateDir)
-	q.info.Store(&vmInfo{accel: accel, agentAddress: AgentAddress(cfg.StateDir), consolePath: q.paths.Console})
+	q.info.Store(&vmInfo{accel: accel, agentAddress: AgentAddress(cfg), consolePath: q.paths.Console})
 	q.state = stateCreated
 	logger.WithField("args", strings.Join(args, " ")).Debug("QEMU command line")
 	return nil
@@ -238,12 +244,32 @@ func (q *QEMU) StartVM(ctx context.Context) (retErr error) {
 	for _, n := range q.cfg.NICs { // fd 3, 4, ... as nicArgs says
 		cmd.ExtraFiles = append(cmd.ExtraFiles, n.TapFile)
 	}
+	if v := q.cfg.VhostVsock; q.cfg.AgentTransport == hypervisor.TransportVsock && v != nil {
+		cmd.ExtraFiles = append(cmd.ExtraFiles, v.File) // vhostVsockFD
+	}
+	if q.cfg.AgentTransport == hypervisor.TransportVhostUserVsock {
+		// QEMU connects to the backend while it starts: it must listen first.
+		b, err := vsock.Listen(vsock.Config{
+			VhostUserSocket: q.paths.VhostUserVsock,
+			HybridSocket:    q.paths.HybridVsock,
+			GuestCID:        vsock.DefaultGuestCID,
+			Logf:            func(f string, a ...any) { logger.Debugf(f, a...) },
+		})
+		if err != nil {
+			return fmt.Errorf("starting the vsock backend: %w", err)
+		}
+		q.vsock = b
+		cu.add(func() { b.Close() })
+	}
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("starting %s: %w", q.cfg.Path, err)
 	}
 	q.cmd = cmd
 	q.pid.Store(int64(cmd.Process.Pid))
 	go q.wait(cmd)
+	if q.vsock != nil {
+		go q.watchVsock(logger, q.vsock, cmd)
+	}
 	cu.add(func() {
 		_ = cmd.Process.Kill()
 		<-q.done
@@ -296,10 +322,36 @@ func (q *QEMU) StartVM(ctx context.Context) (retErr error) {
 	return nil
 }
 
+// watchVsock kills QEMU if the vsock backend stops while QEMU runs: the
+// guest keeps a device nobody serves, so the agent would be unreachable for
+// good. Killing the VM makes that a VM exit every caller already handles
+// (Done, ExitError) instead of calls that time out one by one.
+func (q *QEMU) watchVsock(logger *log.Entry, b *vsock.Backend, cmd *exec.Cmd) {
+	select {
+	case <-q.done:
+		return
+	case <-b.Done():
+	}
+	err := b.Err()
+	if err == nil {
+		err = errors.New("vsock backend stopped")
+	}
+	select {
+	case <-q.done: // QEMU went first; its exit is the story
+		return
+	default:
+	}
+	q.vsockFailed.Store(&err)
+	logger.WithError(err).Error("vsock backend failed under a running VM; killing QEMU")
+	_ = cmd.Process.Kill()
+}
+
 // wait reaps QEMU and records why it exited.
 func (q *QEMU) wait(cmd *exec.Cmd) {
 	err := cmd.Wait()
 	switch {
+	case q.vsockFailed.Load() != nil:
+		err = fmt.Errorf("QEMU killed because its vsock backend failed: %w", *q.vsockFailed.Load())
 	case err == nil && q.panicked.Load():
 		err = errors.New("guest panicked")
 	case err == nil:
@@ -375,6 +427,9 @@ func (q *QEMU) StopVM(ctx context.Context) error {
 		}
 	}
 	q.qmp.Close()
+	if q.vsock != nil {
+		q.vsock.Close()
+	}
 	if err := os.RemoveAll(q.cfg.StateDir); err != nil {
 		return fmt.Errorf("removing state directory: %w", err)
 	}
@@ -462,7 +517,8 @@ func (q *QEMU) ExitError() error {
 	}
 }
 
-// AgentAddress is "serial://<StateDir>/agent.sock"; "" before CreateVM.
+// AgentAddress is where the agent is dialled (AgentAddress(cfg)): for
+// example "hvsock://<StateDir>/vsock.sock:1024"; "" before CreateVM.
 func (q *QEMU) AgentAddress() string { return q.info.Load().agentAddress }
 
 // ConsolePath is the guest console log; "" before CreateVM.

@@ -14,13 +14,33 @@ import (
 
 	"github.com/kasa-runtime/kasa/agent/api"
 	"github.com/kasa-runtime/kasa/agent/client"
+	"github.com/kasa-runtime/kasa/configuration"
 	"github.com/kasa-runtime/kasa/virtcontainers"
 )
 
 // The core path: boot under QEMU, the agent answers Check and
-// GetGuestDetails, DestroySandbox powers the guest off, nothing remains.
+// GetGuestDetails, DestroySandbox powers the guest off, nothing remains. On
+// the default transport (auto: vhost-user-vsock on a host without
+// /dev/vhost-vsock) and on virtio-serial, which must keep working when
+// configured.
 func TestVMBootsAndAgentAnswers(t *testing.T) {
-	cfg := testConfig(t)
+	for _, tc := range []struct {
+		transport configuration.AgentTransport
+		scheme    string
+		feature   string
+	}{
+		{configuration.TransportAuto, "hvsock://", api.FeatureVsock},
+		{configuration.TransportVirtioSerial, "serial://", api.FeatureVirtioSerial},
+	} {
+		t.Run(string(tc.transport), func(t *testing.T) {
+			cfg := testConfig(t)
+			cfg.Agent.Transport = tc.transport
+			testVMBootsAndAgentAnswers(t, cfg, tc.scheme, tc.feature)
+		})
+	}
+}
+
+func testVMBootsAndAgentAnswers(t *testing.T, cfg *configuration.Config, scheme, feature string) {
 	cfg.Hypervisor.DefaultVCPUs = 2
 	cfg.Hypervisor.DefaultMemory = 384
 	id := newID(t)
@@ -31,9 +51,12 @@ func TestVMBootsAndAgentAnswers(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("agent answered %s after start", time.Since(start).Round(time.Millisecond))
+	t.Logf("agent answered %s after start on %s", time.Since(start).Round(time.Millisecond), vm.Agent.Address())
 	defer assertNothingLeft(t, id)
 	defer vm.Stop(ctx)
+	if !strings.HasPrefix(vm.Agent.Address(), scheme) {
+		t.Errorf("agent address %q, want %s...", vm.Agent.Address(), scheme)
+	}
 
 	if err := vm.Agent.Check(ctx); err != nil {
 		t.Fatalf("Check: %v", err)
@@ -54,7 +77,7 @@ func TestVMBootsAndAgentAnswers(t *testing.T) {
 	if d.GetApiVersion() != api.APIVersion {
 		t.Errorf("agent API v%d, want v%d", d.GetApiVersion(), api.APIVersion)
 	}
-	for _, f := range []string{api.FeatureVirtioSerial, api.Feature9P, api.FeatureOverlay, api.FeatureCgroup2, api.FeatureSeccomp} {
+	for _, f := range []string{feature, api.Feature9P, api.FeatureOverlay, api.FeatureCgroup2, api.FeatureSeccomp} {
 		if !contains(d.GetFeatures(), f) {
 			t.Errorf("guest features %v lack %q", d.GetFeatures(), f)
 		}
@@ -85,9 +108,12 @@ func TestVMBootsAndAgentAnswers(t *testing.T) {
 }
 
 // A restarted shim reconnects to the same agent: the old session, even one
-// cut off in the middle of a frame, must not disturb the new one.
+// cut off in the middle of a frame, must not disturb the new one. This is
+// virtio-serial's framing (agent/serialmux); vsock streams are separate
+// connections by nature.
 func TestAgentSurvivesHostReconnect(t *testing.T) {
 	cfg := testConfig(t)
+	cfg.Agent.Transport = configuration.TransportVirtioSerial
 	id := newID(t)
 	ctx := context.Background()
 	vm, err := virtcontainers.StartVM(ctx, id, cfg)

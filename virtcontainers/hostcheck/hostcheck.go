@@ -16,6 +16,7 @@ import (
 	"github.com/kasa-runtime/kasa/configuration"
 	"github.com/kasa-runtime/kasa/hypervisor"
 	"github.com/kasa-runtime/kasa/hypervisor/qemu"
+	"github.com/kasa-runtime/kasa/hypervisor/vsock"
 	"github.com/kasa-runtime/kasa/virtcontainers"
 )
 
@@ -46,7 +47,7 @@ func Run(ctx context.Context, cfg *configuration.Config) []Result {
 	out = append(out, checkFile("guest kernel", "hypervisor.qemu.kernel", cfg.Hypervisor.Kernel))
 	out = append(out, checkFile("guest initrd", "hypervisor.qemu.initrd", cfg.Hypervisor.Initrd))
 	out = append(out, checkAccel(ctx, cfg))
-	out = append(out, checkVhostVsock(), checkTransport(cfg))
+	out = append(out, checkVhostVsock(), checkTransport(ctx, cfg))
 	out = append(out, checkCgroups())
 	out = append(out, checkTapTC(ctx))
 	return out
@@ -114,17 +115,37 @@ func checkAccel(ctx context.Context, cfg *configuration.Config) Result {
 
 func checkVhostVsock() Result {
 	r := Result{Name: "vhost-vsock", Status: Info}
-	if _, err := os.Stat("/dev/vhost-vsock"); err != nil {
-		r.Detail = "/dev/vhost-vsock absent (modprobe vhost_vsock where the kernel has it)"
+	if err := vsock.VhostVsockUsable(virtcontainers.VhostVsockDevice); err != nil {
+		r.Detail = fmt.Sprintf("kernel vhost-vsock unusable: %v (modprobe vhost_vsock where the kernel has it; Kasa's vhost-user-vsock needs nothing)", err)
 		return r
 	}
-	r.Detail = "/dev/vhost-vsock present"
+	r.Detail = virtcontainers.VhostVsockDevice + " usable"
 	return r
 }
 
-func checkTransport(cfg *configuration.Config) Result {
+// checkTransport says which agent channel a sandbox gets and why, and fails
+// when that channel cannot work here.
+func checkTransport(ctx context.Context, cfg *configuration.Config) Result {
 	t, why := virtcontainers.SelectTransport(cfg.Agent.Transport)
-	return Result{Name: "agent transport", Status: Info, Detail: fmt.Sprintf("%s (%s)", t, why)}
+	r := Result{Name: "agent transport", Status: Info, Detail: fmt.Sprintf("%s (%s)", t, why)}
+	switch t {
+	case hypervisor.TransportVsock:
+		if err := vsock.VhostVsockUsable(virtcontainers.VhostVsockDevice); err != nil {
+			r.Status = Fail
+			r.Remedy = `modprobe vhost_vsock, or set agent.kata.transport = "auto" to use vhost-user-vsock`
+		}
+	case hypervisor.TransportVhostUserVsock:
+		// The backend is Kasa's own; QEMU must have the device model.
+		ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		out, err := exec.CommandContext(ctx, cfg.Hypervisor.Path, "-device", "help").Output()
+		if err == nil && !bytes.Contains(out, []byte(`"vhost-user-vsock-`)) {
+			r.Status = Fail
+			r.Detail += "; but " + cfg.Hypervisor.Path + " has no vhost-user-vsock device (QEMU 5.1 or newer needed)"
+			r.Remedy = `use a newer QEMU, or set agent.kata.transport = "virtio-serial"`
+		}
+	}
+	return r
 }
 
 func checkCgroups() Result {
