@@ -52,23 +52,11 @@ func run(ctx context.Context) error {
 	}
 
 	step(1, "serving the pod images from a registry in this process (no registry is reachable)")
-	reg, err := ctrtest.StartRegistry()
+	reg, err := ctrtest.StartCRIRegistry(repo)
 	if err != nil {
 		return err
 	}
 	defer reg.Close()
-	tmp, err := os.MkdirTemp("", "kasa-demo")
-	if err != nil {
-		return err
-	}
-	defer os.RemoveAll(tmp)
-	pause, err := ctrtest.BuildPause(repo, tmp)
-	if err != nil {
-		return err
-	}
-	if err := ctrtest.PushCRIImages(reg, pause); err != nil {
-		return err
-	}
 	detail("%s mirrors registry.k8s.io: %s, %s", reg.Addr, ctrtest.PauseImage, ctrtest.WebServerImage)
 
 	step(2, "starting a private containerd with CRI, the handler \"kata\" and a CNI bridge")

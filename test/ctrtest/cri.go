@@ -3,6 +3,7 @@ package ctrtest
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -25,10 +26,35 @@ const (
 	WebServerBody = "<h1>Welcome to nginx! (busybox httpd in a Kasa test image)</h1>\n"
 )
 
-// PushCRIImages builds and pushes the CRI test images to r: pause (with
+// StartCRIRegistry serves the CRI test images (see pushCRIImages) from a
+// registry in this process; repo is the repository, whose cmd/kasa-pause is
+// built for the pause image. The caller closes the registry.
+func StartCRIRegistry(repo string) (_ *Registry, err error) {
+	r, err := StartRegistry()
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			r.Close()
+		}
+	}()
+	tmp, err := os.MkdirTemp("", "kasa-pause")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(tmp)
+	pause, err := buildPause(repo, tmp)
+	if err != nil {
+		return nil, err
+	}
+	return r, pushCRIImages(r, pause)
+}
+
+// pushCRIImages builds and pushes the CRI test images to r: pause (with
 // the pause binary for runc; the path is a static build of cmd/kasa-pause),
 // busybox with every applet, and the web server.
-func PushCRIImages(r *Registry, pause string) error {
+func pushCRIImages(r *Registry, pause string) error {
 	if err := r.PushPause(PauseImage, pause); err != nil {
 		return err
 	}
@@ -53,11 +79,10 @@ type podNetwork struct {
 }
 
 func newPodNetwork() podNetwork {
-	b := randomHex(2)
-	var n byte
-	fmt.Sscanf(b[:2], "%02x", &n)
-	third := fmt.Sprintf("%d", n)
-	return podNetwork{Bridge: "kbr" + b, Subnet: "10.89." + third + ".0/24", Gateway: "10.89." + third + ".1"}
+	var b [2]byte
+	rand.Read(b[:])
+	prefix := fmt.Sprintf("10.89.%d.", b[0])
+	return podNetwork{Bridge: fmt.Sprintf("kbr%02x%02x", b[0], b[1]), Subnet: prefix + "0/24", Gateway: prefix + "1"}
 }
 
 // conflist is the CNI configuration: Debian's bridge with host-local IPAM

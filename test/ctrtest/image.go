@@ -156,7 +156,7 @@ func BuildImage(w io.Writer, opts ImageOptions) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	cfgJSON, mfJSON, err := imageDocs(layer, opts)
+	cfgJSON, mfJSON, err := imageDocs(layer, opts, "busybox from "+opts.BusyboxPath)
 	if err != nil {
 		return "", err
 	}
@@ -178,8 +178,9 @@ func BuildImage(w io.Writer, opts ImageOptions) (string, error) {
 	return digest(mfJSON), writeLayout(w, idxJSON, layer, cfgJSON, mfJSON)
 }
 
-// imageDocs are the config and manifest of a one-layer image.
-func imageDocs(layer []byte, opts ImageOptions) (cfgJSON, mfJSON []byte, err error) {
+// imageDocs are the config and manifest of a one-layer image; createdBy is
+// its history entry.
+func imageDocs(layer []byte, opts ImageOptions, createdBy string) (cfgJSON, mfJSON []byte, err error) {
 	var cfg imageConfig
 	cfg.Created, cfg.Architecture, cfg.OS = imageTime, runtime.GOARCH, "linux"
 	cfg.Config.Env, cfg.Config.Entrypoint, cfg.Config.Cmd, cfg.Config.WorkingDir = opts.Env, opts.Entrypoint, opts.Cmd, "/"
@@ -187,7 +188,7 @@ func imageDocs(layer []byte, opts ImageOptions) (cfgJSON, mfJSON []byte, err err
 	cfg.History = append(cfg.History, struct {
 		Created   time.Time `json:"created"`
 		CreatedBy string    `json:"created_by"`
-	}{imageTime, "kasa test/ctrtest: busybox from " + opts.BusyboxPath})
+	}{imageTime, "kasa test/ctrtest: " + createdBy})
 	cfgJSON, err = json.Marshal(cfg)
 	if err != nil {
 		return nil, nil, err

@@ -78,7 +78,7 @@ func (r *Registry) PushBusybox(opts ImageOptions) error {
 	if err != nil {
 		return err
 	}
-	return r.push(opts, layer)
+	return r.push(opts, layer, "busybox from "+opts.BusyboxPath)
 }
 
 // PushPause pushes a pause image, the static binary pause as /pause and
@@ -96,17 +96,17 @@ func (r *Registry) PushPause(ref, pause string) error {
 	if err := tw.Close(); err != nil {
 		return err
 	}
-	return r.push(ImageOptions{Name: ref, BusyboxPath: "(none)", Entrypoint: []string{"/pause"}}, buf.Bytes())
+	return r.push(ImageOptions{Name: ref, Entrypoint: []string{"/pause"}}, buf.Bytes(), "pause from "+pause)
 }
 
 // push uploads a one-layer image with the registry API: blobs monolithic,
 // then the manifest under the tag.
-func (r *Registry) push(opts ImageOptions, layer []byte) error {
+func (r *Registry) push(opts ImageOptions, layer []byte, createdBy string) error {
 	repo, tag, err := splitRef(opts.Name)
 	if err != nil {
 		return err
 	}
-	cfgJSON, mfJSON, err := imageDocs(layer, opts)
+	cfgJSON, mfJSON, err := imageDocs(layer, opts, createdBy)
 	if err != nil {
 		return err
 	}
@@ -167,9 +167,9 @@ func AllApplets(path string) ([]string, error) {
 	return list, nil
 }
 
-// BuildPause builds cmd/kasa-pause of the repository at repo into dir and
+// buildPause builds cmd/kasa-pause of the repository at repo into dir and
 // returns its path.
-func BuildPause(repo, dir string) (string, error) {
+func buildPause(repo, dir string) (string, error) {
 	out := dir + "/kasa-pause"
 	cmd := exec.Command("go", "build", "-trimpath", "-ldflags", "-s -w", "-o", out, "./cmd/kasa-pause")
 	cmd.Dir, cmd.Env = repo, append(os.Environ(), "CGO_ENABLED=0")

@@ -46,18 +46,11 @@ func startCRIHarness(t *testing.T, timeout time.Duration, mutate func(*ctrtest.O
 	if err := os.WriteFile(conf, []byte(body), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	reg, err := ctrtest.StartRegistry()
+	reg, err := ctrtest.StartCRIRegistry(repo)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { reg.Close() })
-	pause, err := ctrtest.BuildPause(repo, t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := ctrtest.PushCRIImages(reg, pause); err != nil {
-		t.Fatal(err)
-	}
 	opts := ctrtest.Options{
 		BinDirs: []string{bin}, KasaConfigPath: conf, CRI: true, Crictl: filepath.Join(bin, "crictl"),
 		SandboxImage: ctrtest.PauseImage, RegistryMirror: reg.Endpoint(), Debug: os.Getenv("KASA_TEST_DEBUG") != "",

@@ -43,12 +43,9 @@ func AttachMacvtap(netnsPath string, ep Endpoint, index int) (_ *Tap, err error)
 		return nil, err
 	}
 	defer h.close()
-	veth, err := h.LinkByIndex(ep.Index)
+	veth, err := h.veth(ep, netnsPath)
 	if err != nil {
-		return nil, fmt.Errorf("find veth %s (index %d) in netns %s: %w", ep.Name, ep.Index, netnsPath, err)
-	}
-	if veth.Attrs().Name != ep.Name {
-		return nil, fmt.Errorf("interface %d in netns %s is %s, not veth %s", ep.Index, netnsPath, veth.Attrs().Name, ep.Name)
+		return nil, err
 	}
 	var rb rollback
 	defer func() {

@@ -57,13 +57,9 @@ func AttachTap(netnsPath string, ep Endpoint, index int) (_ *Tap, err error) {
 		return nil, err
 	}
 	defer h.close()
-
-	veth, err := h.LinkByIndex(ep.Index)
+	veth, err := h.veth(ep, netnsPath)
 	if err != nil {
-		return nil, fmt.Errorf("find veth %s (index %d) in netns %s: %w", ep.Name, ep.Index, netnsPath, err)
-	}
-	if veth.Attrs().Name != ep.Name {
-		return nil, fmt.Errorf("interface %d in netns %s is %s, not veth %s", ep.Index, netnsPath, veth.Attrs().Name, ep.Name)
+		return nil, err
 	}
 
 	var rb rollback
@@ -207,6 +203,18 @@ func (h *nsHandle) removeRedirect(link netlink.Link) error {
 		}
 	}
 	return nil
+}
+
+// veth finds ep's veth, and checks it is still the interface Scan saw.
+func (h *nsHandle) veth(ep Endpoint, netnsPath string) (netlink.Link, error) {
+	veth, err := h.LinkByIndex(ep.Index)
+	if err != nil {
+		return nil, fmt.Errorf("find veth %s (index %d) in netns %s: %w", ep.Name, ep.Index, netnsPath, err)
+	}
+	if veth.Attrs().Name != ep.Name {
+		return nil, fmt.Errorf("interface %d in netns %s is %s, not veth %s", ep.Index, netnsPath, veth.Attrs().Name, ep.Name)
+	}
+	return veth, nil
 }
 
 func isLinkNotFound(err error) bool {

@@ -67,23 +67,11 @@ func run(ctx context.Context, cfg config) error {
 		return fmt.Errorf("needs root (it starts its own containerd)")
 	}
 	repo, _ := os.Getwd()
-	reg, err := ctrtest.StartRegistry()
+	reg, err := ctrtest.StartCRIRegistry(repo)
 	if err != nil {
 		return err
 	}
 	defer reg.Close()
-	tmp, err := os.MkdirTemp("", "kasa-bench-pod")
-	if err != nil {
-		return err
-	}
-	defer os.RemoveAll(tmp)
-	pause, err := ctrtest.BuildPause(repo, tmp)
-	if err != nil {
-		return err
-	}
-	if err := ctrtest.PushCRIImages(reg, pause); err != nil {
-		return err
-	}
 	opts := ctrtest.Options{CRI: true, Crictl: cfg.crictl, SandboxImage: ctrtest.PauseImage,
 		RegistryMirror: reg.Endpoint(), KasaConfigPath: cfg.kasaConfig}
 	if cfg.shimDir != "" {
@@ -95,7 +83,7 @@ func run(ctx context.Context, cfg config) error {
 		return err
 	}
 	defer c.Stop()
-	b := &bench{c: c, dir: tmp}
+	b := &bench{c: c}
 	if _, err := c.CrictlOK(ctx, "pull", ctrtest.BusyboxImage); err != nil {
 		return err
 	}
@@ -173,8 +161,7 @@ func run(ctx context.Context, cfg config) error {
 }
 
 type bench struct {
-	c   *ctrtest.Containerd
-	dir string
+	c *ctrtest.Containerd
 }
 
 type podRun struct {
@@ -326,14 +313,14 @@ func podProcesses(podID string) map[string][]int {
 			continue
 		}
 		s := string(stat)
-		close := strings.LastIndexByte(s, ')')
-		if close < 0 {
+		end := strings.LastIndexByte(s, ')')
+		if end < 0 {
 			continue
 		}
-		fields := strings.Fields(s[close+2:])
+		fields := strings.Fields(s[end+2:])
 		ppid, _ := strconv.Atoi(fields[1])
 		cmdline, _ := os.ReadFile("/proc/" + e.Name() + "/cmdline")
-		all = append(all, proc{pid: pid, ppid: ppid, name: s[strings.IndexByte(s, '(')+1 : close], argv: strings.Split(string(cmdline), "\x00")})
+		all = append(all, proc{pid: pid, ppid: ppid, name: s[strings.IndexByte(s, '(')+1 : end], argv: strings.Split(string(cmdline), "\x00")})
 	}
 	out := map[string][]int{}
 	shims := map[int]bool{}
