@@ -17,6 +17,7 @@ VERSION ?= 0.1.0-dev
 COMMIT := $(shell git rev-parse --short HEAD 2>/dev/null)
 LDFLAGS := -X github.com/kasa-runtime/kasa/version.Version=$(VERSION) -X github.com/kasa-runtime/kasa/version.Commit=$(COMMIT)
 # The agent is the guest's only binary: static, no libc at run time.
+# It links libseccomp statically, so deps (apt packages) come before it.
 STATIC := CGO_ENABLED=1 $(GO) build -trimpath -tags netgo,osusergo,seccomp -ldflags '$(LDFLAGS) -s -w -extldflags -static'
 KERNEL_SOURCE ?= minimal
 GUEST := build/guest
@@ -35,7 +36,7 @@ bin/kasa: FORCE
 bin/containerd-shim-kasa-v2: FORCE
 	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $@ ./cmd/containerd-shim-kasa-v2
 
-bin/kasa-agent: FORCE
+bin/kasa-agent: FORCE deps
 	$(STATIC) -o $@ ./cmd/kasa-agent
 
 deps:

@@ -42,7 +42,18 @@ if [ ! -f "$dest/vmlinuz" ]; then
 		fi
 	done <"$fragment"
 	[ "$missing" = 0 ] || exit 1
+	# The build is silent for minutes; say every 30 s that it is moving.
+	started=$(date +%s)
+	(
+		while sleep 30; do
+			echo "build-kernel: compiling, $(find "$ksrc" -name '*.o' | wc -l) objects so far, $(( $(date +%s) - started )) s"
+		done
+	) &
+	ticker=$!
+	trap 'kill $ticker 2>/dev/null' EXIT
 	make -s -C "$ksrc" -j"$(nproc)" bzImage
+	kill $ticker 2>/dev/null || true
+	echo "build-kernel: built in $(( $(date +%s) - started )) s"
 	mkdir -p "$dest.tmp"
 	cp "$ksrc/arch/x86/boot/bzImage" "$dest.tmp/vmlinuz"
 	cp "$ksrc/vmlinux" "$dest.tmp/vmlinux"

@@ -17,7 +17,9 @@ pkgs=(
 	containernetworking-plugins iptables  # CNI bridge/host-local/portmap for CRI pods (/usr/lib/cni)
 )
 if [ "${1:-}" = "--with-protoc" ]; then
-	pkgs+=(protobuf-compiler)
+	# protoc, and the well-known .proto files (google/protobuf/empty.proto)
+	# that Debian ships separately in libprotobuf-dev.
+	pkgs+=(protobuf-compiler libprotobuf-dev)
 fi
 
 missing=()
@@ -34,5 +36,13 @@ if [ "$(id -u)" != 0 ]; then
 fi
 echo "install-deps: installing ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
+echo "install-deps: apt-get update"
 apt-get update -qq
-apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+echo "install-deps: apt-get install (${#missing[@]} packages; a few minutes on a new machine)"
+apt-get install -y -q --no-install-recommends -o Dpkg::Progress-Fancy=0 "${missing[@]}" |
+	grep --line-buffered -E '^(Unpacking|Setting up) ' | sed -u 's/^/install-deps: /' || true
+# The pipeline hides apt-get's status; check that everything is there.
+for p in "${missing[@]}"; do
+	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" ||
+		{ echo "install-deps: $p did not install" >&2; exit 1; }
+done
