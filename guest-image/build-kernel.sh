@@ -50,9 +50,10 @@ if [ ! -f "$dest/vmlinuz" ]; then
 		done
 	) &
 	ticker=$!
-	trap 'kill $ticker 2>/dev/null' EXIT
+	trap 'kill $ticker 2>/dev/null || true' EXIT
 	make -s -C "$ksrc" -j"$(nproc)" bzImage
 	kill $ticker 2>/dev/null || true
+	trap - EXIT
 	echo "build-kernel: built in $(( $(date +%s) - started )) s"
 	mkdir -p "$dest.tmp"
 	cp "$ksrc/arch/x86/boot/bzImage" "$dest.tmp/vmlinuz"
