@@ -108,8 +108,13 @@ func TestApplyAnnotationsRefused(t *testing.T) {
 			`pod annotation io.katacontainers.config.hypervisor.machine_type: hypervisor.qemu.machine_type = "virt": allowed values are q35, pc, microvm`},
 		{"control characters", nil, map[string]string{hv + "kernel_params": "a\nb"},
 			"must not contain control characters"},
-		{"virtio-fs without daemon", nil, map[string]string{hv + "shared_fs": "virtio-fs"},
+		{"virtio-fs without daemon", func(c *Config) {
+			c.Hypervisor.SharedFS, c.Hypervisor.VirtioFSDaemon, c.Hypervisor.Rootless = SharedFS9P, "", false
+		},
+			map[string]string{hv + "shared_fs": "virtio-fs"},
 			`hypervisor.qemu.virtio_fs_daemon = "": an absolute path is required`},
+		{"9p under a rootless QEMU", nil, map[string]string{hv + "shared_fs": "virtio-9p"},
+			`hypervisor.qemu.shared_fs = "virtio-9p": rootless = true: virtio-9p is served by QEMU itself`},
 		{"alias conflict", nil, map[string]string{hv + "default_max_vcpus": "4", hv + "default_maxvcpus": "8"},
 			"conflicts with annotation io.katacontainers.config.hypervisor.default_max_vcpus"},
 		{"not overridable", func(c *Config) { c.Hypervisor.EnableAnnotations = []string{".*"} },

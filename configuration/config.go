@@ -140,6 +140,13 @@ type HypervisorConfig struct {
 	Accelerator Accelerator `toml:"accelerator"`
 	// EnableDebug makes the guest kernel and the hypervisor verbose.
 	EnableDebug bool `toml:"enable_debug"`
+	// Rootless runs the hypervisor as an unprivileged uid/gid of its own,
+	// one per sandbox, with no capabilities, in its own network, IPC and
+	// UTS namespaces (QEMU only; Kata's key, default true here).
+	Rootless bool `toml:"rootless"`
+	// SeccompSandbox is QEMU's -sandbox value, its own syscall filter; ""
+	// turns it off (QEMU only; Kata's key).
+	SeccompSandbox string `toml:"seccompsandbox"`
 }
 
 // AgentConfig is the [agent.kata] table.

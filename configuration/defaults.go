@@ -36,6 +36,14 @@ func defaultConfig(name HypervisorName) *Config {
 	}
 }
 
+// DefaultSeccompSandbox is QEMU's -sandbox value by default: its seccomp
+// filter with every optional restriction on (no obsolete syscalls, no
+// setuid and friends, no fork/exec, no scheduler or resource changes).
+const DefaultSeccompSandbox = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
+
+// DefaultVirtioFSDaemon is the virtiofsd Debian 12 ships with QEMU 7.2.
+const DefaultVirtioFSDaemon = "/usr/lib/qemu/virtiofsd"
+
 func defaultHypervisor(name HypervisorName) HypervisorConfig {
 	if name == HypervisorCLH {
 		// Cloud Hypervisor boots an uncompressed vmlinux and has no 9p.
@@ -50,16 +58,19 @@ func defaultHypervisor(name HypervisorName) HypervisorConfig {
 		}
 	}
 	return HypervisorConfig{
-		Path:          "/usr/bin/qemu-system-x86_64",
-		Kernel:        "/usr/share/kasa/vmlinuz",
-		Initrd:        "/usr/share/kasa/initrd.img",
-		MachineType:   MachineQ35,
-		DefaultVCPUs:  1,
-		DefaultMemory: 512,
-		MemorySlots:   10,
-		SharedFS:      SharedFS9P,
-		MSize9P:       8192,
-		Accelerator:   AccelAuto,
+		Path:           "/usr/bin/qemu-system-x86_64",
+		Kernel:         "/usr/share/kasa/vmlinuz",
+		Initrd:         "/usr/share/kasa/initrd.img",
+		MachineType:    MachineQ35,
+		DefaultVCPUs:   1,
+		DefaultMemory:  512,
+		MemorySlots:    10,
+		SharedFS:       SharedFSVirtioFS,
+		VirtioFSDaemon: DefaultVirtioFSDaemon,
+		MSize9P:        8192,
+		Accelerator:    AccelAuto,
+		Rootless:       true,
+		SeccompSandbox: DefaultSeccompSandbox,
 	}
 }
 

@@ -139,6 +139,10 @@ func (c *Config) Validate() error {
 		transports = clhTransports
 	}
 	oneOf(v, "agent.kata.transport", a.Transport, transports)
+	if name == HypervisorQEMU && c.Hypervisor.Rootless && a.Transport == TransportVirtioSerial {
+		v.fail("agent.kata.transport", a.Transport, fmt.Sprintf(
+			"hypervisor.qemu.rootless = true: QEMU would create the virtio-serial socket in a directory it cannot write; use %q, or set rootless = false", TransportAuto), nil)
+	}
 
 	r := &c.Runtime
 	oneOf(v, "runtime.internetworking_model", r.InterNetworkingModel, interNetworkingModels)
@@ -195,6 +199,13 @@ func (c *Config) validateHypervisor(v *validator) {
 	v.globs(prefix+"valid_virtio_fs_daemon_paths", h.ValidVirtioFSDaemonPaths)
 	if qemu {
 		oneOf(v, prefix+"accelerator", h.Accelerator, accelerators)
+		if strings.ContainsAny(h.SeccompSandbox, " \t\n") {
+			v.fail(prefix+"seccompsandbox", h.SeccompSandbox, `QEMU's -sandbox value, e.g. "`+DefaultSeccompSandbox+`", or "" for none`, nil)
+		}
+		if h.Rootless && h.SharedFS == SharedFS9P {
+			v.fail(prefix+"shared_fs", h.SharedFS, fmt.Sprintf(
+				"rootless = true: virtio-9p is served by QEMU itself, which would need root to read and write the containers' files; use %q, or set rootless = false", SharedFSVirtioFS), nil)
+		}
 	}
 }
 

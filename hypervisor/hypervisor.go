@@ -75,7 +75,33 @@ type VMConfig struct {
 
 	// Debug makes the guest kernel verbose on the console.
 	Debug bool
+
+	// Confinement locks the hypervisor process down; the zero value runs it
+	// as the caller (root) without a seccomp filter.
+	Confinement Confinement
 }
+
+// Confinement is how a hypervisor process is locked down. The caller decides
+// (from the configuration) and allocates the identity; the driver applies it
+// when it launches the process and passes everything the process needs as
+// already-open file descriptors, so the process never needs privileges.
+type Confinement struct {
+	// UID and GID are the unprivileged identity the hypervisor runs as (no
+	// capabilities, no supplementary groups but the accelerator device's).
+	// Both 0 keep the caller's identity.
+	UID, GID uint32
+	// Seccomp is the hypervisor's own syscall filter, in QEMU's -sandbox
+	// syntax (e.g. "on,obsolete=deny,elevateprivileges=deny,spawn=deny,
+	// resourcecontrol=deny"); "" for none.
+	Seccomp string
+	// PrivateNamespaces gives the process new, empty network, IPC and UTS
+	// namespaces: it reaches the pod network only through the tap fds it is
+	// handed, and no host network at all.
+	PrivateNamespaces bool
+}
+
+// Unprivileged reports whether the hypervisor runs as a non-root identity.
+func (c Confinement) Unprivileged() bool { return c.UID != 0 && c.GID != 0 }
 
 // SharedFSType is how a host directory is shared with the guest.
 type SharedFSType string
@@ -96,6 +122,10 @@ type SharedFS struct {
 	HostPath string
 	// SocketPath is virtiofsd's vhost-user socket (virtio-fs).
 	SocketPath string
+	// Conn, when set, is a connection to virtiofsd's socket that the caller
+	// already made; the driver hands it to the hypervisor instead of letting
+	// it dial SocketPath (which an unprivileged hypervisor may not reach).
+	Conn *os.File
 }
 
 // NIC is a guest network card backed by a tap device the caller opened.

@@ -56,11 +56,11 @@ func shareWithGuest(ctx context.Context, sc SandboxConfig, share *fsshare.Share)
 		return nil, nil, nil, nil
 	case configuration.SharedFSVirtioFS:
 		sock := filepath.Join(stateDir(sc.ID), "virtiofsd.sock")
-		d, err := share.StartVirtioFSD(ctx, h.VirtioFSDaemon, sock)
+		d, conn, err := share.StartVirtioFSD(ctx, h.VirtioFSDaemon, sock)
 		if err != nil {
 			return nil, nil, nil, fmt.Errorf("sandbox %s: hypervisor.qemu.shared_fs = virtio-fs: %w", sc.ID, err)
 		}
-		return &hypervisor.SharedFS{Type: hypervisor.SharedFSVirtioFS, Tag: fsshare.MountTag, SocketPath: sock},
+		return &hypervisor.SharedFS{Type: hypervisor.SharedFSVirtioFS, Tag: fsshare.MountTag, SocketPath: sock, Conn: conn},
 			[]*api.Storage{share.GuestStorageVirtioFS()}, d, nil
 	default:
 		return &hypervisor.SharedFS{Type: hypervisor.SharedFS9P, Tag: fsshare.MountTag, HostPath: share.HostDir},
@@ -102,6 +102,9 @@ func CreateSandbox(ctx context.Context, sc SandboxConfig) (_ *Sandbox, retErr er
 		return nil, err
 	}
 	undo.add("stop virtiofsd", daemon.Stop)
+	if vmShare != nil && vmShare.Conn != nil {
+		defer vmShare.Conn.Close() // QEMU has its own copy once started
+	}
 	pn, err := attachPodNetwork(sc.NetNS, sc.Config.Runtime.InterNetworkingModel)
 	if err != nil {
 		return nil, fmt.Errorf("sandbox %s: pod network: %w", sc.ID, err)
@@ -117,6 +120,9 @@ func CreateSandbox(ctx context.Context, sc SandboxConfig) (_ *Sandbox, retErr er
 	}
 	vm, err := startVM(ctx, sc.ID, sc.Config, vmShare, pn.nics())
 	if err != nil {
+		if derr := daemon.ExitError(); derr != nil {
+			err = fmt.Errorf("%w (%v)", err, derr)
+		}
 		return nil, err
 	}
 	undo.add("stop VM", func() error { return vm.Stop(context.WithoutCancel(ctx)) })

@@ -15,6 +15,7 @@ import (
 	"github.com/kasa-runtime/kasa/hypervisor/qemu"
 	"github.com/kasa-runtime/kasa/virtcontainers/fsshare"
 	"github.com/kasa-runtime/kasa/virtcontainers/network"
+	"github.com/kasa-runtime/kasa/virtcontainers/vmmuser"
 )
 
 // SandboxStateRoot holds each sandbox's persisted state (DESIGN §3), so that
@@ -108,7 +109,10 @@ func CleanupSandbox(ctx context.Context, id string) error {
 		st = &sandboxState{ID: id, VMStateDir: filepath.Join(VMStateRoot, id), SharedDir: filepath.Join(fsshare.Root, id)}
 	}
 	var errs []error
-	if err := qemu.KillOrphan(st.VMStateDir, id); err != nil {
+	vmmUID := vmmuser.Lookup(id)
+	if err := qemu.KillOrphan(st.VMStateDir, id, vmmUID); err != nil {
+		errs = append(errs, err)
+	} else if err := vmmuser.Release(vmmUID, id); err != nil {
 		errs = append(errs, err)
 	}
 	for _, t := range st.Taps {

@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -19,6 +20,7 @@ import (
 	"github.com/kasa-runtime/kasa/hypervisor"
 	"github.com/kasa-runtime/kasa/hypervisor/qemu"
 	"github.com/kasa-runtime/kasa/hypervisor/vsock"
+	"github.com/kasa-runtime/kasa/virtcontainers/vmmuser"
 )
 
 // VMStateRoot is where each VM keeps its sockets and console log (DESIGN §3).
@@ -109,6 +111,11 @@ func VMConfigFor(id string, cfg *configuration.Config) hypervisor.VMConfig {
 		Accelerator:    hypervisor.Accelerator(h.Accelerator),
 		AgentTransport: transport,
 		Debug:          h.EnableDebug || cfg.Runtime.EnableDebug,
+		// The identity (rootless) is allocated per sandbox by startVM.
+		Confinement: hypervisor.Confinement{
+			Seccomp:           h.SeccompSandbox,
+			PrivateNamespaces: true,
+		},
 	}
 }
 
@@ -133,6 +140,18 @@ func startVM(ctx context.Context, id string, cfg *configuration.Config, shared *
 	vm := &VM{ID: id, hv: hv, Config: VMConfigFor(id, cfg)}
 	vm.Config.SharedFS = shared
 	vm.Config.NICs = nics
+	if cfg.Hypervisor.Rootless {
+		uid, err := vmmuser.Allocate(id)
+		if err != nil {
+			return nil, fmt.Errorf("sandbox %s: hypervisor.qemu.rootless: %w", id, err)
+		}
+		defer func() {
+			if retErr != nil {
+				vmmuser.Release(uid, id)
+			}
+		}()
+		vm.Config.Confinement.UID, vm.Config.Confinement.GID = uid, uid
+	}
 	if vm.Config.AgentTransport == hypervisor.TransportVsock {
 		v, err := openVhostVsock()
 		if err != nil {
@@ -233,12 +252,19 @@ func exitReason(err error) string {
 }
 
 func (vm *VM) consoleTail() string {
-	b, err := os.ReadFile(vm.hv.ConsolePath())
-	if err != nil || len(b) == 0 {
+	f, err := os.Open(vm.hv.ConsolePath())
+	if err != nil {
 		return ""
 	}
-	if len(b) > consoleTail {
-		b = b[len(b)-consoleTail:]
+	defer f.Close()
+	// Only the end: the guest writes the console, and however capped the
+	// file is, an error message needs no more.
+	if st, err := f.Stat(); err == nil && st.Size() > consoleTail {
+		f.Seek(-consoleTail, io.SeekEnd)
+	}
+	b, _ := io.ReadAll(io.LimitReader(f, consoleTail))
+	if len(b) == 0 {
+		return ""
 	}
 	return "; guest console ends with:\n" + strings.TrimRight(string(b), "\n")
 }
@@ -265,6 +291,9 @@ func (vm *VM) Stop(ctx context.Context) error {
 		vm.Agent.Close()
 	}
 	if err := vm.hv.StopVM(ctx); err != nil {
+		return err
+	}
+	if err := vmmuser.Release(vm.Config.Confinement.UID, vm.ID); err != nil {
 		return err
 	}
 	if v := vm.Config.VhostVsock; v != nil {

@@ -39,10 +39,12 @@ const unixPathMax = 107
 
 // Paths are the files QEMU creates in a VM's state directory.
 type Paths struct {
-	// QMP is QEMU's control socket.
+	// QMP is QEMU's control socket in a driver that dials it (tests); the
+	// driver itself speaks QMP on an inherited socket pair.
 	QMP string
-	// Console is the guest's ttyS0, written by QEMU itself so it survives the
-	// owner's death.
+	// Console is the guest's ttyS0 log, written by the driver from the
+	// console socket it shares with QEMU, size-capped and rotated once
+	// (Console + ".1").
 	Console string
 	// Agent is the host end of the agent's virtio-serial port.
 	Agent string
@@ -51,9 +53,11 @@ type Paths struct {
 	VhostUserVsock string
 	// HybridVsock is the host's end of the guest's vsock: CONNECT <port>.
 	HybridVsock string
-	// PIDFile lets a restarted shim find and reap an orphaned QEMU.
+	// PIDFile lets a restarted shim find and reap an orphaned QEMU. The
+	// driver writes it, not QEMU: a pid file the VMM could rewrite would let
+	// it aim the reaper at any process.
 	PIDFile string
-	// Log receives QEMU's own stdout and stderr.
+	// Log receives QEMU's own stdout and stderr, capped like Console.
 	Log string
 }
 
@@ -208,6 +212,21 @@ func validate(cfg hypervisor.VMConfig) error {
 			errs = append(errs, fmt.Errorf("SharedFS.Type %q is not one of %s, %s", fs.Type, hypervisor.SharedFS9P, hypervisor.SharedFSVirtioFS))
 		}
 	}
+	if c := cfg.Confinement; (c.UID == 0) != (c.GID == 0) {
+		errs = append(errs, fmt.Errorf("Confinement: UID %d and GID %d must both be set or both be 0", c.UID, c.GID))
+	}
+	if cfg.Confinement.Unprivileged() && cfg.AgentTransport == hypervisor.TransportVirtioSerial {
+		errs = append(errs, fmt.Errorf("AgentTransport %s makes QEMU create its socket in the driver's state directory; an unprivileged QEMU needs %s or %s",
+			cfg.AgentTransport, hypervisor.TransportVhostUserVsock, hypervisor.TransportVsock))
+	}
+	if fs := cfg.SharedFS; fs != nil && cfg.Confinement.Unprivileged() {
+		switch {
+		case fs.Type == hypervisor.SharedFS9P:
+			errs = append(errs, fmt.Errorf("SharedFS.Type %s is served by QEMU itself, which then needs root to read and write the containers' files; an unprivileged QEMU needs %s", fs.Type, hypervisor.SharedFSVirtioFS))
+		case fs.Type == hypervisor.SharedFSVirtioFS && fs.Conn == nil:
+			errs = append(errs, errors.New("SharedFS.Conn is nil: an unprivileged QEMU is handed its connection to virtiofsd"))
+		}
+	}
 	for i, n := range cfg.NICs {
 		if n.TapFile == nil || len(n.MAC) != 6 {
 			errs = append(errs, fmt.Errorf("NICs[%d]: needs an open tap file and a 6-byte MAC", i))
@@ -247,8 +266,13 @@ func validate(cfg hypervisor.VMConfig) error {
 //   - -accel tcg,thread=multi: one host thread per vCPU. It is QEMU's default
 //     for x86 on x86 anyway; stating it keeps behaviour independent of the
 //     QEMU build. TCG uses -cpu max (every feature TCG emulates), KVM -cpu host.
-//   - the console is a file chardev and -pidfile is written by QEMU, so both
-//     survive the owner dying, for the next shim to read and reap.
+//   - every channel to the host is an inherited descriptor (planFDs): QMP
+//     and the console are socket pairs, the taps, vhost and vhost-user
+//     devices and, for an unprivileged QEMU, the kernel and initrd are opened
+//     by the driver. QEMU writes no file of its own: a QEMU that a guest took
+//     over can neither fill the host's /run nor rewrite the pid file the
+//     reaper trusts.
+//   - Confinement.Seccomp becomes -sandbox: QEMU's own syscall filter.
 func BuildArgs(cfg hypervisor.VMConfig, accel hypervisor.Accelerator) ([]string, error) {
 	if err := validate(cfg); err != nil {
 		return nil, fmt.Errorf("invalid VM config: %w", err)
@@ -283,29 +307,41 @@ func BuildArgs(cfg hypervisor.VMConfig, accel hypervisor.Accelerator) ([]string,
 	if err != nil {
 		return nil, err
 	}
-	args = append(args, "-kernel", cfg.Kernel)
-	if cfg.Initrd != "" {
-		args = append(args, "-initrd", cfg.Initrd)
+	fds := planFDs(cfg)
+	kernel, initrd := cfg.Kernel, cfg.Initrd
+	if fds.kernel != 0 {
+		// An unprivileged QEMU re-opens the driver's descriptors: the
+		// directories on the way need not be open to it.
+		kernel = procFD(fds.kernel)
+	}
+	if fds.initrd != 0 {
+		initrd = procFD(fds.initrd)
+	}
+	args = append(args, "-kernel", kernel)
+	if initrd != "" {
+		args = append(args, "-initrd", initrd)
 	}
 	args = append(args, "-append", strings.Join(params, " "))
 
 	args = append(args,
-		"-pidfile", paths.PIDFile,
-		// Guest ttyS0.
-		"-chardev", "file,id=console,path="+optValue(paths.Console),
+		// Guest ttyS0 and QMP, each on an inherited, already connected
+		// socket: QEMU opens no path for them, and the driver caps the log.
+		"-chardev", "socket,id=console,fd="+strconv.Itoa(fds.console),
 		"-serial", "chardev:console",
-		// QMP; wait=off so QEMU does not block for a client.
-		"-chardev", "socket,id=qmp,path="+optValue(paths.QMP)+",server=on,wait=off",
+		"-chardev", "socket,id=qmp,fd="+strconv.Itoa(fds.qmp),
 		"-mon", "chardev=qmp,mode=control",
 	)
-	args = append(args, agentArgs(cfg, model, paths)...)
+	if c := cfg.Confinement.Seccomp; c != "" {
+		args = append(args, "-sandbox", c)
+	}
+	args = append(args, agentArgs(cfg, model, paths, fds)...)
 	args = append(args,
 		// Entropy, so the guest's crng is ready without waiting for jitter.
 		"-object", "rng-random,id=rng0,filename=/dev/urandom",
 		"-device", "virtio-rng"+model.virtioSuffix+",rng=rng0",
 	)
 	args = append(args, sharedMemoryArgs(cfg)...)
-	args = append(args, sharedFSArgs(cfg, model)...)
+	args = append(args, sharedFSArgs(cfg, model, fds)...)
 	return append(args, nicArgs(cfg, model)...), nil
 }
 
@@ -315,11 +351,11 @@ func BuildArgs(cfg hypervisor.VMConfig, accel hypervisor.Accelerator) ([]string,
 //     own (hypervisor/vsock), listening on the socket QEMU connects to as a
 //     client; the guest's RAM must be shareable (sharedMemoryArgs);
 //   - vsock: the kernel's vhost-vsock on an inherited /dev/vhost-vsock fd.
-func agentArgs(cfg hypervisor.VMConfig, model machineModel, paths Paths) []string {
+func agentArgs(cfg hypervisor.VMConfig, model machineModel, paths Paths, fds fdPlan) []string {
 	switch cfg.AgentTransport {
 	case hypervisor.TransportVhostUserVsock:
 		return []string{
-			"-chardev", "socket,id=vsock,path=" + optValue(paths.VhostUserVsock),
+			"-chardev", "socket,id=vsock,fd=" + strconv.Itoa(fds.vhostUserVsock),
 			"-device", "vhost-user-vsock" + model.virtioSuffix + ",chardev=vsock",
 		}
 	case hypervisor.TransportVsock:
@@ -338,7 +374,48 @@ func agentArgs(cfg hypervisor.VMConfig, model machineModel, paths Paths) []strin
 
 // vhostVsockFD is the descriptor number of /dev/vhost-vsock in QEMU: the
 // driver passes it after the taps.
-func vhostVsockFD(cfg hypervisor.VMConfig) int { return nicFD(len(cfg.NICs)) }
+func vhostVsockFD(cfg hypervisor.VMConfig) int { return planFDs(cfg).vhostVsock }
+
+// fdPlan numbers the descriptors QEMU inherits. StartVM passes its files in
+// exactly this order (extraFiles); 0 means "not passed".
+type fdPlan struct {
+	taps           []int
+	vhostVsock     int // TransportVsock: /dev/vhost-vsock
+	qmp            int // QMP socket pair
+	console        int // console socket pair
+	vhostUserVsock int // TransportVhostUserVsock: socket pair to the backend
+	virtioFS       int // SharedFS.Conn: a connection to virtiofsd
+	kernel, initrd int // unprivileged QEMU: opened by the driver
+}
+
+func planFDs(cfg hypervisor.VMConfig) fdPlan {
+	next := 3 // after stdin, stdout, stderr
+	take := func() int { next++; return next - 1 }
+	var p fdPlan
+	for range cfg.NICs {
+		p.taps = append(p.taps, take())
+	}
+	if cfg.AgentTransport == hypervisor.TransportVsock {
+		p.vhostVsock = take()
+	}
+	p.qmp, p.console = take(), take()
+	if cfg.AgentTransport == hypervisor.TransportVhostUserVsock {
+		p.vhostUserVsock = take()
+	}
+	if fs := cfg.SharedFS; fs != nil && fs.Type == hypervisor.SharedFSVirtioFS && fs.Conn != nil {
+		p.virtioFS = take()
+	}
+	if cfg.Confinement.Unprivileged() {
+		p.kernel = take()
+		if cfg.Initrd != "" {
+			p.initrd = take()
+		}
+	}
+	return p
+}
+
+// procFD names inherited descriptor n as a path QEMU can open.
+func procFD(n int) string { return "/proc/self/fd/" + strconv.Itoa(n) }
 
 // needsSharedMemory reports whether a vhost-user backend maps guest RAM.
 func needsSharedMemory(cfg hypervisor.VMConfig) bool {
@@ -360,7 +437,7 @@ func sharedMemoryArgs(cfg hypervisor.VMConfig) []string {
 }
 
 // nicFD is the descriptor number of NIC i's tap in QEMU: the driver passes
-// the taps as the child's extra files, which start at 3.
+// the taps first, as the child's extra files start at 3.
 func nicFD(i int) int { return 3 + i }
 
 // nicArgs gives the guest a virtio-net card per NIC on an inherited tap fd.
@@ -385,7 +462,7 @@ func nicArgs(cfg hypervisor.VMConfig, model machineModel) []string {
 // multidevs=remap keeps inode numbers unique across the mounts inside the
 // directory). virtio-fs needs the guest's RAM in a shareable memfd so the
 // external virtiofsd can map it (sharedMemoryArgs).
-func sharedFSArgs(cfg hypervisor.VMConfig, model machineModel) []string {
+func sharedFSArgs(cfg hypervisor.VMConfig, model machineModel, fds fdPlan) []string {
 	fs := cfg.SharedFS
 	if fs == nil {
 		return nil
@@ -397,8 +474,12 @@ func sharedFSArgs(cfg hypervisor.VMConfig, model machineModel) []string {
 			"-device", "virtio-9p" + model.virtioSuffix + ",fsdev=fs0,mount_tag=" + optValue(fs.Tag),
 		}
 	case hypervisor.SharedFSVirtioFS:
+		chardev := "socket,id=vfs,path=" + optValue(fs.SocketPath)
+		if fds.virtioFS != 0 {
+			chardev = "socket,id=vfs,fd=" + strconv.Itoa(fds.virtioFS)
+		}
 		return []string{
-			"-chardev", "socket,id=vfs,path=" + optValue(fs.SocketPath),
+			"-chardev", chardev,
 			"-device", "vhost-user-fs" + model.virtioSuffix + ",chardev=vfs,tag=" + optValue(fs.Tag),
 		}
 	}

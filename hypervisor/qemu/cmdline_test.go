@@ -47,10 +47,9 @@ func TestBuildArgsQ35TCG(t *testing.T) {
 		"-append", "tsc=reliable no_timer_check rcupdate.rcu_expedited=1 i8042.direct=1 i8042.dumbkbd=1 " +
 			"i8042.nopnp=1 i8042.noaux=1 noreplace-smp reboot=k cryptomgr.notests net.ifnames=0 " +
 			"pci=lastbus=0 console=ttyS0 panic=1 quiet",
-		"-pidfile", "/run/kasa/vm/sb1/qemu.pid",
-		"-chardev", "file,id=console,path=/run/kasa/vm/sb1/console.log",
+		"-chardev", "socket,id=console,fd=4",
 		"-serial", "chardev:console",
-		"-chardev", "socket,id=qmp,path=/run/kasa/vm/sb1/qmp.sock,server=on,wait=off",
+		"-chardev", "socket,id=qmp,fd=3",
 		"-mon", "chardev=qmp,mode=control",
 		"-device", "virtio-serial-pci,id=serial0",
 		"-chardev", "socket,id=agent,path=/run/kasa/vm/sb1/agent.sock,server=on,wait=off",
@@ -146,7 +145,7 @@ func TestBuildArgsVariants(t *testing.T) {
 		check: func(t *testing.T, args []string) {
 			expectContains(t, values(args, "-object"), "memory-backend-memfd,id=mem,size=256M,share=on")
 			expectValues(t, args, "-numa", "node,memdev=mem")
-			expectContains(t, values(args, "-chardev"), "socket,id=vsock,path=/run/kasa/vm/sb1/vhost-vsock.sock")
+			expectContains(t, values(args, "-chardev"), "socket,id=vsock,fd=5")
 			expectContains(t, values(args, "-device"), "vhost-user-vsock-pci,chardev=vsock")
 			expectAbsent(t, values(args, "-device"), "virtio-serial-pci,id=serial0")
 		},
@@ -235,9 +234,30 @@ func TestBuildArgsVariants(t *testing.T) {
 		accel:  hypervisor.AccelTCG,
 		check: func(t *testing.T, args []string) {
 			expectValues(t, args, "-name", "sandbox-x,,y,debug-threads=on")
-			expectContains(t, values(args, "-chardev"), "file,id=console,path=/run/a,,b/console.log")
+			expectContains(t, values(args, "-chardev"), "socket,id=agent,path=/run/a,,b/agent.sock,server=on,wait=off")
 			expectValues(t, args, "-kernel", "/k/a,b")
-			expectValues(t, args, "-pidfile", "/run/a,b/qemu.pid")
+		},
+	}, {
+		name: "confined: seccomp, kernel and initrd and every channel as inherited fds",
+		modify: func(c *hypervisor.VMConfig) {
+			c.AgentTransport = hypervisor.TransportVhostUserVsock
+			c.NICs = []hypervisor.NIC{{TapFile: os.Stdin, MAC: net.HardwareAddr{2, 0, 0, 0, 0, 1}}}
+			c.SharedFS = &hypervisor.SharedFS{Type: hypervisor.SharedFSVirtioFS, Tag: "kasa", SocketPath: "/x/v.sock", Conn: os.Stdin}
+			c.Confinement = hypervisor.Confinement{UID: 1000, GID: 1000, Seccomp: "on,spawn=deny"}
+		},
+		accel: hypervisor.AccelTCG,
+		check: func(t *testing.T, args []string) {
+			// tap 3, qmp 4, console 5, vhost-user-vsock 6, virtiofsd 7, kernel 8, initrd 9
+			expectValues(t, args, "-netdev", "tap,id=net0,fd=3,vhost=off")
+			expectValues(t, args, "-chardev", "socket,id=console,fd=5", "socket,id=qmp,fd=4", "socket,id=vsock,fd=6", "socket,id=vfs,fd=7")
+			expectValues(t, args, "-kernel", "/proc/self/fd/8")
+			expectValues(t, args, "-initrd", "/proc/self/fd/9")
+			expectValues(t, args, "-sandbox", "on,spawn=deny")
+			for _, a := range args {
+				if strings.Contains(a, "/run/kasa") || strings.Contains(a, "/x/v.sock") {
+					t.Errorf("a confined QEMU opens no path of the host's state, got %q", a)
+				}
+			}
 		},
 	}} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -302,6 +322,23 @@ func TestBuildArgsErrors(t *testing.T) {
 			c.VhostVsock = &hypervisor.VhostVsock{File: os.Stdin, CID: 2}
 		}, wantInError: []string{"VhostVsock", "CID"}},
 		{name: "unresolved accelerator", accel: hypervisor.AccelAuto, wantInError: []string{"auto"}},
+		{name: "confinement with a uid but no gid", modify: func(c *hypervisor.VMConfig) {
+			c.AgentTransport = hypervisor.TransportVhostUserVsock
+			c.Confinement.UID = 1000
+		}, wantInError: []string{"Confinement", "UID 1000"}},
+		{name: "unprivileged QEMU serving 9p", modify: func(c *hypervisor.VMConfig) {
+			c.AgentTransport = hypervisor.TransportVhostUserVsock
+			c.Confinement = hypervisor.Confinement{UID: 1000, GID: 1000}
+			c.SharedFS = &hypervisor.SharedFS{Type: hypervisor.SharedFS9P, Tag: "kasa", HostPath: "/s"}
+		}, wantInError: []string{"virtio-9p", "needs root", "virtio-fs"}},
+		{name: "unprivileged QEMU left to dial virtiofsd", modify: func(c *hypervisor.VMConfig) {
+			c.AgentTransport = hypervisor.TransportVhostUserVsock
+			c.Confinement = hypervisor.Confinement{UID: 1000, GID: 1000}
+			c.SharedFS = &hypervisor.SharedFS{Type: hypervisor.SharedFSVirtioFS, Tag: "kasa", SocketPath: "/s.sock"}
+		}, wantInError: []string{"SharedFS.Conn"}},
+		{name: "unprivileged QEMU on virtio-serial", modify: func(c *hypervisor.VMConfig) {
+			c.Confinement = hypervisor.Confinement{UID: 1000, GID: 1000}
+		}, wantInError: []string{"virtio-serial", "unprivileged"}},
 		{name: "every problem at once", modify: func(c *hypervisor.VMConfig) { c.Kernel = ""; c.MemoryMiB = 0 }, wantInError: []string{"Kernel", "MemoryMiB"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -13,7 +13,6 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/containerd/log"
@@ -72,6 +71,9 @@ type QEMU struct {
 	qmp   *QMP
 	// vsock is the in-process vhost-user-vsock backend (TransportVhostUserVsock).
 	vsock *vsock.Backend
+
+	// logDone is closed when QEMU's output has been drained into its log.
+	logDone chan struct{}
 
 	info atomic.Pointer[vmInfo]
 	pid  atomic.Int64
@@ -232,38 +234,11 @@ func (q *QEMU) StartVM(ctx context.Context) (retErr error) {
 		}
 	})
 
-	logFile, err := os.OpenFile(q.paths.Log, os.O_CREATE|os.O_WRONLY|os.O_APPEND|syscall.O_CLOEXEC, 0o600)
+	l, err := q.launch(logger, &cu)
 	if err != nil {
-		return fmt.Errorf("creating QEMU log: %w", err)
+		return err
 	}
-	defer logFile.Close() // the child has its own copy
-
-	cmd := exec.Command(q.cfg.Path, q.args...)
-	cmd.Stdout, cmd.Stderr = logFile, logFile
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	for _, n := range q.cfg.NICs { // fd 3, 4, ... as nicArgs says
-		cmd.ExtraFiles = append(cmd.ExtraFiles, n.TapFile)
-	}
-	if v := q.cfg.VhostVsock; q.cfg.AgentTransport == hypervisor.TransportVsock && v != nil {
-		cmd.ExtraFiles = append(cmd.ExtraFiles, v.File) // vhostVsockFD
-	}
-	if q.cfg.AgentTransport == hypervisor.TransportVhostUserVsock {
-		// QEMU connects to the backend while it starts: it must listen first.
-		b, err := vsock.Listen(vsock.Config{
-			VhostUserSocket: q.paths.VhostUserVsock,
-			HybridSocket:    q.paths.HybridVsock,
-			GuestCID:        vsock.DefaultGuestCID,
-			Logf:            func(f string, a ...any) { logger.Debugf(f, a...) },
-		})
-		if err != nil {
-			return fmt.Errorf("starting the vsock backend: %w", err)
-		}
-		q.vsock = b
-		cu.add(func() { b.Close() })
-	}
-	if err := cmd.Start(); err != nil {
-		return fmt.Errorf("starting %s: %w", q.cfg.Path, err)
-	}
+	cmd, qmpConn := l.cmd, l.qmp
 	q.cmd = cmd
 	q.pid.Store(int64(cmd.Process.Pid))
 	go q.wait(cmd)
@@ -289,7 +264,7 @@ func (q *QEMU) StartVM(ctx context.Context) (retErr error) {
 		case <-dialCtx.Done():
 		}
 	}()
-	qmp, err := DialQMP(dialCtx, q.paths.QMP, q.eventHandler(logger))
+	qmp, err := NewQMP(dialCtx, qmpConn, q.eventHandler(logger))
 	if err != nil {
 		// A QEMU that fails to start (say, on a bad kernel) often does so
 		// after creating its sockets, so the dial sees a reset first. Give
@@ -349,6 +324,10 @@ func (q *QEMU) watchVsock(logger *log.Entry, b *vsock.Backend, cmd *exec.Cmd) {
 // wait reaps QEMU and records why it exited.
 func (q *QEMU) wait(cmd *exec.Cmd) {
 	err := cmd.Wait()
+	select { // the log's last lines are the reason a failed QEMU gives
+	case <-q.logDone:
+	case <-time.After(exitReapWait):
+	}
 	switch {
 	case q.vsockFailed.Load() != nil:
 		err = fmt.Errorf("QEMU killed because its vsock backend failed: %w", *q.vsockFailed.Load())

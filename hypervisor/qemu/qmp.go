@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"strconv"
 	"sync"
@@ -80,22 +81,32 @@ type qmpMessage struct {
 }
 
 // DialQMP connects to the QMP socket at path, retrying until ctx ends
-// because QEMU creates the socket a moment after it starts, then reads the
-// greeting and negotiates capabilities. onEvent, if not nil, is called for
-// every event from the connection's reader goroutine: it must not block or
-// call Execute.
+// because QEMU creates the socket a moment after it starts, then does what
+// NewQMP does.
 func DialQMP(ctx context.Context, path string, onEvent func(QMPEvent)) (*QMP, error) {
 	conn, err := dialRetry(ctx, path)
 	if err != nil {
 		return nil, err
 	}
+	return NewQMP(ctx, conn, onEvent)
+}
+
+// NewQMP speaks QMP on conn (for example one end of a socket pair whose other
+// end QEMU was started with): it reads the greeting and negotiates
+// capabilities. onEvent, if not nil, is called for every event from the
+// connection's reader goroutine: it must not block or call Execute. On error
+// conn is closed.
+//
+// QEMU is not trusted: a message longer than maxQMPMessage ends the
+// connection instead of growing the reader's buffer.
+func NewQMP(ctx context.Context, conn net.Conn, onEvent func(QMPEvent)) (*QMP, error) {
 	q := &QMP{
 		conn:     conn,
 		onEvent:  onEvent,
 		pending:  make(map[uint64]chan qmpReply),
 		readDone: make(chan struct{}),
 	}
-	dec := json.NewDecoder(conn)
+	dec := json.NewDecoder(&lineLimitReader{r: conn, max: maxQMPMessage})
 	if err := q.readGreeting(ctx, dec); err != nil {
 		conn.Close()
 		return nil, err
@@ -106,6 +117,35 @@ func DialQMP(ctx context.Context, path string, onEvent func(QMPEvent)) (*QMP, er
 		return nil, err
 	}
 	return q, nil
+}
+
+// maxQMPMessage bounds one QMP message (QEMU ends each with a newline); the
+// largest Kasa asks for (query-status, migration info) are a few hundred bytes.
+const maxQMPMessage = 1 << 20
+
+// errQMPMessageTooLong ends a connection whose peer sends an oversized message.
+var errQMPMessageTooLong = fmt.Errorf("qmp: message longer than %d bytes", maxQMPMessage)
+
+// lineLimitReader fails once more than max bytes pass without a newline.
+type lineLimitReader struct {
+	r   io.Reader
+	max int
+	n   int // bytes since the last newline
+}
+
+func (l *lineLimitReader) Read(p []byte) (int, error) {
+	n, err := l.r.Read(p)
+	for _, b := range p[:n] {
+		if b == '\n' {
+			l.n = 0
+			continue
+		}
+		l.n++
+		if l.n > l.max {
+			return 0, errQMPMessageTooLong
+		}
+	}
+	return n, err
 }
 
 func dialRetry(ctx context.Context, path string) (net.Conn, error) {

@@ -51,6 +51,12 @@ type Config struct {
 	// HybridSocket is the host's hybrid-vsock socket; guest connections to
 	// host port P go to HybridSocket_P.
 	HybridSocket string
+	// Frontend, when set, is an already-connected vhost-user session (one
+	// end of a socket pair whose other end QEMU was started with), used
+	// instead of listening on VhostUserSocket: an unprivileged QEMU then needs
+	// no access to the backend's directory. The backend serves this one
+	// session; it owns the connection from Listen on.
+	Frontend *net.UnixConn
 	// GuestCID is the guest's vsock address (GET_CONFIG); 0 means DefaultGuestCID.
 	GuestCID uint64
 	// Logf, if set, receives debug messages.
@@ -86,8 +92,8 @@ type Backend struct {
 // Listen creates both sockets and serves them until Close. Nothing is left
 // behind on error.
 func Listen(cfg Config) (*Backend, error) {
-	if cfg.VhostUserSocket == "" || cfg.HybridSocket == "" {
-		return nil, errors.New("vsock backend: VhostUserSocket and HybridSocket are required")
+	if (cfg.VhostUserSocket == "" && cfg.Frontend == nil) || cfg.HybridSocket == "" {
+		return nil, errors.New("vsock backend: VhostUserSocket (or Frontend) and HybridSocket are required")
 	}
 	if cfg.GuestCID == 0 {
 		cfg.GuestCID = DefaultGuestCID
@@ -98,13 +104,18 @@ func Listen(cfg Config) (*Backend, error) {
 	if cfg.Logf == nil {
 		cfg.Logf = func(string, ...any) {}
 	}
-	vl, err := net.ListenUnix("unix", &net.UnixAddr{Name: cfg.VhostUserSocket, Net: "unix"})
-	if err != nil {
-		return nil, fmt.Errorf("vsock backend: %w", err)
+	var vl *net.UnixListener
+	if cfg.Frontend == nil {
+		var err error
+		if vl, err = net.ListenUnix("unix", &net.UnixAddr{Name: cfg.VhostUserSocket, Net: "unix"}); err != nil {
+			return nil, fmt.Errorf("vsock backend: %w", err)
+		}
 	}
 	hl, err := net.ListenUnix("unix", &net.UnixAddr{Name: cfg.HybridSocket, Net: "unix"})
 	if err != nil {
-		vl.Close()
+		if vl != nil {
+			vl.Close()
+		}
 		return nil, fmt.Errorf("vsock backend: %w", err)
 	}
 	b := &Backend{
@@ -161,7 +172,12 @@ func (b *Backend) shutdown(err error) {
 		b.resetDevice()
 		b.mu.Unlock()
 		close(b.quit)
-		b.vhostLn.Close()
+		if b.vhostLn != nil {
+			b.vhostLn.Close()
+		}
+		if f := b.cfg.Frontend; f != nil {
+			f.Close() // ends serveSession
+		}
 		b.hybridLn.Close()
 		go func() {
 			b.wg.Wait()
@@ -192,6 +208,25 @@ func (b *Backend) kick() {
 func (b *Backend) serveFrontends() {
 	defer b.wg.Done()
 	defer b.recoverPanic()
+	if c := b.cfg.Frontend; c != nil {
+		// One session: when it ends, QEMU is gone (or closed the device)
+		// and nothing will reconnect; QEMU's own exit says why.
+		b.mu.Lock()
+		if !b.closed {
+			b.frontend = c
+		}
+		b.mu.Unlock()
+		err := b.serveSession(c)
+		b.mu.Lock()
+		b.frontend = nil
+		b.resetDevice()
+		closed := b.closed
+		b.mu.Unlock()
+		if !closed {
+			b.cfg.Logf("vsock backend: vhost-user session ended: %v", err)
+		}
+		return
+	}
 	for {
 		c, err := b.vhostLn.AcceptUnix()
 		if err != nil {

@@ -8,15 +8,18 @@ package integration
 import (
 	"crypto/rand"
 	"encoding/hex"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/kasa-runtime/kasa/configuration"
 	"github.com/kasa-runtime/kasa/virtcontainers"
+	"github.com/kasa-runtime/kasa/virtcontainers/vmmuser"
 )
 
 // requireVM stops the test unless root, QEMU and the guest image are there.
@@ -74,11 +77,12 @@ func assertNothingLeft(t *testing.T, id string) {
 	for {
 		procs := qemuProcesses(id)
 		_, statErr := os.Stat(filepath.Join(virtcontainers.VMStateRoot, id))
-		if len(procs) == 0 && os.IsNotExist(statErr) {
+		uid := vmmuser.Lookup(id)
+		if len(procs) == 0 && os.IsNotExist(statErr) && uid == 0 {
 			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("sandbox %s left behind: processes %v, state dir error %v", id, procs, statErr)
+			t.Fatalf("sandbox %s left behind: processes %v, state dir error %v, VMM uid %d still allocated", id, procs, statErr, uid)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
@@ -98,4 +102,54 @@ func qemuProcesses(id string) []string {
 		}
 	}
 	return out
+}
+
+// assertConfined checks, from the host, how the hypervisor process pid is
+// locked down: with rootless, not uid 0, in the VMM range, no capabilities,
+// no_new_privs; always QEMU's seccomp filter (mode 2) and a network
+// namespace of its own.
+func assertConfined(t *testing.T, pid int, rootless bool) {
+	t.Helper()
+	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Fatalf("hypervisor process %d: %v", pid, err)
+	}
+	fields := map[string]string{}
+	for _, line := range strings.Split(string(status), "\n") {
+		if k, v, ok := strings.Cut(line, ":"); ok {
+			fields[k] = strings.TrimSpace(v)
+		}
+	}
+	if got := fields["Seccomp"]; got != "2" {
+		t.Errorf("hypervisor Seccomp = %q, want 2 (filter)", got)
+	}
+	if rootless {
+		uids := strings.Fields(fields["Uid"])
+		gids := strings.Fields(fields["Gid"])
+		if len(uids) != 4 || len(gids) != 4 {
+			t.Fatalf("Uid %q Gid %q", fields["Uid"], fields["Gid"])
+		}
+		for i, u := range append(uids, gids...) {
+			n, _ := strconv.ParseUint(u, 10, 32)
+			if n < uint64(vmmuser.Base) || n >= uint64(vmmuser.Base+vmmuser.Count) {
+				t.Errorf("hypervisor id #%d = %s, want one from the VMM range %d+", i, u, vmmuser.Base)
+			}
+		}
+		for _, c := range []string{"CapInh", "CapPrm", "CapEff", "CapAmb"} {
+			if got := fields[c]; strings.Trim(got, "0") != "" {
+				t.Errorf("hypervisor %s = %s, want none", c, got)
+			}
+		}
+		if got := fields["NoNewPrivs"]; got != "1" {
+			t.Errorf("hypervisor NoNewPrivs = %q, want 1", got)
+		}
+		if got := fields["Groups"]; got != "" {
+			t.Errorf("hypervisor supplementary groups = %q, want none under TCG", got)
+		}
+	}
+	host, err1 := os.Readlink("/proc/self/ns/net")
+	vmm, err2 := os.Readlink(fmt.Sprintf("/proc/%d/ns/net", pid))
+	if err1 != nil || err2 != nil || host == vmm {
+		t.Errorf("hypervisor network namespace %s (%v), the test's %s (%v): want its own", vmm, err2, host, err1)
+	}
 }

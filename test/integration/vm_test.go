@@ -35,6 +35,9 @@ func TestVMBootsAndAgentAnswers(t *testing.T) {
 		t.Run(string(tc.transport), func(t *testing.T) {
 			cfg := testConfig(t)
 			cfg.Agent.Transport = tc.transport
+			if tc.transport == configuration.TransportVirtioSerial {
+				cfg.Hypervisor.Rootless = false // QEMU creates its socket
+			}
 			testVMBootsAndAgentAnswers(t, cfg, tc.scheme, tc.feature)
 		})
 	}
@@ -57,6 +60,7 @@ func testVMBootsAndAgentAnswers(t *testing.T, cfg *configuration.Config, scheme,
 	if !strings.HasPrefix(vm.Agent.Address(), scheme) {
 		t.Errorf("agent address %q, want %s...", vm.Agent.Address(), scheme)
 	}
+	assertConfined(t, vm.PID(), cfg.Hypervisor.Rootless)
 
 	if err := vm.Agent.Check(ctx); err != nil {
 		t.Fatalf("Check: %v", err)
@@ -114,6 +118,7 @@ func testVMBootsAndAgentAnswers(t *testing.T, cfg *configuration.Config, scheme,
 func TestAgentSurvivesHostReconnect(t *testing.T) {
 	cfg := testConfig(t)
 	cfg.Agent.Transport = configuration.TransportVirtioSerial
+	cfg.Hypervisor.Rootless = false // QEMU creates its socket
 	id := newID(t)
 	ctx := context.Background()
 	vm, err := virtcontainers.StartVM(ctx, id, cfg)

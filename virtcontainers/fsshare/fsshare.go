@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -87,6 +88,10 @@ func (s *Share) MountRootfs(containerID string, mounts []mount.Mount, bundleRoot
 		os.RemoveAll(s.containerDir(containerID))
 		return "", fmt.Errorf("mount rootfs of %s: %w", containerID, err)
 	}
+	if err := restrict(target, false); err != nil {
+		unmountAndRemove(s.containerDir(containerID))
+		return "", fmt.Errorf("rootfs of %s: %w", containerID, err)
+	}
 	return s.guestPath(target), nil
 }
 
@@ -115,13 +120,65 @@ func (s *Share) BindVolume(containerID string, index int, source string, readOnl
 	if err := unix.Mount(source, target, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
 		return "", fmt.Errorf("bind volume %s: %w", source, err)
 	}
-	if readOnly {
-		if err := unix.Mount("", target, "", unix.MS_BIND|unix.MS_REMOUNT|unix.MS_RDONLY|unix.MS_REC, ""); err != nil {
-			unix.Unmount(target, unix.MNT_DETACH)
-			return "", fmt.Errorf("make volume %s read-only: %w", source, err)
-		}
+	if err := restrict(target, readOnly); err != nil {
+		unix.Unmount(target, unix.MNT_DETACH)
+		return "", fmt.Errorf("volume %s: %w", source, err)
 	}
 	return s.guestPath(target), nil
+}
+
+// makeShared turns the share into a mount of its own in a peer group of its
+// own (bind on itself, private, then shared), so that what is mounted in it
+// later propagates to a daemon that took a slave copy of it, and to nothing
+// else. It is idempotent.
+func (s *Share) makeShared() error {
+	mounts, err := mountsUnder(s.HostDir)
+	if err != nil {
+		return err
+	}
+	if !slices.Contains(mounts, s.HostDir) {
+		if err := unix.Mount(s.HostDir, s.HostDir, "", unix.MS_BIND, ""); err != nil {
+			return fmt.Errorf("share %s: bind on itself: %w", s.HostDir, err)
+		}
+	}
+	for _, flag := range []uintptr{unix.MS_PRIVATE, unix.MS_SHARED} {
+		if err := unix.Mount("", s.HostDir, "", flag, ""); err != nil {
+			return fmt.Errorf("share %s: propagation: %w", s.HostDir, err)
+		}
+	}
+	return nil
+}
+
+// restrict makes the mount at target and every mount below it nosuid and
+// nodev, and read-only too if asked: what a guest writes into a volume (a
+// set-uid binary, a device node) must never work as such on the host.
+func restrict(target string, readOnly bool) error {
+	attr := uint64(unix.MOUNT_ATTR_NOSUID | unix.MOUNT_ATTR_NODEV)
+	if readOnly {
+		attr |= unix.MOUNT_ATTR_RDONLY
+	}
+	err := unix.MountSetattr(-1, target, unix.AT_RECURSIVE|unix.AT_SYMLINK_NOFOLLOW, &unix.MountAttr{Attr_set: attr})
+	if !errors.Is(err, unix.ENOSYS) {
+		if err != nil {
+			return fmt.Errorf("restrict %s: %w", target, err)
+		}
+		return nil
+	}
+	// Before Linux 5.12: remount each mount of the tree, deepest first.
+	mounts, err := mountsUnder(target)
+	if err != nil {
+		return err
+	}
+	flags := uintptr(unix.MS_BIND | unix.MS_REMOUNT | unix.MS_NOSUID | unix.MS_NODEV)
+	if readOnly {
+		flags |= unix.MS_RDONLY
+	}
+	for _, m := range mounts {
+		if err := unix.Mount("", m, "", flags, ""); err != nil {
+			return fmt.Errorf("restrict %s: %w", m, err)
+		}
+	}
+	return nil
 }
 
 // RemoveContainer unmounts everything of one container and removes its directory.

@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/containerd/containerd/mount"
+	"golang.org/x/sys/unix"
 )
 
 func TestUnescapeMountinfo(t *testing.T) {
@@ -54,6 +55,13 @@ func TestIntegrationShareMountsAndCleanup(t *testing.T) {
 	if b, err := os.ReadFile(filepath.Join(s.HostDir, "c1", "rootfs", "hello")); err != nil || string(b) != "hi" {
 		t.Fatalf("rootfs content: %q %v", b, err)
 	}
+	// A tmpfs below the volume's source: read-only reaches it too.
+	sub := filepath.Join(src, "sub")
+	os.Mkdir(sub, 0o755)
+	if err := unix.Mount("tmpfs", sub, "tmpfs", 0, "size=1m"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Unmount(sub, unix.MNT_DETACH) })
 	roGuest, err := s.BindVolume("c1", 0, src, true)
 	if err != nil {
 		t.Fatal(err)
@@ -62,8 +70,24 @@ func TestIntegrationShareMountsAndCleanup(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(roHost, "x"), nil, 0o644); err == nil {
 		t.Fatal("wrote into a read-only volume")
 	}
-	if _, err := s.BindVolume("c1", 1, hostFile, false); err != nil {
+	if err := os.WriteFile(filepath.Join(roHost, "sub", "x"), nil, 0o644); err == nil {
+		t.Fatal("wrote into a mount below a read-only volume")
+	}
+	rwGuest, err := s.BindVolume("c1", 1, hostFile, false)
+	if err != nil {
 		t.Fatal(err)
+	}
+	// What the guest writes into a share is never set-uid or a device on
+	// the host: every mount of it is nosuid and nodev.
+	for _, p := range []string{filepath.Join(s.HostDir, "c1", "rootfs"), roHost, filepath.Join(roHost, "sub"),
+		filepath.Join(s.HostDir, strings.TrimPrefix(rwGuest, GuestRoot+"/"))} {
+		var st unix.Statfs_t
+		if err := unix.Statfs(p, &st); err != nil {
+			t.Fatal(err)
+		}
+		if st.Flags&unix.ST_NOSUID == 0 || st.Flags&unix.ST_NODEV == 0 {
+			t.Errorf("%s: mount flags %#x lack nosuid or nodev", p, st.Flags)
+		}
 	}
 	if _, err := s.BindVolume("c1", 2, "/nonexistent/dir", false); err == nil {
 		t.Fatal("volume with a missing source succeeded")

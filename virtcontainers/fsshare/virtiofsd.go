@@ -1,32 +1,98 @@
 package fsshare
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sync"
 	"syscall"
-	"time"
 
 	"github.com/kasa-runtime/kasa/agent/api"
 )
 
-// virtiofsdStartTimeout bounds the wait for virtiofsd's socket.
-const virtiofsdStartTimeout = 10 * time.Second
+// daemonFlavor is which virtiofsd a binary is: they take different options.
+type daemonFlavor int
 
-// VirtioFSDArgs is the command line of virtiofsd (the Rust daemon, 1.x)
-// serving dir on socket: submounts (each container's rootfs) are announced
-// so the guest sees them as separate mounts, and the guest page cache is
-// used as the daemon's cache policy allows.
-func VirtioFSDArgs(socket, dir string) []string {
+const (
+	// flavorC is QEMU's C virtiofsd (QEMU ≤ 7.2; Debian 12 ships it as
+	// /usr/lib/qemu/virtiofsd): "-o source=DIR" style options.
+	flavorC daemonFlavor = iota
+	// flavorRust is the Rust virtiofsd 1.x: "--shared-dir=DIR" style.
+	flavorRust
+)
+
+// flavors caches the flavor of each daemon binary by path and mtime.
+var flavors sync.Map // string -> daemonFlavor
+
+// flavorOf asks daemon for its help text once and tells the flavor from it.
+func flavorOf(daemon string) (daemonFlavor, error) {
+	fi, err := os.Stat(daemon)
+	if err != nil {
+		return 0, err
+	}
+	key := fmt.Sprintf("%s@%d", daemon, fi.ModTime().UnixNano())
+	if f, ok := flavors.Load(key); ok {
+		return f.(daemonFlavor), nil
+	}
+	out, _ := exec.Command(daemon, "--help").CombinedOutput()
+	var f daemonFlavor
+	switch {
+	case bytes.Contains(out, []byte("--shared-dir")):
+		f = flavorRust
+	case bytes.Contains(out, []byte("-o source=")):
+		f = flavorC
+	default:
+		return 0, fmt.Errorf("%s does not look like virtiofsd (its --help names neither --shared-dir nor -o source=)", daemon)
+	}
+	flavors.Store(key, f)
+	return f, nil
+}
+
+// DescribeDaemon says which virtiofsd daemon is, for kasa check, or why
+// Kasa cannot drive it.
+func DescribeDaemon(daemon string) (string, error) {
+	f, err := flavorOf(daemon)
+	if err != nil {
+		return "", err
+	}
+	if f == flavorRust {
+		return daemon + " (Rust virtiofsd)", nil
+	}
+	return daemon + " (QEMU's C virtiofsd)", nil
+}
+
+// listenFD is the descriptor number of the listening socket in virtiofsd.
+const listenFD = 3
+
+// VirtioFSDArgs is the command line of a virtiofsd of the given flavor
+// serving dir on the listening socket it inherits as fd 3: submounts (each
+// container's rootfs, each volume) are announced so the guest sees them as
+// separate mounts, and the daemon sandboxes itself (its own mount, pid and
+// network namespaces, pivot_root into dir, seccomp, a reduced capability
+// set), since it keeps uid 0 to serve files of any owner.
+func VirtioFSDArgs(f daemonFlavor, dir string) []string {
+	fd := fmt.Sprintf("--fd=%d", listenFD)
+	if f == flavorRust {
+		return []string{
+			fd,
+			"--shared-dir=" + dir,
+			"--cache=auto",
+			"--announce-submounts",
+			"--sandbox=namespace",
+			"--thread-pool-size=1",
+		}
+	}
 	return []string{
-		"--socket-path=" + socket,
-		"--shared-dir=" + dir,
-		"--cache=auto",
-		"--announce-submounts",
-		"--sandbox=none",
+		fd,
+		"-o", "source=" + dir,
+		"-o", "cache=auto",
+		"-o", "announce_submounts",
+		"-o", "sandbox=namespace",
 		"--thread-pool-size=1",
 	}
 }
@@ -34,47 +100,93 @@ func VirtioFSDArgs(socket, dir string) []string {
 // Daemon is a running virtiofsd.
 type Daemon struct {
 	cmd  *exec.Cmd
+	log  string
 	done chan struct{}
 }
 
-// StartVirtioFSD starts daemon for the share and returns once its vhost-user
-// socket exists. The daemon exits with its parent if the shim dies.
-func (s *Share) StartVirtioFSD(ctx context.Context, daemon, socket string) (*Daemon, error) {
-	if err := os.MkdirAll(filepath.Dir(socket), 0o700); err != nil {
-		return nil, err
-	}
-	cmd := exec.Command(daemon, VirtioFSDArgs(socket, s.HostDir)...)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
-	out, err := os.Create(socket + ".log")
+// StartVirtioFSD starts daemon serving the share on a socket the shim binds
+// at socket (in a directory only root can reach) and hands over as an open
+// descriptor, then connects to it. The connection is for the hypervisor,
+// which so never needs to reach the socket's directory; the caller closes
+// its copy once the hypervisor has one. The daemon exits with its parent if
+// the shim dies.
+func (s *Share) StartVirtioFSD(ctx context.Context, daemon, socket string) (_ *Daemon, conn *os.File, retErr error) {
+	flavor, err := flavorOf(daemon)
 	if err != nil {
-		return nil, err
+		return nil, nil, fmt.Errorf("start virtiofsd: %w", err)
+	}
+	// Mounts made in the share after the daemon started (each container's
+	// rootfs and volumes) must reach the daemon's own mount namespace.
+	if err := s.makeShared(); err != nil {
+		return nil, nil, err
+	}
+	if err := os.MkdirAll(filepath.Dir(socket), 0o700); err != nil {
+		return nil, nil, err
+	}
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: socket, Net: "unix"})
+	if err != nil {
+		return nil, nil, fmt.Errorf("virtiofsd socket: %w", err)
+	}
+	defer ln.Close() // the daemon has its own copy
+	lnFile, err := ln.File()
+	if err != nil {
+		return nil, nil, err
+	}
+	defer lnFile.Close()
+
+	cmd := exec.Command(daemon, VirtioFSDArgs(flavor, s.HostDir)...)
+	cmd.ExtraFiles = []*os.File{lnFile}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
+	logPath := socket + ".log"
+	out, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
+	if err != nil {
+		return nil, nil, err
 	}
 	defer out.Close()
 	cmd.Stdout, cmd.Stderr = out, out
 	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("start virtiofsd %s: %w", daemon, err)
+		return nil, nil, fmt.Errorf("start virtiofsd %s: %w", daemon, err)
 	}
-	d := &Daemon{cmd: cmd, done: make(chan struct{})}
+	d := &Daemon{cmd: cmd, log: logPath, done: make(chan struct{})}
 	go func() { cmd.Wait(); close(d.done) }()
-	deadline := time.Now().Add(virtiofsdStartTimeout)
-	for {
-		if _, err := os.Stat(socket); err == nil {
-			return d, nil
-		}
-		select {
-		case <-d.done:
-			log, _ := os.ReadFile(socket + ".log")
-			return nil, fmt.Errorf("virtiofsd %s exited before serving %s: %v: %s", daemon, socket, cmd.ProcessState, log)
-		case <-ctx.Done():
+	defer func() {
+		if retErr != nil {
 			d.Stop()
-			return nil, ctx.Err()
-		case <-time.After(10 * time.Millisecond):
 		}
-		if time.Now().After(deadline) {
-			d.Stop()
-			return nil, fmt.Errorf("virtiofsd %s did not create %s within %v", daemon, socket, virtiofsdStartTimeout)
-		}
+	}()
+
+	// The kernel completes the connection from the listen backlog; the
+	// daemon accepts it when it is ready.
+	c, err := (&net.Dialer{}).DialContext(ctx, "unix", socket)
+	if err != nil {
+		return nil, nil, fmt.Errorf("connect to virtiofsd: %w", err)
 	}
+	defer c.Close()
+	if conn, err = c.(*net.UnixConn).File(); err != nil {
+		return nil, nil, err
+	}
+	return d, conn, nil
+}
+
+// Done is closed when the daemon has exited.
+func (d *Daemon) Done() <-chan struct{} { return d.done }
+
+// ExitError says how the daemon ended, with the end of its own output; nil
+// while it runs.
+func (d *Daemon) ExitError() error {
+	if d == nil {
+		return nil
+	}
+	select {
+	case <-d.done:
+	default:
+		return nil
+	}
+	b, _ := os.ReadFile(d.log)
+	if len(b) > 2048 {
+		b = b[len(b)-2048:]
+	}
+	return fmt.Errorf("virtiofsd exited (%v): %s", d.cmd.ProcessState, bytes.TrimSpace(b))
 }
 
 // Stop kills the daemon and waits for it. It is idempotent.

@@ -47,6 +47,7 @@ func Run(ctx context.Context, cfg *configuration.Config) []Result {
 	out = append(out, checkFile("guest kernel", "hypervisor.qemu.kernel", cfg.Hypervisor.Kernel))
 	out = append(out, checkFile("guest initrd", "hypervisor.qemu.initrd", cfg.Hypervisor.Initrd))
 	out = append(out, checkAccel(ctx, cfg))
+	out = append(out, checkConfinement(ctx, cfg)...)
 	out = append(out, checkVhostVsock(), checkTransport(ctx, cfg))
 	out = append(out, checkCgroups())
 	out = append(out, checkTapTC(ctx))
