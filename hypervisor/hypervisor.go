@@ -98,6 +98,10 @@ type Confinement struct {
 	// namespaces: it reaches the pod network only through the tap fds it is
 	// handed, and no host network at all.
 	PrivateNamespaces bool
+	// CgroupProcs are cgroup.procs files (one per hierarchy) the driver
+	// writes the hypervisor's pid into the moment it starts, before it
+	// touches guest memory, so that the pod's cgroup is charged for the VM.
+	CgroupProcs []string
 }
 
 // Unprivileged reports whether the hypervisor runs as a non-root identity.

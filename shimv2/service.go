@@ -191,7 +191,11 @@ func (s *service) ensureSandbox(ctx context.Context, r *taskAPI.CreateTaskReques
 	if err != nil {
 		return err
 	}
-	sb, err := virtcontainers.CreateSandbox(ctx, virtcontainers.SandboxConfig{ID: r.ID, Config: cfg, Hostname: spec.Hostname, NetNS: netnsPath(spec)})
+	sc := virtcontainers.SandboxConfig{ID: r.ID, Config: cfg, Hostname: spec.Hostname, NetNS: netnsPath(spec)}
+	if spec.Linux != nil {
+		sc.CgroupsPath = spec.Linux.CgroupsPath
+	}
+	sb, err := virtcontainers.CreateSandbox(ctx, sc)
 	if err != nil {
 		return err
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"sync"
 	"time"
@@ -17,6 +18,7 @@ import (
 	"github.com/kasa-runtime/kasa/configuration"
 	"github.com/kasa-runtime/kasa/hypervisor"
 	"github.com/kasa-runtime/kasa/virtcontainers/fsshare"
+	"github.com/kasa-runtime/kasa/virtcontainers/podcgroup"
 )
 
 // SandboxConfig describes a sandbox to create.
@@ -29,6 +31,9 @@ type SandboxConfig struct {
 	// NetNS is the pod's network namespace (the OCI spec's network
 	// namespace path); its veths are joined to the VM's NICs. "" for none.
 	NetNS string
+	// CgroupsPath is the sandbox container's OCI cgroupsPath: the VM and
+	// its daemons are placed there (podcgroup.PathFor; "" for /kasa/<id>).
+	CgroupsPath string
 }
 
 // Sandbox is one VM with its shared directory and the containers in it.
@@ -42,6 +47,10 @@ type Sandbox struct {
 	shared    bool
 	virtiofsd *fsshare.Daemon
 	network   *podNetwork
+	// cgroup holds the VM, virtiofsd and, with sandbox_cgroup_only, the
+	// shim, which leaves it for shimOrigins at Stop.
+	cgroup      *podcgroup.Group
+	shimOrigins map[string]string
 
 	mu         sync.Mutex
 	containers map[string]struct{}
@@ -50,13 +59,13 @@ type Sandbox struct {
 
 // shareWithGuest sets up the configured shared-directory transport: the
 // VM device, the guest mount and, for virtio-fs, the virtiofsd serving it.
-func shareWithGuest(ctx context.Context, sc SandboxConfig, share *fsshare.Share) (*hypervisor.SharedFS, []*api.Storage, *fsshare.Daemon, error) {
+func shareWithGuest(ctx context.Context, sc SandboxConfig, share *fsshare.Share, cg *podcgroup.Group) (*hypervisor.SharedFS, []*api.Storage, *fsshare.Daemon, error) {
 	switch h := sc.Config.Hypervisor; h.SharedFS {
 	case configuration.SharedFSNone:
 		return nil, nil, nil, nil
 	case configuration.SharedFSVirtioFS:
 		sock := filepath.Join(stateDir(sc.ID), "virtiofsd.sock")
-		d, conn, err := share.StartVirtioFSD(ctx, h.VirtioFSDaemon, sock)
+		d, conn, err := share.StartVirtioFSD(ctx, h.VirtioFSDaemon, sock, cg.Add)
 		if err != nil {
 			return nil, nil, nil, fmt.Errorf("sandbox %s: hypervisor.qemu.shared_fs = virtio-fs: %w", sc.ID, err)
 		}
@@ -97,7 +106,30 @@ func CreateSandbox(ctx context.Context, sc SandboxConfig) (_ *Sandbox, retErr er
 	}
 	undo.add("remove sandbox state", func() error { return removeState(sc.ID) })
 
-	vmShare, storages, daemon, err := shareWithGuest(ctx, sc, share)
+	// The pod's cgroup first: with sandbox_cgroup_only the shim joins it
+	// and everything it starts from here on is born in it.
+	cgPath, err := podcgroup.PathFor(sc.CgroupsPath, sc.ID)
+	if err != nil {
+		return nil, fmt.Errorf("sandbox %s: %w: %v", sc.ID, errdefs.ErrInvalidArgument, err)
+	}
+	cg, err := podcgroup.Create(cgPath)
+	if err != nil {
+		return nil, fmt.Errorf("sandbox %s: %w", sc.ID, err)
+	}
+	st.Cgroup = cgPath
+	undo.add("remove pod cgroup", cg.Delete)
+	var shimOrigins map[string]string
+	if sc.Config.Runtime.SandboxCgroupOnly {
+		if shimOrigins, err = podcgroup.Origins(os.Getpid()); err != nil {
+			return nil, fmt.Errorf("sandbox %s: runtime.sandbox_cgroup_only: %w", sc.ID, err)
+		}
+		if err := cg.Add(os.Getpid()); err != nil {
+			return nil, fmt.Errorf("sandbox %s: runtime.sandbox_cgroup_only: %w", sc.ID, err)
+		}
+		undo.add("move the shim out of the pod cgroup", func() error { return cg.Leave(os.Getpid(), shimOrigins) })
+	}
+
+	vmShare, storages, daemon, err := shareWithGuest(ctx, sc, share, cg)
 	if err != nil {
 		return nil, err
 	}
@@ -118,7 +150,7 @@ func CreateSandbox(ctx context.Context, sc SandboxConfig) (_ *Sandbox, retErr er
 		}
 		st.Taps = append(st.Taps, ts)
 	}
-	vm, err := startVM(ctx, sc.ID, sc.Config, vmShare, pn.nics())
+	vm, err := startVM(ctx, sc.ID, sc.Config, vmShare, pn.nics(), cg.ProcsFiles())
 	if err != nil {
 		if derr := daemon.ExitError(); derr != nil {
 			err = fmt.Errorf("%w (%v)", err, derr)
@@ -132,7 +164,7 @@ func CreateSandbox(ctx context.Context, sc SandboxConfig) (_ *Sandbox, retErr er
 	}
 
 	s := &Sandbox{ID: sc.ID, vm: vm, agent: vm.Agent, share: share, shared: vmShare != nil, virtiofsd: daemon,
-		network: pn, containers: map[string]struct{}{}, state: st}
+		network: pn, cgroup: cg, shimOrigins: shimOrigins, containers: map[string]struct{}{}, state: st}
 	if err := pn.configureGuest(ctx, s.agent); err != nil {
 		return nil, fmt.Errorf("sandbox %s: %w", sc.ID, err)
 	}
@@ -321,6 +353,14 @@ func (s *Sandbox) Stop(ctx context.Context) error {
 		errs = append(errs, err)
 	}
 	if err := s.share.Destroy(); err != nil {
+		errs = append(errs, err)
+	}
+	if s.shimOrigins != nil {
+		if err := s.cgroup.Leave(os.Getpid(), s.shimOrigins); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if err := s.cgroup.Delete(); err != nil {
 		errs = append(errs, err)
 	}
 	if len(errs) == 0 {

@@ -15,6 +15,7 @@ import (
 	"github.com/kasa-runtime/kasa/hypervisor/qemu"
 	"github.com/kasa-runtime/kasa/virtcontainers/fsshare"
 	"github.com/kasa-runtime/kasa/virtcontainers/network"
+	"github.com/kasa-runtime/kasa/virtcontainers/podcgroup"
 	"github.com/kasa-runtime/kasa/virtcontainers/vmmuser"
 )
 
@@ -35,6 +36,8 @@ type sandboxState struct {
 	// this sandbox added to the pod's network namespace.
 	NetNS string     `json:"netns,omitempty"`
 	Taps  []tapState `json:"taps,omitempty"`
+	// Cgroup is the pod cgroup the VM and its daemons were placed in.
+	Cgroup string `json:"cgroup,omitempty"`
 }
 
 type tapState struct {
@@ -125,6 +128,13 @@ func CleanupSandbox(ctx context.Context, id string) error {
 	share.HostDir = st.SharedDir
 	if err := share.Destroy(); err != nil {
 		errs = append(errs, err)
+	}
+	if st.Cgroup != "" {
+		if cg, err := podcgroup.Create(st.Cgroup); err == nil { // opens it
+			if err := cg.Delete(); err != nil {
+				logger.WithError(err).Warn("removing the pod cgroup") // a shim of sandbox_cgroup_only may still be in it
+			}
+		}
 	}
 	if len(errs) == 0 {
 		if err := removeState(id); err != nil {

@@ -123,10 +123,10 @@ func VMConfigFor(id string, cfg *configuration.Config) hypervisor.VMConfig {
 // at most the configured dial timeout. On error nothing is left behind: no
 // hypervisor process, no state directory.
 func StartVM(ctx context.Context, id string, cfg *configuration.Config) (*VM, error) {
-	return startVM(log.WithLogger(ctx, log.G(ctx).WithField("sandbox", id)), id, cfg, nil, nil)
+	return startVM(log.WithLogger(ctx, log.G(ctx).WithField("sandbox", id)), id, cfg, nil, nil, nil)
 }
 
-func startVM(ctx context.Context, id string, cfg *configuration.Config, shared *hypervisor.SharedFS, nics []hypervisor.NIC) (_ *VM, retErr error) {
+func startVM(ctx context.Context, id string, cfg *configuration.Config, shared *hypervisor.SharedFS, nics []hypervisor.NIC, cgroupProcs []string) (_ *VM, retErr error) {
 	if err := validID(id); err != nil {
 		return nil, err
 	}
@@ -140,6 +140,7 @@ func startVM(ctx context.Context, id string, cfg *configuration.Config, shared *
 	vm := &VM{ID: id, hv: hv, Config: VMConfigFor(id, cfg)}
 	vm.Config.SharedFS = shared
 	vm.Config.NICs = nics
+	vm.Config.Confinement.CgroupProcs = cgroupProcs
 	if cfg.Hypervisor.Rootless {
 		uid, err := vmmuser.Allocate(id)
 		if err != nil {

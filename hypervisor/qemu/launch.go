@@ -129,6 +129,15 @@ func (q *QEMU) launch(logger *log.Entry, cu *cleanup) (_ *launched, retErr error
 		logR.Close()
 		return nil, fmt.Errorf("starting %s: %w", cfg.Path, err)
 	}
+	for _, f := range conf.CgroupProcs {
+		// Before QEMU touches guest memory: the pod's cgroup pays for it.
+		if err := os.WriteFile(f, []byte(strconv.Itoa(cmd.Process.Pid)), 0); err != nil {
+			_ = cmd.Process.Kill()
+			_, _ = cmd.Process.Wait()
+			logR.Close()
+			return nil, fmt.Errorf("placing QEMU in the pod's cgroup (%s): %w", f, err)
+		}
+	}
 	q.logDone = make(chan struct{})
 	go func() {
 		defer close(q.logDone)

@@ -232,7 +232,7 @@ func TestQEMUIntegrationLifecycle(t *testing.T) {
 			if pid == 0 || processGone(pid) {
 				t.Fatalf("no QEMU process (pid %d)", pid)
 			}
-			for _, p := range []string{q.paths.QMP, q.paths.Agent, q.ConsolePath()} {
+			for _, p := range []string{q.paths.Agent, q.ConsolePath()} {
 				if _, err := os.Stat(p); err != nil {
 					t.Errorf("missing %s", p)
 				}

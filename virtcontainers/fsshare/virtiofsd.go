@@ -110,7 +110,10 @@ type Daemon struct {
 // which so never needs to reach the socket's directory; the caller closes
 // its copy once the hypervisor has one. The daemon exits with its parent if
 // the shim dies.
-func (s *Share) StartVirtioFSD(ctx context.Context, daemon, socket string) (_ *Daemon, conn *os.File, retErr error) {
+//
+// place, if not nil, is called with the daemon's pid the moment it starts
+// (the pod's cgroup: podcgroup.Group.Add); its error fails the start.
+func (s *Share) StartVirtioFSD(ctx context.Context, daemon, socket string, place func(pid int) error) (_ *Daemon, conn *os.File, retErr error) {
 	flavor, err := flavorOf(daemon)
 	if err != nil {
 		return nil, nil, fmt.Errorf("start virtiofsd: %w", err)
@@ -154,6 +157,11 @@ func (s *Share) StartVirtioFSD(ctx context.Context, daemon, socket string) (_ *D
 			d.Stop()
 		}
 	}()
+	if place != nil {
+		if err := place(cmd.Process.Pid); err != nil {
+			return nil, nil, err
+		}
+	}
 
 	// The kernel completes the connection from the listen backlog; the
 	// daemon accepts it when it is ready.
@@ -167,6 +175,9 @@ func (s *Share) StartVirtioFSD(ctx context.Context, daemon, socket string) (_ *D
 	}
 	return d, conn, nil
 }
+
+// PID is the daemon's process id.
+func (d *Daemon) PID() int { return d.cmd.Process.Pid }
 
 // Done is closed when the daemon has exited.
 func (d *Daemon) Done() <-chan struct{} { return d.done }
