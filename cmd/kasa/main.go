@@ -24,7 +24,8 @@ usage: kasa [--config FILE] COMMAND
 
 commands:
   check     check that this host can run Kasa sandboxes (QEMU, guest image,
-            KVM or TCG fallback, vsock, cgroups, tap + tc); exits 1 with one
+            KVM or TCG fallback, the VMM's confinement: unprivileged uid,
+            seccomp, virtiofsd; vsock, cgroups, tap + tc); exits 1 with one
             remedy line per failed requirement
   env       show which configuration file is used, its warnings and the
             effective settings (JSON)
