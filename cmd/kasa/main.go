@@ -31,6 +31,11 @@ commands:
             effective settings (JSON)
   selftest  boot a throwaway VM with the configuration, show what its agent
             reports beside the host, power it off (needs root)
+  runtimeclass
+            boot an idle sandbox as a pod gets one, measure what it costs the
+            node (PSS of QEMU, virtiofsd and the runtime; QEMU's CPU) and
+            print a RuntimeClass "kata" whose overhead.podFixed says so (needs
+            root; kubectl apply -f the output)
   version   print the runtime and agent API versions
 
 options:
@@ -85,6 +90,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return env(*configPath, stdout, stderr)
 	case "selftest":
 		return selftest(*configPath, stdout, stderr)
+	case "runtimeclass":
+		return runtimeclass(*configPath, stdout, stderr)
 	case "help":
 		fmt.Fprint(stdout, usage)
 		return 0

@@ -4,6 +4,11 @@ package integration
 
 import (
 	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
 	"testing"
 
 	"github.com/kasa-runtime/kasa/virtcontainers/hostcheck"
@@ -32,5 +37,74 @@ func TestHostCheck(t *testing.T) {
 	}
 	if kernel == nil || kernel.Status != hostcheck.Fail || kernel.Remedy == "" || !hostcheck.Failed(results) {
 		t.Fatalf("missing kernel: %+v", kernel)
+	}
+}
+
+// With the protections turned off, kasa check says so (warn), and with a
+// kernel an unprivileged QEMU cannot read, it fails with the remedy.
+func TestHostCheckConfinement(t *testing.T) {
+	cfg := testConfig(t)
+	status := func(name string) hostcheck.Result {
+		for _, r := range hostcheck.Run(context.Background(), cfg) {
+			if r.Name == name {
+				return r
+			}
+		}
+		t.Fatalf("no %q check", name)
+		return hostcheck.Result{}
+	}
+	for _, name := range []string{"vmm identity", "vmm seccomp", "virtiofsd"} {
+		if r := status(name); r.Status != hostcheck.Pass {
+			t.Errorf("%s: %+v, want ok by default", name, r)
+		}
+	}
+	cfg.Hypervisor.Rootless, cfg.Hypervisor.SeccompSandbox, cfg.Hypervisor.SharedFS = false, "", "virtio-9p"
+	for _, name := range []string{"vmm identity", "vmm seccomp"} {
+		if r := status(name); r.Status != hostcheck.Warn {
+			t.Errorf("%s with the protection off: %+v, want warn", name, r)
+		}
+	}
+	private := filepath.Join(t.TempDir(), "vmlinuz")
+	b, _ := os.ReadFile(cfg.Hypervisor.Kernel)
+	os.WriteFile(private, b, 0o600)
+	cfg = testConfig(t)
+	cfg.Hypervisor.Kernel = private
+	if r := status("vmm identity"); r.Status != hostcheck.Fail || r.Remedy == "" {
+		t.Errorf("a kernel only root can read: %+v, want a failure with a remedy", r)
+	}
+}
+
+// kasa runtimeclass boots an idle sandbox, measures it and prints a
+// RuntimeClass whose fixed overhead covers what was measured; it leaves
+// nothing behind.
+func TestKasaRuntimeClass(t *testing.T) {
+	cfg := testConfig(t)
+	repo, _ := filepath.Abs("../..")
+	kasa := filepath.Join(repo, "bin", "kasa")
+	if _, err := os.Stat(kasa); err != nil {
+		t.Fatalf("%s: %v (make build)", kasa, err)
+	}
+	conf := filepath.Join(t.TempDir(), "configuration.toml")
+	os.WriteFile(conf, []byte("[hypervisor.qemu]\nkernel = \""+cfg.Hypervisor.Kernel+"\"\ninitrd = \""+cfg.Hypervisor.Initrd+"\"\n"), 0o644)
+	out, err := exec.Command(kasa, "--config", conf, "runtimeclass").Output()
+	if err != nil {
+		t.Fatalf("kasa runtimeclass: %v\n%s", err, out)
+	}
+	t.Logf("%s", out)
+	m := regexp.MustCompile(`(?m)^handler: kata\n(?:.*\n)*?overhead:\n  podFixed:\n    memory: "(\d+)Mi"\n    cpu: "(\d+)m"`).FindSubmatch(out)
+	if m == nil {
+		t.Fatalf("no RuntimeClass with overhead.podFixed in:\n%s", out)
+	}
+	mem, _ := strconv.Atoi(string(m[1]))
+	measured := regexp.MustCompile(`QEMU (\d+) MiB`).FindSubmatch(out)
+	if measured == nil {
+		t.Fatal("the measured QEMU PSS is not printed")
+	}
+	qemu, _ := strconv.Atoi(string(measured[1]))
+	if qemu < 16 || mem < qemu {
+		t.Errorf("overhead %d Mi for a QEMU of %d MiB", mem, qemu)
+	}
+	if left, _ := filepath.Glob("/run/kasa/*/runtimeclass-*"); len(left) > 0 {
+		t.Errorf("left behind: %v", left)
 	}
 }
