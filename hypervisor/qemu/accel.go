@@ -18,7 +18,7 @@ import (
 	"github.com/kasa-runtime/kasa/hypervisor"
 )
 
-// kvmDevice is a variable so tests can point it at a missing file.
+// kvmDevice is a variable so tests can point it at a missing or fake device.
 var kvmDevice = "/dev/kvm"
 
 const (
@@ -103,11 +103,18 @@ func cachedProbe(ctx context.Context, qemuPath string) (verdict, error) {
 	if entry.done {
 		return entry.v, nil
 	}
-	// -cpu host: what BuildArgs gives a KVM guest. Some broken KVMs already
-	// fail here (PVM: QEMU aborts setting MSRs); others hang the guest.
-	v := runProbe(ctx, qemuPath, hypervisor.AccelKVM, "host")
-	if err := ctx.Err(); err != nil {
-		return verdict{}, fmt.Errorf("KVM probe interrupted: %w", err)
+	v, err := diskCachedProbe(ctx, qemuPath, func() (verdict, error) {
+		// -cpu host: what BuildArgs gives a KVM guest. Some broken KVMs
+		// already fail here (PVM: QEMU aborts setting MSRs); others hang
+		// the guest.
+		v := runProbe(ctx, qemuPath, hypervisor.AccelKVM, "host")
+		if err := ctx.Err(); err != nil {
+			return verdict{}, fmt.Errorf("KVM probe interrupted: %w", err)
+		}
+		return v, nil
+	})
+	if err != nil {
+		return verdict{}, err
 	}
 	entry.v, entry.done = v, true
 	return v, nil

@@ -155,3 +155,67 @@ func TestQEMUIntegrationProbeKVMDefaultCPU(t *testing.T) {
 		t.Errorf("probe took %v, more than %v", took, limit)
 	}
 }
+
+// On a host whose /dev/kvm opens but hangs a guest (a fake device and a
+// "QEMU" that shows the first stage and hangs), the probe runs once for the
+// host: a second shim (a fresh process cache) reads the verdict from disk;
+// a changed QEMU binary is probed again.
+func TestProbeVerdictCachedForTheHost(t *testing.T) {
+	dir := t.TempDir()
+	oldDev, oldCache := kvmDevice, ProbeCacheDir
+	kvmDevice, ProbeCacheDir = filepath.Join(dir, "kvm"), filepath.Join(dir, "cache")
+	t.Cleanup(func() { kvmDevice, ProbeCacheDir = oldDev, oldCache })
+	if err := os.WriteFile(kvmDevice, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	count := filepath.Join(dir, "count")
+	qemu := filepath.Join(dir, "qemu-system-x86_64")
+	script := "#!/bin/sh\necho run >> " + count + "\nprintf R\nexec sleep 30\n"
+	if err := os.WriteFile(qemu, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	runs := func() int {
+		b, _ := os.ReadFile(count)
+		return strings.Count(string(b), "run")
+	}
+	newShim := func() { probes.Clear() }
+	ctx := context.Background()
+
+	for i := range 2 {
+		newShim()
+		got, reason, err := ResolveAccelerator(ctx, hypervisor.AccelAuto, qemu)
+		if err != nil || got != hypervisor.AccelTCG || !strings.Contains(reason, "real mode") {
+			t.Fatalf("shim %d: %q, %q, %v; want tcg after a guest hung in real mode", i, got, reason, err)
+		}
+		if i == 1 && !strings.Contains(reason, "cached") {
+			t.Errorf("second shim's reason does not say it was cached: %q", reason)
+		}
+	}
+	if n := runs(); n != 1 {
+		t.Fatalf("probe ran %d times for two shims, want 1", n)
+	}
+
+	// A new QEMU binary (another mtime and size) is a new key.
+	if err := os.WriteFile(qemu, []byte(script+"# upgraded\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	newShim()
+	if _, _, err := ResolveAccelerator(ctx, hypervisor.AccelAuto, qemu); err != nil {
+		t.Fatal(err)
+	}
+	if n := runs(); n != 2 {
+		t.Fatalf("probe ran %d times after the binary changed, want 2", n)
+	}
+	// A corrupt cache file is ignored, not trusted.
+	files, _ := filepath.Glob(filepath.Join(ProbeCacheDir, "*.json"))
+	for _, f := range files {
+		os.WriteFile(f, []byte("{garbage"), 0o600)
+	}
+	newShim()
+	if _, _, err := ResolveAccelerator(ctx, hypervisor.AccelAuto, qemu); err != nil {
+		t.Fatal(err)
+	}
+	if n := runs(); n != 3 {
+		t.Fatalf("probe ran %d times after the cache was corrupted, want 3", n)
+	}
+}
