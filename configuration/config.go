@@ -154,7 +154,8 @@ type AgentConfig struct {
 	// DialTimeout bounds how long the shim waits for the agent to answer
 	// after boot. The file holds whole seconds (dial_timeout).
 	DialTimeout time.Duration
-	// DebugConsoleEnabled starts a shell on a guest console for `kasa exec`.
+	// DebugConsoleEnabled would start a shell on a guest console for
+	// `kasa exec`; not implemented yet, so Validate refuses true.
 	DebugConsoleEnabled bool
 	// KernelModules are loaded in the guest before the workload starts, in
 	// Kata's format: "name param=value ...".
@@ -181,11 +182,12 @@ type RuntimeConfig struct {
 	EnableDebug bool `toml:"enable_debug"`
 	// InterNetworkingModel joins the VM's NIC to the pod's network.
 	InterNetworkingModel InterNetworkingModel `toml:"internetworking_model"`
-	// SandboxCgroupOnly puts the hypervisor and helper processes only in the
-	// pod's sandbox cgroup.
+	// SandboxCgroupOnly puts the shim in the pod's sandbox cgroup too (the
+	// hypervisor and its daemons always are).
 	SandboxCgroupOnly bool `toml:"sandbox_cgroup_only"`
-	// DisableNewNetns runs the hypervisor in the shim's network namespace
-	// instead of the pod's (only meaningful with internetworking_model none).
+	// DisableNewNetns keeps the hypervisor in the shim's network namespace
+	// instead of an empty one of its own (Confinement.PrivateNamespaces);
+	// as in Kata it requires internetworking_model none.
 	DisableNewNetns bool `toml:"disable_new_netns"`
 }
 

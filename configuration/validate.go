@@ -139,6 +139,9 @@ func (c *Config) Validate() error {
 		transports = clhTransports
 	}
 	oneOf(v, "agent.kata.transport", a.Transport, transports)
+	if a.DebugConsoleEnabled {
+		v.fail("agent.kata.debug_console_enabled", true, "the guest debug console (kasa exec) is not implemented yet; set false", nil)
+	}
 	if name == HypervisorQEMU && c.Hypervisor.Rootless && a.Transport == TransportVirtioSerial {
 		v.fail("agent.kata.transport", a.Transport, fmt.Sprintf(
 			"hypervisor.qemu.rootless = true: QEMU would create the virtio-serial socket in a directory it cannot write; use %q, or set rootless = false", TransportAuto), nil)

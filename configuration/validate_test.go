@@ -61,6 +61,8 @@ func TestValidateBadValues(t *testing.T) {
 			`hypervisor.qemu.initrd = "": an absolute path is required`},
 		{"relative firmware", "[hypervisor.qemu]\nfirmware = \"qboot.rom\"",
 			`hypervisor.qemu.firmware = "qboot.rom": must be an absolute path`},
+		{"debug console", "[hypervisor.qemu]\n[agent.kata]\ndebug_console_enabled = true",
+			`agent.kata.debug_console_enabled = true: the guest debug console (kasa exec) is not implemented yet`},
 		{"virtio-serial under a rootless QEMU", "[hypervisor.qemu]\n[agent.kata]\ntransport = \"virtio-serial\"",
 			`agent.kata.transport = "virtio-serial": hypervisor.qemu.rootless = true`},
 		{"9p under a rootless QEMU", "[hypervisor.qemu]\nshared_fs = \"virtio-9p\"",

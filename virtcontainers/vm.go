@@ -114,7 +114,7 @@ func VMConfigFor(id string, cfg *configuration.Config) hypervisor.VMConfig {
 		// The identity (rootless) is allocated per sandbox by startVM.
 		Confinement: hypervisor.Confinement{
 			Seccomp:           h.SeccompSandbox,
-			PrivateNamespaces: true,
+			PrivateNamespaces: !cfg.Runtime.DisableNewNetns,
 		},
 	}
 }
