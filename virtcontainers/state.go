@@ -19,7 +19,7 @@ import (
 	"github.com/kasa-runtime/kasa/virtcontainers/vmmuser"
 )
 
-// SandboxStateRoot holds each sandbox's persisted state (DESIGN §3), so that
+// SandboxStateRoot holds each sandbox's persisted state (docs/architecture.md, "Contracts"), so that
 // a restarted shim or `shim delete` can clean up after a crashed one.
 var SandboxStateRoot = "/run/kasa/sbs"
 

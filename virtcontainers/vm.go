@@ -23,7 +23,7 @@ import (
 	"github.com/kasa-runtime/kasa/virtcontainers/vmmuser"
 )
 
-// VMStateRoot is where each VM keeps its sockets and console log (DESIGN §3).
+// VMStateRoot is where each VM keeps its sockets and console log (docs/architecture.md, "Contracts").
 var VMStateRoot = "/run/kasa/vm"
 
 const (

@@ -486,7 +486,7 @@ func sharedFSArgs(cfg hypervisor.VMConfig, model machineModel, fds fdPlan) []str
 	return nil
 }
 
-// AgentPort is the agent's vsock port (DESIGN §3).
+// AgentPort is the agent's vsock port (docs/architecture.md, "Contracts").
 const AgentPort = 1024
 
 // AgentAddress is where the agent of a VM built from cfg is dialled.

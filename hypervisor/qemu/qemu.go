@@ -57,10 +57,10 @@ func (s vmState) String() string {
 // QEMU runs as a direct child of the caller in its own process group (so a
 // signal to the shim's group, e.g. ^C in a terminal, does not reach it) and
 // without a parent-death signal: if the shim crashes the VM keeps running,
-// and the next shim or `shim delete` finds it through the pid file in the
-// state directory and reaps it (DESIGN §1.5). QEMU's stdout and stderr go to
-// qemu.log in the state directory for the same reason: a pipe would die with
-// the shim.
+// and the next shim or `shim delete` finds it through the pid file the
+// driver writes in the state directory (or by its VMM uid) and reaps it.
+// QEMU's stdout and stderr, and the guest console, reach their capped logs
+// through the driver (launch.go): QEMU itself holds no writable host file.
 type QEMU struct {
 	mu    sync.Mutex // serialises lifecycle operations
 	state vmState

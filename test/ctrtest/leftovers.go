@@ -12,7 +12,7 @@ import (
 	"time"
 )
 
-// KasaRunDir is Kasa's state root (DESIGN §3): sbs/, vm/ and shared/, one
+// KasaRunDir is Kasa's state root (docs/architecture.md, "Contracts"): sbs/, vm/ and shared/, one
 // directory per sandbox id in each.
 var KasaRunDir = "/run/kasa"
 

@@ -27,7 +27,7 @@ const (
 	GuestRoot = "/run/kasa/shared"
 )
 
-// Root is the parent of every sandbox's shared directory (DESIGN §3).
+// Root is the parent of every sandbox's shared directory (docs/architecture.md, "Contracts").
 var Root = "/run/kasa/shared"
 
 // Share is one sandbox's shared directory.

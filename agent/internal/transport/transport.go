@@ -20,7 +20,7 @@ import (
 )
 
 const (
-	// VsockPort is where the agent listens on AF_VSOCK (DESIGN §3).
+	// VsockPort is where the agent listens on AF_VSOCK (docs/architecture.md, "Contracts").
 	VsockPort = 1024
 	// SerialPortName is the virtserialport name the host gives the agent's port.
 	SerialPortName = "agent.0"
