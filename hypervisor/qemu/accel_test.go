@@ -126,13 +126,13 @@ func TestQEMUIntegrationResolveAuto(t *testing.T) {
 	}
 	t.Logf("auto → %s in %v: %s", got, time.Since(start).Round(time.Millisecond), reason)
 
-	start = time.Now()
 	again, _, err := ResolveAccelerator(ctx, hypervisor.AccelAuto, qemu)
 	if err != nil || again != got {
 		t.Fatalf("second resolve: %q, %v", again, err)
 	}
-	if d := time.Since(start); d > 100*time.Millisecond {
-		t.Errorf("second resolve took %v: the verdict is not cached", d)
+	// The verdict is kept (no timing asserted: a loaded host is slow).
+	if e, ok := probes.Load(qemu); !ok || !e.(*probeEntry).done {
+		t.Errorf("the verdict for %s is not cached in the process", qemu)
 	}
 }
 
