@@ -94,8 +94,15 @@ func (c *Client) Close() error { return c.ttrpc.Close() }
 func (c *Client) Address() string { return c.addr }
 
 func wrap(op string, err error) error {
-	if err == nil {
+	switch {
+	case err == nil:
 		return nil
+	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled):
+		// The caller's deadline or cancellation, not the agent's answer:
+		// keep it recognisable (errdefs.IsDeadlineExceeded).
+		return fmt.Errorf("agent %s: %w", op, err)
+	case errors.Is(err, ttrpc.ErrClosed):
+		return fmt.Errorf("agent %s: %w: %w", op, errdefs.ErrUnavailable, err)
 	}
 	return fmt.Errorf("agent %s: %w", op, errdefs.FromGRPC(err))
 }
