@@ -15,6 +15,9 @@ const (
 	// unknownIDPause is how long the OOM loop rests after an id it does
 	// not know, so that a guest sending nothing else cannot spin it.
 	unknownIDPause = time.Second
+	// createUnwindWait bounds how long Shutdown waits for a cancelled
+	// Create (a VM boot) to undo itself.
+	createUnwindWait = 30 * time.Second
 )
 
 // recentIDs remembers the last removedKeep ids added, each for removedFor:

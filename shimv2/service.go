@@ -402,6 +402,19 @@ func (s *service) warnUnknownID(sandboxID, what, id string) {
 	}
 }
 
+// forgetFailedExec makes the agent forget an exec that it started but
+// whose stdio the shim could not set up, once the SIGKILL took effect.
+func (s *service) forgetFailedExec(sb *virtcontainers.Sandbox, p *process) {
+	ctx, cancel := context.WithTimeout(s.ctx, drainTimeout)
+	defer cancel()
+	if _, _, err := sb.Wait(ctx, p.containerID, p.execID); err != nil {
+		return
+	}
+	if err := sb.RemoveProcess(context.WithoutCancel(ctx), p.containerID, p.execID); err != nil && !errdefs.IsNotFound(err) {
+		log.G(s.ctx).WithError(err).WithField("container", p.containerID).WithField("exec", p.execID).Warn("agent did not forget a failed exec")
+	}
+}
+
 func (s *service) publishExit(p *process) {
 	_, status, at := p.snapshot()
 	s.publish(runtime.TaskExitEventTopic, &eventstypes.TaskExit{
@@ -451,6 +464,7 @@ func (s *service) Start(ctx context.Context, r *taskAPI.StartRequest) (*taskAPI.
 		if err = sb.Exec(ctx, c.id, p.execID, p.spec, p.stdio.terminal, p.stdio.stdin != ""); err == nil {
 			if p.io, err = startIO(p.ctx, sb, c.id, p.execID, p.stdio); err != nil {
 				sb.Signal(ctx, c.id, p.execID, syscall.SIGKILL, false)
+				go s.forgetFailedExec(sb, p)
 			}
 		}
 	}
@@ -575,11 +589,22 @@ func (s *service) Shutdown(ctx context.Context, r *taskAPI.ShutdownRequest) (*em
 	if n > 0 && !r.Now {
 		return &emptypb.Empty{}, nil
 	}
+	// A Create under way (a boot, say) is cancelled, and let unwind so that
+	// it leaves no VM behind.
 	s.mu.Lock()
+	var creates []*creation
 	for _, cr := range s.creating {
 		cr.cancel()
+		creates = append(creates, cr)
 	}
 	s.mu.Unlock()
+	for _, cr := range creates {
+		select {
+		case <-cr.done:
+		case <-time.After(createUnwindWait):
+			log.G(ctx).Warn("a cancelled create did not unwind in time; shutting down anyway")
+		}
+	}
 	if err := s.stopSandbox(ctx); err != nil {
 		log.G(ctx).WithError(err).Warn("stopping the sandbox at shutdown")
 	}
