@@ -107,11 +107,19 @@ func newFakeShim(t *testing.T) *fakeShim {
 	rec := &recorder{}
 	s := newService(ctx, rec, sd)
 	t.Cleanup(func() {
-		s.mu.Lock()
-		sb := s.sandbox
-		s.mu.Unlock()
-		if sb != nil {
-			sb.Stop(context.Background())
+		// Stop the sandbox left, unless the service lock is stuck (the
+		// failure TestBootHoldsNoLock looks for): then fail, not hang.
+		locked := make(chan struct{})
+		go func() { s.mu.Lock(); close(locked) }()
+		select {
+		case <-locked:
+			sb := s.sandbox
+			s.mu.Unlock()
+			if sb != nil {
+				sb.Stop(context.Background())
+			}
+		case <-time.After(bound):
+			t.Errorf("the service lock is still held at the end of the test")
 		}
 		sd.Shutdown()
 		cancel()
