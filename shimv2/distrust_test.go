@@ -369,3 +369,32 @@ func TestExecDeleteRemovesAgentRecord(t *testing.T) {
 		t.Errorf("shim still holds %d processes of pod5, want its init only", len(c.all()))
 	}
 }
+
+// The memory of deleted containers and the warning pace are bounded,
+// whatever the pod's life or the guest's rate.
+func TestRecentIDsAndRateLimit(t *testing.T) {
+	var r recentIDs
+	now := time.Now()
+	for i := 0; i < 1000; i++ {
+		r.add(string(rune('a'+i%26))+time.Duration(i).String(), now)
+	}
+	r.add("last", now)
+	if !r.has("last", now) || r.has("last", now.Add(removedFor+time.Second)) || r.has("", now) {
+		t.Errorf("recentIDs: last %v, expired %v", r.has("last", now), r.has("last", now.Add(removedFor+time.Second)))
+	}
+	if r.has("a0s", now) {
+		t.Errorf("recentIDs kept an id %d additions ago", 1001)
+	}
+	var l rateLimit
+	if ok, _ := l.allow(now); !ok {
+		t.Fatal("first warning held back")
+	}
+	for i := 0; i < 100; i++ {
+		if ok, _ := l.allow(now.Add(time.Duration(i) * time.Millisecond)); ok {
+			t.Fatal("warning let through within the pace")
+		}
+	}
+	if ok, dropped := l.allow(now.Add(unknownIDWarnEvery)); !ok || dropped != 100 {
+		t.Errorf("next warning: %v, %d dropped; want true, 100", ok, dropped)
+	}
+}
