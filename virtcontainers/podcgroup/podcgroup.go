@@ -162,6 +162,9 @@ func MoveTo(procsFiles []string, pid int) error {
 // Delete removes the group's own directories (not its parents) once no
 // process is left in them. A group that is already gone is not an error.
 func (g *Group) Delete() error {
+	if g == nil {
+		return nil
+	}
 	var errs []error
 	for _, dir := range g.dirs {
 		if err := os.Remove(dir); err != nil && !errors.Is(err, fs.ErrNotExist) {
@@ -175,6 +178,9 @@ func (g *Group) Delete() error {
 // Origins, taken before it joined) says it was, so that the group can be
 // deleted while pid lives on (the shim with sandbox_cgroup_only).
 func (g *Group) Leave(pid int, origins map[string]string) error {
+	if g == nil {
+		return nil
+	}
 	var errs []error
 	for _, dir := range g.dirs {
 		root := strings.TrimSuffix(dir, g.Path)
