@@ -411,16 +411,13 @@ func (b *Backend) writeLoop(c *conn) {
 			b.mu.Unlock()
 			return
 		}
-		data := c.inbound[0]
-		c.inbound[0] = nil
-		c.inbound = c.inbound[1:]
-		c.inboundBytes -= len(data)
+		data := c.popInbound()
 		b.mu.Unlock()
 
 		n, err := c.uc.Write(data)
 
 		b.mu.Lock()
-		c.fwdCnt += uint32(n)
+		b.forwarded(c, n)
 		if c.state != connEstablished {
 			b.mu.Unlock()
 			return
@@ -428,13 +425,27 @@ func (b *Backend) writeLoop(c *conn) {
 		if err != nil {
 			b.cfg.Logf("vsock backend: stream %d→%d: write: %v", c.key.local, c.key.peer, err)
 			b.resetConn(c, true)
-			b.mu.Unlock()
-			return
-		}
-		if c.fwdCnt-c.lastFwdSent >= creditUpdateThreshold {
-			b.queueCreditUpdate(c)
 		}
 		b.mu.Unlock()
+	}
+}
+
+// popInbound takes the oldest chunk of guest data for the host; c.inbound
+// is not empty.
+func (c *conn) popInbound() []byte {
+	data := c.inbound[0]
+	c.inbound[0] = nil
+	c.inbound = c.inbound[1:]
+	c.inboundBytes -= len(data)
+	return data
+}
+
+// forwarded accounts for n bytes of c written to the host, whose buffer
+// space goes back to the guest once enough has gathered.
+func (b *Backend) forwarded(c *conn, n int) {
+	c.fwdCnt += uint32(n)
+	if c.state == connEstablished && c.fwdCnt-c.lastFwdSent >= creditUpdateThreshold {
+		b.queueCreditUpdate(c)
 	}
 }
 

@@ -194,48 +194,55 @@ func (b *Backend) processRX() {
 			return // the guest kicks when it adds buffers
 		}
 		used++
-		p := b.sendq[0]
 		room := ch.writableLen() - pktHdrSize
 		if room < 0 {
 			b.logGuest(&b.guestLog, "vsock backend: rx buffer of %d bytes cannot hold a header", ch.writableLen())
 			vq.push(ch.head, 0)
 			continue
 		}
-		data := p.data
-		if len(data) > room {
-			data = data[:room]
-		}
-		h := pktHdr{
-			srcCID: HostCID, dstCID: b.cfg.GuestCID,
-			srcPort: p.local, dstPort: p.peer,
-			len: uint32(len(data)), typ: typeStream, op: p.op, flags: p.flags,
-		}
-		if c := p.c; c != nil {
-			h.bufAlloc, h.fwdCnt = hostBufAlloc, c.fwdCnt
-			c.lastFwdSent = c.fwdCnt
-		}
+		h, data := b.nextOut(room)
 		h.encode(raw[:])
 		scatter(ch.writable, 0, raw[:])
 		scatter(ch.writable, pktHdrSize, data)
 		vq.push(ch.head, uint32(pktHdrSize+len(data)))
-
-		switch p.op {
-		case opRW:
-			b.stats.BytesToGuest += uint64(len(data))
-			p.data = p.data[len(data):]
-			p.c.queuedOut -= len(data)
-			b.releaseOut(len(data))
-			p.c.cond.Broadcast()
-			if len(p.data) > 0 {
-				continue
-			}
-		case opCreditUpdate:
-			p.c.creditQueued = false
-		case opRst:
-			b.stats.ResetsSent++
-		}
-		b.dequeued(p)
-		b.sendq[0] = nil
-		b.sendq = b.sendq[1:]
 	}
+}
+
+// nextOut takes the next packet for the guest off sendq, or as much of a
+// data packet as fits in room bytes of payload, and returns its header and
+// payload. sendq is not empty.
+func (b *Backend) nextOut(room int) (pktHdr, []byte) {
+	p := b.sendq[0]
+	data := p.data
+	if len(data) > room {
+		data = data[:room]
+	}
+	h := pktHdr{
+		srcCID: HostCID, dstCID: b.cfg.GuestCID,
+		srcPort: p.local, dstPort: p.peer,
+		len: uint32(len(data)), typ: typeStream, op: p.op, flags: p.flags,
+	}
+	if c := p.c; c != nil {
+		h.bufAlloc, h.fwdCnt = hostBufAlloc, c.fwdCnt
+		c.lastFwdSent = c.fwdCnt
+	}
+	switch p.op {
+	case opRW:
+		b.stats.BytesToGuest += uint64(len(data))
+		p.data = p.data[len(data):]
+		p.c.queuedOut -= len(data)
+		b.releaseOut(len(data))
+		p.c.cond.Broadcast()
+		if len(p.data) > 0 {
+			return h, data
+		}
+	case opCreditUpdate:
+		p.c.creditQueued = false
+	case opRst:
+		b.stats.ResetsSent++
+	}
+	b.dequeued(p)
+	b.sendq[0] = nil
+	b.sendq = b.sendq[1:]
+	return h, data
 }
