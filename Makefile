@@ -9,6 +9,8 @@
 #   make bench-run     ctr run --rm hello-world, Kasa beside runc
 #   make bench-pod     CRI pod-ready latency, a burst, memory per idle pod, Kasa beside runc
 #   make bench-vsock   agent RPC latency and stream throughput, vhost-user-vsock beside virtio-serial
+#   make fuzz          every Go fuzz target for FUZZTIME each (default 5m; make test runs 10s each)
+#   make soak          the CRI exec soak for 10 minutes (make test runs 2)
 
 PREFIX ?= /usr
 DESTDIR ?=
@@ -24,7 +26,7 @@ GUEST := build/guest
 
 export PATH := $(CURDIR)/bin:$(PATH)
 
-.PHONY: all build deps guest-image install install-containerd-config demo test test-unit test-integration cri-tools generate bench-boot bench-run bench-pod bench-vsock clean
+.PHONY: all build deps guest-image install install-containerd-config demo test test-unit test-fuzz test-integration cri-tools generate bench-boot bench-run bench-pod bench-vsock fuzz soak clean
 
 all: build guest-image
 
@@ -71,12 +73,20 @@ demo: install cri-tools
 	@echo "== a pod in a VM through containerd's CRI"
 	$(GO) run ./hack/demo
 
-test: deps build guest-image test-unit test-integration
+test: deps build guest-image test-unit test-fuzz test-integration
 
 # Tests named *Integration* and those under the integration build tag need
 # root and QEMU and boot real VMs (TCG here); the rest need neither.
 test-unit:
 	$(GO) test -count=1 -skip Integration ./...
+
+# Parsers of guest- and tenant-controlled data, each target briefly with its
+# seed corpus (testdata/fuzz); `make fuzz` is the long run.
+test-fuzz:
+	hack/fuzz.sh 10s
+
+fuzz:
+	hack/fuzz.sh $(or $(FUZZTIME),5m)
 
 # CI=true turns a missing prerequisite into a failure instead of a skip.
 # crictl and critest (cri-tools v1.30.0), built from the Go module proxy.
@@ -86,6 +96,9 @@ cri-tools:
 test-integration: build guest-image cri-tools
 	KASA_TEST_KERNEL=$(CURDIR)/$(GUEST)/vmlinuz $(GO) test -count=1 -run Integration -v ./agent/... ./hypervisor/... ./virtcontainers/...
 	KASA_TEST_GUEST_DIR=$(CURDIR)/$(GUEST) $(GO) test -count=1 -tags integration -timeout 30m -v ./test/integration/...
+
+soak: build guest-image cri-tools
+	KASA_SOAK=10m KASA_TEST_GUEST_DIR=$(CURDIR)/$(GUEST) $(GO) test -count=1 -tags integration -timeout 30m -run TestCRIExecSoak -v ./test/integration/
 
 generate:
 	hack/install-deps.sh --with-protoc
