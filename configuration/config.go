@@ -189,6 +189,10 @@ type RuntimeConfig struct {
 	// instead of an empty one of its own (Confinement.PrivateNamespaces);
 	// as in Kata it requires internetworking_model none.
 	DisableNewNetns bool `toml:"disable_new_netns"`
+	// AllowHostNamespaces lets a pod that asks for the node's network, IPC
+	// or PID namespace (hostNetwork, hostIPC, hostPID) start with the VM's
+	// own instead; by default such a pod is refused (Kasa's own key).
+	AllowHostNamespaces bool `toml:"allow_host_namespaces"`
 }
 
 // KernelParamsList splits KernelParams into single parameters.

@@ -140,7 +140,9 @@ func (f *fakeShim) bundle(t *testing.T, id, pod string, sandbox bool) string {
 		Version:     specs.Version,
 		Process:     &specs.Process{Args: []string{"/pause"}, Cwd: "/"},
 		Root:        &specs.Root{Path: "rootfs"},
-		Linux:       &specs.Linux{},
+		Linux: &specs.Linux{Namespaces: []specs.LinuxNamespace{
+			{Type: specs.NetworkNamespace}, {Type: specs.IPCNamespace}, {Type: specs.PIDNamespace},
+			{Type: specs.UTSNamespace}, {Type: specs.MountNamespace}}},
 		Annotations: map[string]string{annCRIContainerType: typ, annCRISandboxID: pod},
 	}
 	b, _ := json.Marshal(spec)

@@ -267,6 +267,9 @@ func (s *service) ensureSandbox(ctx context.Context, r *taskAPI.CreateTaskReques
 		s.mu.Unlock()
 
 		cfg, err := loadConfig(ctx, r, spec)
+		if err == nil {
+			err = checkHostNamespaces(r.ID, spec, cfg)
+		}
 		var sb *virtcontainers.Sandbox
 		if err == nil {
 			sc := virtcontainers.SandboxConfig{ID: r.ID, Config: cfg, Hostname: spec.Hostname, NetNS: netnsPath(spec)}

@@ -293,6 +293,22 @@ func TestCRIFailures(t *testing.T) {
 			t.Errorf("pods left: %s", out)
 		}
 	})
+	t.Run("hostNetwork and hostIPC refused", func(t *testing.T) {
+		c, ctx := startCRIHarness(t, 3*time.Minute, nil)
+		podCfg := ctrtest.PodConfig("hostns")
+		// NODE (2) for network and IPC, as the kubelet sends for hostNetwork and hostIPC.
+		podCfg["linux"] = map[string]any{"security_context": map[string]any{"namespace_options": map[string]any{"network": 2, "pid": 1, "ipc": 2}}}
+		p, _ := c.WriteJSON("hostns.json", podCfg)
+		res, err := c.Crictl(ctx, "runp", "--runtime", "kata", p)
+		if err != nil || res.ExitCode == 0 || !strings.Contains(res.Stderr, "hostNetwork, hostIPC") || !strings.Contains(res.Stderr, "allow_host_namespaces") {
+			t.Errorf("runp of a hostNetwork+hostIPC pod: %v %v, want a refusal naming both and the opt-in", res, err)
+		}
+		ctrtest.AssertNoLeftovers(t, c)
+		assertNoTaps(t)
+		if out, _ := c.CrictlOK(ctx, "pods", "-q"); out != "" {
+			t.Errorf("pods left: %s", out)
+		}
+	})
 	t.Run("CNI failure", func(t *testing.T) {
 		// The bridge works, then tuning fails on a sysctl that does not
 		// exist: ADD fails, DEL succeeds, as with a real misconfiguration.
