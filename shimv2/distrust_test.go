@@ -137,9 +137,9 @@ func (f *fakeShim) bundle(t *testing.T, id, pod string, sandbox bool) string {
 		typ = "sandbox"
 	}
 	spec := specs.Spec{
-		Version:     specs.Version,
-		Process:     &specs.Process{Args: []string{"/pause"}, Cwd: "/"},
-		Root:        &specs.Root{Path: "rootfs"},
+		Version: specs.Version,
+		Process: &specs.Process{Args: []string{"/pause"}, Cwd: "/"},
+		Root:    &specs.Root{Path: "rootfs"},
 		Linux: &specs.Linux{Namespaces: []specs.LinuxNamespace{
 			{Type: specs.NetworkNamespace}, {Type: specs.IPCNamespace}, {Type: specs.PIDNamespace},
 			{Type: specs.UTSNamespace}, {Type: specs.MountNamespace}}},
