@@ -279,14 +279,18 @@ func (vm *VM) Stop(ctx context.Context) error {
 		case <-vm.hv.Done():
 		default:
 			dctx, cancel := context.WithTimeout(ctx, destroyTimeout)
-			if err := vm.Agent.DestroySandbox(dctx); err != nil {
-				log.G(ctx).WithError(err).Warn("agent DestroySandbox failed; stopping the VM through the hypervisor")
-			}
+			err := vm.Agent.DestroySandbox(dctx)
 			cancel()
-			select {
-			case <-vm.hv.Done():
-			case <-time.After(powerOffWait):
-				log.G(ctx).Warn("guest did not power off; asking the hypervisor to quit")
+			if err != nil {
+				// A guest that does not answer will not power off either:
+				// go straight to the hypervisor.
+				log.G(ctx).WithError(err).Warn("agent DestroySandbox failed; stopping the VM through the hypervisor")
+			} else {
+				select {
+				case <-vm.hv.Done():
+				case <-time.After(powerOffWait):
+					log.G(ctx).Warn("guest did not power off; asking the hypervisor to quit")
+				}
 			}
 		}
 		vm.Agent.Close()
