@@ -2,8 +2,12 @@ package virtcontainers
 
 import (
 	"bytes"
+	"context"
+	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
 	"path/filepath"
 	"reflect"
 	"slices"
@@ -266,4 +270,149 @@ func jsonEqual(a, b any) bool {
 	ja, _ := json.Marshal(a)
 	jb, _ := json.Marshal(b)
 	return bytes.Equal(ja, jb)
+}
+
+// scriptedAgent answers WriteStdin and ReadStdout from a fuzzer-made
+// script, as a compromised agent could; past its end every call fails.
+type scriptedAgent struct {
+	agent // nil: the other calls are not made
+	script []byte
+	calls  int
+	// stalled is set by a reply that made no progress and had no error;
+	// calledAgain by a call after it.
+	stalled, calledAgain bool
+}
+
+var errScriptEnd = errors.New("script ended")
+
+func (a *scriptedAgent) take(n int) ([]byte, bool) {
+	if len(a.script) < n {
+		a.script = nil
+		return nil, false
+	}
+	b := a.script[:n]
+	a.script = a.script[n:]
+	return b, true
+}
+
+// WriteStdin replies with 1 flag byte (odd: an error) and a 32-bit length.
+func (a *scriptedAgent) WriteStdin(_ context.Context, _, _ string, data []byte) (int, error) {
+	a.call()
+	b, ok := a.take(5)
+	if !ok {
+		return 0, errScriptEnd
+	}
+	n := int(binary.BigEndian.Uint32(b[1:])) // as client.WriteStdin converts the reply
+	if b[0]&1 != 0 {
+		return n, errors.New("agent error")
+	}
+	a.stalled = n == 0
+	return n, nil
+}
+
+// ReadStdout replies with 1 flag byte (bit 0: eof, bit 1: an error), 1
+// length byte and that many bytes of data.
+func (a *scriptedAgent) ReadStdout(_ context.Context, _, _ string, _ uint32) ([]byte, bool, error) {
+	a.call()
+	h, ok := a.take(2)
+	if !ok {
+		return nil, false, errScriptEnd
+	}
+	if h[0]&2 != 0 {
+		return nil, false, errors.New("agent error")
+	}
+	data, ok := a.take(int(h[1]))
+	if !ok {
+		return nil, false, errScriptEnd
+	}
+	a.stalled = len(data) == 0 && h[0]&1 == 0
+	return bytes.Clone(data), h[0]&1 != 0, nil
+}
+
+func (a *scriptedAgent) call() {
+	a.calls++
+	if a.stalled {
+		a.calledAgain = true
+	}
+}
+
+// FuzzAgentStreams runs the shim's stdin writer and stdout reader against
+// an agent whose replies are arbitrary: WriteStdin's length and
+// ReadStdout's data and eof are the guest's word. The writer must return
+// 0 <= n <= len(p) and an error unless it wrote everything; neither may
+// call the agent again after a reply that made no progress (that loop
+// would last as long as the guest likes); and the reader must return
+// exactly the data the agent sent, up to its eof.
+func FuzzAgentStreams(f *testing.F) {
+	reply := func(flags byte, n uint32) []byte { return binary.BigEndian.AppendUint32([]byte{flags}, n) }
+	f.Add(uint16(100), bytes.Join([][]byte{reply(0, 60), reply(0, 40)}, nil))
+	f.Add(uint16(100), bytes.Join([][]byte{reply(0, 0), reply(0, 0), reply(0, 100)}, nil))
+	f.Add(uint16(10), reply(0, 0xffffffff))
+	f.Add(uint16(10), reply(1, 5))
+	f.Add(uint16(3), []byte{0, 3, 'a', 'b', 'c', 0, 0, 0, 0, 1, 0, 0, 1})
+	f.Add(uint16(3), []byte{0, 3, 'a', 'b', 'c', 2, 0})
+	f.Fuzz(func(t *testing.T, size uint16, script []byte) {
+		// Stdin.
+		a := &scriptedAgent{script: script}
+		s := &Sandbox{agent: a}
+		p := make([]byte, size%4096)
+		n, err := s.Stdin(context.Background(), "c", "c").Write(p)
+		if n < 0 || n > len(p) {
+			t.Fatalf("Write of %d bytes returned n = %d", len(p), n)
+		}
+		if err == nil && n != len(p) {
+			t.Fatalf("Write of %d bytes wrote %d without an error", len(p), n)
+		}
+		if a.calledAgain || a.calls > len(p)+1 {
+			t.Fatalf("Write of %d bytes called WriteStdin %d times, again after a reply that made no progress: %v", len(p), a.calls, a.calledAgain)
+		}
+
+		// Stdout, from the same script.
+		a = &scriptedAgent{script: script}
+		s = &Sandbox{agent: a}
+		// The model: data up to an error, the end of the script, a reply
+		// with neither data nor eof (a protocol error), or eof.
+		var want []byte
+		wantEOF := false
+		for rest := script; len(rest) >= 2; {
+			h, l := rest[0], int(rest[1])
+			if h&2 != 0 || len(rest) < 2+l || (l == 0 && h&1 == 0) {
+				break
+			}
+			want = append(want, rest[2:2+l]...)
+			rest = rest[2+l:]
+			if h&1 != 0 {
+				wantEOF = true
+				break
+			}
+		}
+		r := s.Stdout(context.Background(), "c", "c")
+		var got []byte
+		buf := make([]byte, 7)
+		for range len(script) + 2 {
+			n, err := r.Read(buf)
+			got = append(got, buf[:n]...)
+			if n < 0 || n > len(buf) || (n == 0 && err == nil) {
+				t.Fatalf("Read returned %d, %v", n, err)
+			}
+			if err != nil {
+				if (err == io.EOF) != wantEOF {
+					t.Fatalf("Read ended with %v, want eof %v", err, wantEOF)
+				}
+				break
+			}
+		}
+		if !bytes.HasPrefix(want, got) {
+			t.Fatalf("read %q, not a prefix of the agent's %q", got, want)
+		}
+		if wantEOF && !bytes.Equal(got, want) {
+			t.Fatalf("read %q before eof, want %q", got, want)
+		}
+		if a.calledAgain || a.calls > len(got)+2 {
+			t.Fatalf("%d ReadStdout calls for %d bytes, again after an empty reply: %v", a.calls, len(got), a.calledAgain)
+		}
+		if n, err := r.Read(buf); wantEOF && (n != 0 || err != io.EOF) {
+			t.Fatalf("Read after eof = %d, %v", n, err)
+		}
+	})
 }

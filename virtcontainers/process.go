@@ -3,6 +3,7 @@ package virtcontainers
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"syscall"
@@ -117,6 +118,9 @@ func (s *Sandbox) CloseStdin(ctx context.Context, id, execID string) error {
 // NextOOM blocks until the guest reports an OOM kill and names the container.
 func (s *Sandbox) NextOOM(ctx context.Context) (string, error) { return s.agent.GetOOMEvent(ctx) }
 
+// errAgentReply is a reply no honest agent sends.
+var errAgentReply = errors.New("invalid agent reply")
+
 // readChunk is the most a single stdout/stderr read asks the agent for.
 const readChunk = 64 * 1024
 
@@ -156,6 +160,11 @@ func (r *streamReader) Read(p []byte) (int, error) {
 		if err != nil {
 			return 0, err
 		}
+		if len(data) == 0 && !eof {
+			// The agent waits for data; an empty reply would have us
+			// ask again, as fast and as long as the guest likes.
+			return 0, fmt.Errorf("agent returned neither data nor end of stream: %w", errAgentReply)
+		}
 		r.buf, r.eof = data, eof
 	}
 	n := copy(p, r.buf)
@@ -173,9 +182,17 @@ func (w *stdinWriter) Write(p []byte) (int, error) {
 	written := 0
 	for written < len(p) {
 		n, err := w.s.agent.WriteStdin(w.ctx, w.id, w.execID, p[written:])
+		// The length is the guest's word: keep it within what was sent,
+		// and stop if it makes no progress without saying why.
+		if n < 0 || n > len(p)-written {
+			return written, fmt.Errorf("agent wrote %d bytes of %d: %w", n, len(p)-written, errAgentReply)
+		}
 		written += n
 		if err != nil {
 			return written, err
+		}
+		if n == 0 {
+			return written, fmt.Errorf("agent wrote nothing and reported no error: %w", errAgentReply)
 		}
 	}
 	return written, nil
