@@ -275,7 +275,7 @@ func jsonEqual(a, b any) bool {
 // scriptedAgent answers WriteStdin and ReadStdout from a fuzzer-made
 // script, as a compromised agent could; past its end every call fails.
 type scriptedAgent struct {
-	agent // nil: the other calls are not made
+	agent  // nil: the other calls are not made
 	script []byte
 	calls  int
 	// stalled is set by a reply that made no progress and had no error;
