@@ -292,7 +292,9 @@ func TestQMPMessageLimitSpansLines(t *testing.T) {
 			if err == nil {
 				q.Close()
 			}
-			if !errors.Is(err, errQMPMessageTooLong) {
+			// (With GOEXPERIMENT=jsonv2 the decoder's error keeps the text
+			// of the reader's, not its identity.)
+			if err == nil || !strings.Contains(err.Error(), errQMPMessageTooLong.Error()) {
 				t.Fatalf("NewQMP after %d bytes of one message: %v, want %v", len(flood), err, errQMPMessageTooLong)
 			}
 		})
