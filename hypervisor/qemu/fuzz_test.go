@@ -1,10 +1,12 @@
 package qemu
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"io"
+	"net"
 	"strings"
 	"testing"
 	"time"
@@ -125,4 +127,131 @@ func FuzzQMPReader(f *testing.F) {
 			}
 		}
 	})
+}
+
+// fakeQEMU serves one QMP session on conn: the greeting and segs[0], then
+// for the k-th command it reads, segs[k] with every "ID" replaced by the
+// command's id, followed by a well-formed reply, so that every command is
+// answered unless the fuzzer's bytes broke the stream first. It hangs up
+// when the client does, and when what it sent ends inside a JSON value
+// (the client would rightly wait for the rest until its context ends).
+func fakeQEMU(conn net.Conn, segs [][]byte) {
+	defer conn.Close()
+	sent := append([]byte(greeting+"\r\n"), segs[0]...)
+	if _, err := conn.Write(sent); err != nil {
+		return
+	}
+	dec := json.NewDecoder(conn)
+	for k := 1; ; k++ {
+		var req qmpRequest
+		if err := dec.Decode(&req); err != nil {
+			return
+		}
+		var out []byte
+		if k < len(segs) {
+			out = bytes.ReplaceAll(segs[k], []byte("ID"), req.ID)
+		}
+		out = append(out, `{"return": {}, "id": `+string(req.ID)+"}\r\n"...)
+		if _, err := conn.Write(out); err != nil {
+			return
+		}
+		if sent = append(sent, out...); endsInsideValue(sent) {
+			return
+		}
+	}
+}
+
+// endsInsideValue reports whether a JSON stream stops partway through a value.
+func endsInsideValue(stream []byte) bool {
+	dec := json.NewDecoder(bytes.NewReader(stream))
+	for {
+		var v json.RawMessage
+		switch err := dec.Decode(&v); {
+		case err == nil:
+		case errors.Is(err, io.ErrUnexpectedEOF):
+			return true
+		default:
+			return false
+		}
+	}
+}
+
+// FuzzQMPSession runs NewQMP, QueryStatus and Execute on a socket pair
+// against a QEMU that answers with fuzzer-made bytes (segments split at
+// NUL bytes: after the greeting, then after each command): every call must
+// return, with a value or an error, and Close must end the reader.
+func FuzzQMPSession(f *testing.F) {
+	for _, s := range []string{
+		"",
+		"\x00\x00" + `{"return": {"status": "running", "singlestep": false, "running": true}, "id": ID}` + "\r\n",
+		`{"event": "RESUME", "timestamp": {"seconds": 1, "microseconds": 2}}` + "\r\n\x00" +
+			`{"event": "STOP"}` + "\r\n\x00" + `{"return": {"status": "paused"}, "id": ID}` + "\r\n",
+		"\x00" + `{"error": {"class": "GenericError", "desc": "no"}, "id": ID}` + "\r\n",
+		"\x00\x00" + `{"return": "running", "id": ID}` + "\r\n",
+		"\x00\x00" + `{"return": {"running": "yes"}, "id": ID}` + "\r\n",
+		"\x00\x00\x00" + `{"error": null, "return": null, "id": ID}` + "\r\n",
+		"\x00\x00" + `{"id": ID}` + "\r\n",
+		"\x00{]\x00",
+		"\x00" + `{"return": {}, "id": ID}{"return": {}, "id": ID}` + "\r\n",
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		segs := bytes.SplitN(data, []byte{0}, 4)
+		// A socket pair, as QEMU is given, not a net.Pipe: its buffer lets
+		// both ends write at once.
+		client, peer := qmpSocketPair(t)
+		go fakeQEMU(peer, segs)
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		q, err := NewQMP(ctx, client, func(QMPEvent) {})
+		if err != nil {
+			if ctx.Err() != nil {
+				t.Fatalf("NewQMP did not return: %v", err)
+			}
+			return
+		}
+		defer q.Close()
+		if st, err := q.QueryStatus(ctx); err == nil {
+			_ = st.Running
+		} else if ctx.Err() != nil {
+			t.Fatalf("QueryStatus did not return: %v", err)
+		}
+		ret, err := q.Execute(ctx, "cont", nil)
+		var qe *QMPError
+		switch {
+		case ctx.Err() != nil:
+			t.Fatalf("Execute did not return: %v", err)
+		case err == nil:
+			_ = ret
+		case errors.As(err, &qe):
+			if qe.Command != "cont" || ret != nil {
+				t.Fatalf("error reply %+v with %q", qe, ret)
+			}
+		case !errors.Is(err, ErrQMPClosed):
+			t.Fatalf("Execute: %v, want a QMPError or ErrQMPClosed", err)
+		}
+		done := make(chan struct{})
+		go func() { q.Close(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(5 * time.Second):
+			t.Fatal("Close did not end the reader")
+		}
+	})
+}
+
+// qmpSocketPair is the driver's socket pair, QEMU's end as a net.Conn.
+func qmpSocketPair(t *testing.T) (net.Conn, net.Conn) {
+	host, vmm, err := socketPair("qmp")
+	if err != nil {
+		t.Fatal(err)
+	}
+	peer, err := net.FileConn(vmm)
+	vmm.Close()
+	if err != nil {
+		host.Close()
+		t.Fatal(err)
+	}
+	return host, peer
 }
