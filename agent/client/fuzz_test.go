@@ -18,6 +18,12 @@ import (
 	"github.com/kasa-runtime/kasa/agent/api"
 )
 
+// fuzzHangTimeout bounds, in wall-clock time, a wait that only a real hang
+// reaches: fuzzers share small machines that can stall a process for
+// seconds (5 s was once mistaken for a hang), yet a hang must still show
+// within a 20 s -fuzztime run.
+const fuzzHangTimeout = 15 * time.Second
+
 // fakeAgentConn answers every ttrpc request on conn with reply: a ttrpc
 // Response message, or with raw, bytes written as they are (a whole
 // frame, header included) before hanging up.
@@ -219,7 +225,7 @@ func FuzzAgentReplies(f *testing.F) {
 
 		// The fake always answers or hangs up at once: a call that is
 		// still waiting after this long waits for nothing.
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		ctx, cancel := context.WithTimeout(context.Background(), fuzzHangTimeout)
 		defer cancel()
 		call := clientCalls[int(sel)%len(clientCalls)]
 		err := call(t, ctx, c)

@@ -9,6 +9,12 @@ import (
 	"time"
 )
 
+// fuzzHangTimeout bounds, in wall-clock time, a wait that only a real hang
+// reaches: fuzzers share small machines that can stall a process for
+// seconds (5 s was once mistaken for a hang), yet a hang must still show
+// within a 20 s -fuzztime run.
+const fuzzHangTimeout = 15 * time.Second
+
 // fuzzSession is the session id the fuzzed host dials with; seeds use it so
 // that the fuzzer starts from streams the host actually accepts.
 const fuzzSession uint32 = 0x4b415341
@@ -158,7 +164,7 @@ func FuzzHostReadLoop(f *testing.F) {
 			b, _ := io.ReadAll(c)
 			got <- b
 		}()
-		timeout := time.After(10 * time.Second)
+		timeout := time.After(fuzzHangTimeout)
 		select {
 		case <-loopDone:
 		case <-timeout:

@@ -12,6 +12,12 @@ import (
 	"time"
 )
 
+// fuzzHangTimeout bounds, in wall-clock time, a wait that only a real hang
+// reaches: fuzzers share small machines that can stall a process for
+// seconds (5 s was once mistaken for a hang), yet a hang must still show
+// within a 20 s -fuzztime run.
+const fuzzHangTimeout = 15 * time.Second
+
 // fuzzQMPMax stands in for maxQMPMessage so that the fuzzer can reach it
 // with small inputs.
 const fuzzQMPMax = 256
@@ -94,7 +100,7 @@ func FuzzQMPReader(f *testing.F) {
 			go q.readLoop(dec)
 			select {
 			case <-q.readDone:
-			case <-time.After(10 * time.Second):
+			case <-time.After(fuzzHangTimeout):
 				t.Fatal("readLoop did not end with the stream")
 			}
 			if q.readErr == nil {
@@ -202,7 +208,7 @@ func FuzzQMPSession(f *testing.F) {
 		// both ends write at once.
 		client, peer := qmpSocketPair(t)
 		go fakeQEMU(peer, segs)
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		ctx, cancel := context.WithTimeout(context.Background(), fuzzHangTimeout)
 		defer cancel()
 		q, err := NewQMP(ctx, client, func(QMPEvent) {})
 		if err != nil {
@@ -235,7 +241,7 @@ func FuzzQMPSession(f *testing.F) {
 		go func() { q.Close(); close(done) }()
 		select {
 		case <-done:
-		case <-time.After(5 * time.Second):
+		case <-time.After(fuzzHangTimeout):
 			t.Fatal("Close did not end the reader")
 		}
 	})
