@@ -5,7 +5,6 @@ import (
 	"io"
 	"net"
 	"testing"
-	"testing/iotest"
 	"time"
 )
 
@@ -102,14 +101,20 @@ func FuzzFrameReader(f *testing.F) {
 			t.Fatalf("decoded %d bytes and skipped %d of a %d-byte stream", used, skipped, len(stream))
 		}
 
-		// Read boundaries do not matter.
-		again, skipped2, _ := decodeAll(t, stream, iotest.OneByteReader)
-		if len(again) != len(frames) || skipped2 != skipped {
-			t.Fatalf("one byte at a time: %d frames, %d skipped; at once: %d frames, %d skipped", len(again), skipped2, len(frames), skipped)
-		}
-		for i := range frames {
-			if again[i].typ != frames[i].typ || again[i].session != frames[i].session || !bytes.Equal(again[i].payload, frames[i].payload) {
-				t.Fatalf("frame %d differs when read one byte at a time", i)
+		// Read boundaries do not matter: one byte at a time, or chunks
+		// that leave a header buffered without the rest of its frame.
+		for _, chunk := range []int{1, 7, 61} {
+			again, skipped2, _ := decodeAll(t, stream, func(r io.Reader) io.Reader {
+				b, _ := io.ReadAll(r)
+				return &chunkReader{data: b, chunk: chunk}
+			})
+			if len(again) != len(frames) || skipped2 != skipped {
+				t.Fatalf("%d-byte reads: %d frames, %d skipped; at once: %d frames, %d skipped", chunk, len(again), skipped2, len(frames), skipped)
+			}
+			for i := range frames {
+				if again[i].typ != frames[i].typ || again[i].session != frames[i].session || !bytes.Equal(again[i].payload, frames[i].payload) {
+					t.Fatalf("frame %d differs when read %d bytes at a time: %+v, at once %+v", i, chunk, again[i], frames[i])
+				}
 			}
 		}
 	})
