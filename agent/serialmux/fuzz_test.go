@@ -160,7 +160,14 @@ func FuzzHostReadLoop(f *testing.F) {
 			close(loopDone)
 		}()
 		go func() {
-			guest.Write(stream)
+			// In pieces, as a virtio-serial port delivers them.
+			for rest := stream; len(rest) > 0; {
+				n := min(len(rest), 1+int(rest[0])%64)
+				if _, err := guest.Write(rest[:n]); err != nil {
+					break
+				}
+				rest = rest[n:]
+			}
 			guest.Close()
 		}()
 
