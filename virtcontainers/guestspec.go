@@ -28,9 +28,10 @@ func isReadOnly(m specs.Mount) bool { return slices.Contains(m.Options, "ro") }
 // their copies in the shared directory (volumes maps a mount's index to its
 // guest path), and the host-only parts are dropped: hooks (they would run in
 // the guest with the host's paths), device nodes (they are the host's), the
-// cgroup path (the agent places containers in the guest's hierarchy) and the
-// network namespace (containers share the VM's network). The input is not
-// modified.
+// cgroup path (the agent places containers in the guest's hierarchy), the
+// network namespace (containers share the VM's network), and the VM and
+// Windows sections (host paths of a VM runtime's hypervisor, kernel and
+// image, and of Windows layers). The input is not modified.
 //
 // Namespace paths name the pod sandbox's namespaces (CRI gives
 // /proc/<sandbox task pid>/ns/<type>): the IPC, UTS and PID ones become
@@ -57,6 +58,8 @@ func guestSpec(in *specs.Spec, rootfs string, volumes map[int]string) (_ *specs.
 	}
 	s.Root.Path = rootfs
 	s.Hooks = nil
+	s.VM = nil
+	s.Windows = nil
 
 	for i := range s.Mounts {
 		if !isBind(s.Mounts[i]) {

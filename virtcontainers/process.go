@@ -184,6 +184,11 @@ func (r *streamReader) Read(p []byte) (int, error) {
 		if len(data) > readChunk {
 			return 0, fmt.Errorf("agent sent %d bytes of output, at most %d were asked: %w", len(data), readChunk, client.ErrBadReply)
 		}
+		if len(data) == 0 && !eof {
+			// The agent waits for data; an empty reply would have us
+			// ask again, as fast and as long as the guest likes.
+			return 0, fmt.Errorf("agent returned neither data nor end of stream: %w", client.ErrBadReply)
+		}
 		r.buf, r.eof = data, eof
 	}
 	n := copy(p, r.buf)

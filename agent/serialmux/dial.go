@@ -105,12 +105,19 @@ func hostReadLoop(uc net.Conn, c *conn, acked chan<- struct{}, readErr chan<- er
 				c.deliver(f.payload)
 			}
 		case frameClose:
+			if !isAcked {
+				readErr <- errCloseBeforeAck
+			}
 			c.finish(io.EOF)
 			uc.Close()
 			return
 		}
 	}
 }
+
+// errCloseBeforeAck is what Dial reports when the agent ends the session it
+// has not acknowledged: only a misbehaving guest does that.
+var errCloseBeforeAck = errors.New("serialmux: agent closed the session before acknowledging it")
 
 func newSessionID() uint32 {
 	var b [4]byte

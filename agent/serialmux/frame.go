@@ -109,9 +109,10 @@ func (fr *frameReader) next() (frame, error) {
 			fr.drop(1)
 			continue
 		}
+		// hdr is stale: the second Peek may have slid the buffer.
 		f := frame{
 			typ:     typ,
-			session: binary.BigEndian.Uint32(hdr[5:9]),
+			session: binary.BigEndian.Uint32(whole[5:9]),
 			payload: append([]byte(nil), whole[headerLen:headerLen+int(n)]...),
 		}
 		fr.r.Discard(len(whole))

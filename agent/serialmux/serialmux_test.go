@@ -268,3 +268,39 @@ func TestDialReturnsWhenPortIsNotDrained(t *testing.T) {
 		t.Fatalf("dial took %s with a 3 s deadline", d)
 	}
 }
+
+// TestFrameReaderSessionAcrossReads: a frame that arrives in pieces keeps
+// its session id. The reader took it from its first Peek's slice, which the
+// Peek for the whole frame moves when the header came with the end of the
+// previous read and the rest of the frame did not.
+func TestFrameReaderSessionAcrossReads(t *testing.T) {
+	var stream []byte
+	for i := range 8 {
+		stream = appendFrame(stream, frame{typ: frameData, session: uint32(0x1000 + i), payload: bytes.Repeat([]byte{byte(i)}, 10*(i+1))})
+	}
+	fr := newFrameReader(&chunkReader{data: stream, chunk: 50})
+	for i := range 8 {
+		f, err := fr.next()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if f.session != uint32(0x1000+i) || len(f.payload) != 10*(i+1) {
+			t.Fatalf("frame %d: session %#x, %d bytes; want %#x, %d", i, f.session, len(f.payload), 0x1000+i, 10*(i+1))
+		}
+	}
+}
+
+// chunkReader returns data at most chunk bytes at a time.
+type chunkReader struct {
+	data  []byte
+	chunk int
+}
+
+func (c *chunkReader) Read(p []byte) (int, error) {
+	if len(c.data) == 0 {
+		return 0, io.EOF
+	}
+	n := copy(p[:min(len(p), c.chunk)], c.data)
+	c.data = c.data[n:]
+	return n, nil
+}

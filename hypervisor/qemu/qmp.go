@@ -106,7 +106,7 @@ func NewQMP(ctx context.Context, conn net.Conn, onEvent func(QMPEvent)) (*QMP, e
 		pending:  make(map[uint64]chan qmpReply),
 		readDone: make(chan struct{}),
 	}
-	dec := json.NewDecoder(&lineLimitReader{r: conn, max: maxQMPMessage})
+	dec := newQMPDecoder(conn, maxQMPMessage)
 	if err := q.readGreeting(ctx, dec); err != nil {
 		conn.Close()
 		return nil, err
@@ -119,32 +119,45 @@ func NewQMP(ctx context.Context, conn net.Conn, onEvent func(QMPEvent)) (*QMP, e
 	return q, nil
 }
 
-// maxQMPMessage bounds one QMP message (QEMU ends each with a newline); the
-// largest Kasa asks for (query-status, migration info) are a few hundred bytes.
+// maxQMPMessage bounds one QMP message; the largest Kasa asks for
+// (query-status, migration info) are a few hundred bytes.
 const maxQMPMessage = 1 << 20
 
 // errQMPMessageTooLong ends a connection whose peer sends an oversized message.
-var errQMPMessageTooLong = fmt.Errorf("qmp: message longer than %d bytes", maxQMPMessage)
+var errQMPMessageTooLong = errors.New("qmp: message too long")
 
-// lineLimitReader fails once more than max bytes pass without a newline.
-type lineLimitReader struct {
-	r   io.Reader
-	max int
-	n   int // bytes since the last newline
+// newQMPDecoder decodes QMP messages from r, never holding more than max
+// bytes of one message (with the whitespace before it) in its buffer.
+func newQMPDecoder(r io.Reader, max int) *json.Decoder {
+	l := &messageLimitReader{r: r, max: int64(max)}
+	l.dec = json.NewDecoder(l)
+	return l.dec
 }
 
-func (l *lineLimitReader) Read(p []byte) (int, error) {
-	n, err := l.r.Read(p)
-	for _, b := range p[:n] {
-		if b == '\n' {
-			l.n = 0
-			continue
-		}
-		l.n++
-		if l.n > l.max {
-			return 0, errQMPMessageTooLong
-		}
+// messageLimitReader feeds dec at most max bytes beyond the end of the last
+// value it decoded, then fails. Counting from the decoder's position rather
+// than from the last newline matters: a message may span lines (JSON allows
+// a newline between any two tokens) and the decoder keeps all of it, and the
+// whitespace before it, in memory until the value is complete.
+type messageLimitReader struct {
+	r    io.Reader
+	dec  *json.Decoder
+	max  int64
+	read int64 // bytes handed to dec so far
+}
+
+func (l *messageLimitReader) Read(p []byte) (int, error) {
+	// InputOffset is where the value being decoded starts: everything
+	// read since then is in the decoder's buffer.
+	room := l.max - (l.read - l.dec.InputOffset())
+	if room <= 0 {
+		return 0, fmt.Errorf("%w: more than %d bytes", errQMPMessageTooLong, l.max)
 	}
+	if int64(len(p)) > room {
+		p = p[:room]
+	}
+	n, err := l.r.Read(p)
+	l.read += int64(n)
 	return n, err
 }
 

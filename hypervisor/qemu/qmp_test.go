@@ -267,3 +267,36 @@ func TestQMPNoGreeting(t *testing.T) {
 		t.Errorf("want DeadlineExceeded from a silent peer, got %v", err)
 	}
 }
+
+// TestQMPMessageLimitSpansLines: the limit is on one message, not one line.
+// A message may span lines, and blank lines before it stay in the decoder's
+// buffer too, so counting from the last newline let QEMU grow it without
+// bound.
+func TestQMPMessageLimitSpansLines(t *testing.T) {
+	for name, flood := range map[string]string{
+		"blank lines":     strings.Repeat("\r\n", maxQMPMessage),
+		"multi-line json": `{"event": "X", "data": [` + strings.Repeat("1,\n", maxQMPMessage/2) + "1]}\n",
+	} {
+		t.Run(name, func(t *testing.T) {
+			client, peer := net.Pipe()
+			defer peer.Close()
+			go func() {
+				peer.Write([]byte(flood + greeting + "\r\n"))
+				dec := json.NewDecoder(peer)
+				var req qmpRequest
+				if dec.Decode(&req) == nil {
+					send(peer, `{"return": {}, "id": `+string(req.ID)+`}`)
+				}
+			}()
+			q, err := NewQMP(testCtx(t), client, nil)
+			if err == nil {
+				q.Close()
+			}
+			// (With GOEXPERIMENT=jsonv2 the decoder's error keeps the text
+			// of the reader's, not its identity.)
+			if err == nil || !strings.Contains(err.Error(), errQMPMessageTooLong.Error()) {
+				t.Fatalf("NewQMP after %d bytes of one message: %v, want %v", len(flood), err, errQMPMessageTooLong)
+			}
+		})
+	}
+}
