@@ -1,7 +1,6 @@
 package client
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"net"
@@ -97,12 +96,22 @@ func dialHybridVsock(ctx context.Context, path string, port uint32) (net.Conn, e
 		return nil, err
 	}
 	// Read byte by byte: whatever follows the line belongs to the stream.
-	r := bufio.NewReaderSize(oneByteReader{c}, 16)
-	line, err := r.ReadString('\n')
-	if err != nil {
-		c.Close()
-		return nil, fmt.Errorf("hybrid vsock handshake on %s: %w", path, err)
+	// The answer is short ("OK 4294967295\n"); a longer one is refused
+	// rather than buffered.
+	var b [1]byte
+	var buf []byte
+	for len(buf) == 0 || buf[len(buf)-1] != '\n' {
+		if len(buf) >= maxHandshakeLine {
+			c.Close()
+			return nil, fmt.Errorf("hybrid vsock handshake on %s: answer longer than %d bytes: %q", path, maxHandshakeLine, buf)
+		}
+		if _, err := c.Read(b[:]); err != nil {
+			c.Close()
+			return nil, fmt.Errorf("hybrid vsock handshake on %s: %w", path, err)
+		}
+		buf = append(buf, b[0])
 	}
+	line := string(buf)
 	if !strings.HasPrefix(line, "OK ") {
 		c.Close()
 		return nil, fmt.Errorf("hybrid vsock handshake on %s: got %q", path, strings.TrimSpace(line))
@@ -111,6 +120,5 @@ func dialHybridVsock(ctx context.Context, path string, port uint32) (net.Conn, e
 	return c, nil
 }
 
-type oneByteReader struct{ c net.Conn }
-
-func (o oneByteReader) Read(p []byte) (int, error) { return o.c.Read(p[:1]) }
+// maxHandshakeLine bounds the hybrid vsock handshake's answer line.
+const maxHandshakeLine = 64
