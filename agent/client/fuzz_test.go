@@ -3,7 +3,6 @@ package client
 import (
 	"context"
 	"encoding/binary"
-	"errors"
 	"io"
 	"net"
 	"strings"
@@ -229,8 +228,10 @@ func FuzzAgentReplies(f *testing.F) {
 		defer cancel()
 		call := clientCalls[int(sel)%len(clientCalls)]
 		err := call(t, ctx, c)
-		if errors.Is(err, context.DeadlineExceeded) {
-			t.Fatalf("call %d did not return after the agent's reply", int(sel)%len(clientCalls))
+		// Our own deadline, not an error the guest named (a reply with
+		// status DeadlineExceeded comes back as one, and that is fine).
+		if ctx.Err() != nil {
+			t.Fatalf("call %d did not return after the agent's reply (%v)", int(sel)%len(clientCalls), err)
 		}
 		if err != nil && !strings.HasPrefix(err.Error(), "agent ") {
 			t.Errorf("error does not name the agent RPC: %v", err)
