@@ -59,6 +59,9 @@ type Config struct {
 	Frontend *net.UnixConn
 	// GuestCID is the guest's vsock address (GET_CONFIG); 0 means DefaultGuestCID.
 	GuestCID uint64
+	// MaxConnections caps the VM's streams, both directions together;
+	// 0 means DefaultMaxConnections.
+	MaxConnections int
 	// Logf, if set, receives debug messages.
 	Logf func(format string, args ...any)
 }
@@ -82,6 +85,17 @@ type Backend struct {
 	closed        bool
 	err           error
 
+	// What waits in sendq (see limits.go): RSTs, other control packets,
+	// and data bytes with per-packet overhead and the reservations of
+	// reads in progress.
+	queuedResets  int
+	queuedControl int
+	pendingOut    int
+	budgetWaiters map[*conn]struct{} // streams waiting for pendingOut to drop
+	stats         Stats
+	creditLog     rateLog // credit violations
+	guestLog      rateLog // other guest misbehaviour
+
 	wake      chan struct{}
 	quit      chan struct{}
 	done      chan struct{}
@@ -101,6 +115,9 @@ func Listen(cfg Config) (*Backend, error) {
 	if cfg.GuestCID <= HostCID || cfg.GuestCID >= 0xffffffff {
 		return nil, fmt.Errorf("vsock backend: guest CID %d is reserved", cfg.GuestCID)
 	}
+	if cfg.MaxConnections <= 0 {
+		cfg.MaxConnections = DefaultMaxConnections
+	}
 	if cfg.Logf == nil {
 		cfg.Logf = func(string, ...any) {}
 	}
@@ -118,23 +135,32 @@ func Listen(cfg Config) (*Backend, error) {
 		}
 		return nil, fmt.Errorf("vsock backend: %w", err)
 	}
-	b := &Backend{
-		cfg: cfg, vhostLn: vl, hybridLn: hl,
-		conns:      make(map[connKey]*conn),
-		handshakes: make(map[*net.UnixConn]struct{}),
-		nextPort:   firstHostPort,
-		wake:       make(chan struct{}, 1),
-		quit:       make(chan struct{}),
-		done:       make(chan struct{}),
-	}
-	for i := range b.vqs {
-		b.vqs[i] = newVring()
-	}
+	b := newBackendState(cfg)
+	b.vhostLn, b.hybridLn = vl, hl
 	b.wg.Add(3)
 	go b.serveFrontends()
 	go b.serveHybrid()
 	go b.worker()
 	return b, nil
+}
+
+// newBackendState is a backend without its sockets or goroutines; cfg has
+// its defaults filled in.
+func newBackendState(cfg Config) *Backend {
+	b := &Backend{
+		cfg:           cfg,
+		conns:         make(map[connKey]*conn),
+		handshakes:    make(map[*net.UnixConn]struct{}),
+		budgetWaiters: make(map[*conn]struct{}),
+		nextPort:      firstHostPort,
+		wake:          make(chan struct{}, 1),
+		quit:          make(chan struct{}),
+		done:          make(chan struct{}),
+	}
+	for i := range b.vqs {
+		b.vqs[i] = newVring()
+	}
+	return b
 }
 
 // Done is closed when the backend has stopped: Close, or a fatal error.

@@ -238,12 +238,13 @@ func waitNoStreams(t *testing.T, b *Backend) {
 	for deadline := time.Now().Add(5 * time.Second); ; {
 		b.mu.Lock()
 		n, q := len(b.conns), len(b.sendq)
+		acct := b.checkAccounting()
 		b.mu.Unlock()
-		if n == 0 && q == 0 {
+		if n == 0 && q == 0 && acct == nil {
 			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("%d streams and %d queued packets left", n, q)
+			t.Fatalf("%d streams and %d queued packets left; accounting: %v", n, q, acct)
 		}
 		time.Sleep(10 * time.Millisecond)
 	}

@@ -2,7 +2,6 @@ package vsock
 
 import (
 	"errors"
-	"io"
 	"net"
 	"os"
 	"sync"
@@ -57,12 +56,14 @@ type conn struct {
 	localShutSend            bool   // uc hit EOF and the guest was told
 
 	// guest → host
-	inbound      [][]byte
-	fwdCnt       uint32 // bytes written to uc
-	lastFwdSent  uint32 // fwdCnt the guest last heard of
-	creditQueued bool   // a CREDIT_UPDATE is waiting in sendq
-	peerShut     uint32 // SHUTDOWN flags the guest sent
-	writeDone    bool   // the guest shut its sending side and all was written
+	inbound      [][]byte // chunks; all but the last are full
+	inboundBytes int      // bytes in inbound
+	rxCnt        uint32   // bytes accepted from the guest
+	fwdCnt       uint32   // bytes written to uc
+	lastFwdSent  uint32   // fwdCnt the guest last heard of
+	creditQueued bool     // a CREDIT_UPDATE is waiting in sendq
+	peerShut     uint32   // SHUTDOWN flags the guest sent
+	writeDone    bool     // the guest shut its sending side and all was written
 }
 
 // outPacket is a host → guest packet waiting for an rx buffer.
@@ -72,6 +73,9 @@ type outPacket struct {
 	op          uint16
 	flags       uint32
 	data        []byte
+	// orphanRst: an RST for a stream that is gone (or never was), counted
+	// in queuedResets rather than queuedControl.
+	orphanRst bool
 }
 
 func (b *Backend) newConn(local, peer uint32, hostInitiated bool) *conn {
@@ -80,13 +84,86 @@ func (b *Backend) newConn(local, peer uint32, hostInitiated bool) *conn {
 	return c
 }
 
-// enqueue queues p for the guest and wakes the worker.
-func (b *Backend) enqueue(p *outPacket) {
+// enqueue queues a control packet for the guest and wakes the worker. An
+// RST for a stream that is gone is dropped (and counted) when
+// maxQueuedResets are already waiting; it reports whether p was queued.
+func (b *Backend) enqueue(p *outPacket) bool {
 	if p.c != nil {
 		p.local, p.peer = p.c.key.local, p.c.key.peer
 	}
+	if p.op == opRst && (p.c == nil || p.c.state == connClosed) {
+		if b.queuedResets >= maxQueuedResets {
+			b.stats.ControlDropped++
+			return false
+		}
+		p.orphanRst = true
+		b.queuedResets++
+	} else {
+		b.queuedControl++
+	}
 	b.sendq = append(b.sendq, p)
 	b.kick()
+	return true
+}
+
+// enqueueData queues host → guest data of c whose budget was reserved.
+func (b *Backend) enqueueData(c *conn, data []byte) {
+	c.queuedOut += len(data)
+	b.sendq = append(b.sendq, &outPacket{c: c, local: c.key.local, peer: c.key.peer, op: opRW, data: data})
+}
+
+// dequeued accounts for p leaving sendq, sent or dropped.
+func (b *Backend) dequeued(p *outPacket) {
+	switch {
+	case p.op == opRW:
+		b.releaseOut(len(p.data) + outPacketCost)
+	case p.orphanRst:
+		b.queuedResets--
+	default:
+		b.queuedControl--
+	}
+}
+
+// waitOut waits until c may read host → guest data: the guest has credit,
+// c has less than readChunk queued and the VM's budget has room. It
+// returns false when c is done reading.
+func (b *Backend) waitOut(c *conn) bool {
+	for {
+		if c.state != connEstablished || c.peerShut&shutdownRcv != 0 {
+			return false
+		}
+		if b.reserveOut(c, false) > 0 {
+			return true
+		}
+		if maxPendingOut-outPacketCost-b.pendingOut <= 0 {
+			b.budgetWaiters[c] = struct{}{}
+		}
+		c.cond.Wait()
+	}
+}
+
+// reserveOut says how much c may read now, and with take reserves that
+// much budget (plus the packet's cost) for the read.
+func (b *Backend) reserveOut(c *conn, take bool) int {
+	room := maxPendingOut - outPacketCost - b.pendingOut
+	if c.state != connEstablished || c.peerShut&shutdownRcv != 0 || c.credit() <= 0 || c.queuedOut >= readChunk || room <= 0 {
+		return 0
+	}
+	n := int(min(c.credit(), readChunk, int64(room)))
+	if take {
+		b.pendingOut += n + outPacketCost
+	}
+	return n
+}
+
+// releaseOut returns n bytes of host → guest budget and wakes the streams
+// that waited for it.
+func (b *Backend) releaseOut(n int) {
+	b.pendingOut -= n
+	for c := range b.budgetWaiters {
+		c.cond.Broadcast()
+		delete(b.budgetWaiters, c)
+	}
 }
 
 func (b *Backend) send(c *conn, op uint16, flags uint32) {
@@ -105,10 +182,10 @@ func (c *conn) credit() int64 {
 	return int64(c.peerBufAlloc) - int64(c.txCnt-c.peerFwdCnt)
 }
 
-// resetConn ends c: it is forgotten, its queued packets dropped, its unix
-// connection closed (a host-initiated stream still in its handshake is
-// closed by the handshake instead, after the error line), and the guest is
-// sent an RST if rst.
+// resetConn ends c: it is forgotten, its queued packets and buffered data
+// dropped, its unix connection closed (a host-initiated stream still in its
+// handshake is closed by the handshake instead, after the error line), and
+// the guest is sent an RST if rst.
 func (b *Backend) resetConn(c *conn, rst bool) {
 	if c.state == connClosed {
 		return
@@ -116,17 +193,22 @@ func (b *Backend) resetConn(c *conn, rst bool) {
 	wasEstablished := c.state == connEstablished
 	c.state = connClosed
 	delete(b.conns, c.key)
+	delete(b.budgetWaiters, c)
 	if c.uc != nil && (wasEstablished || !c.hostInitiated) {
 		c.uc.Close()
 	}
 	q := b.sendq[:0]
 	for _, p := range b.sendq {
-		if p.c != c {
+		if p.c == c && !p.orphanRst {
+			b.dequeued(p)
+		} else {
 			q = append(q, p)
 		}
 	}
 	clear(b.sendq[len(q):])
 	b.sendq = q
+	c.queuedOut = 0
+	c.inbound, c.inboundBytes = nil, 0
 	if rst {
 		b.send(c, opRst, 0)
 	}
@@ -143,8 +225,31 @@ func (b *Backend) resetStreams() {
 	for _, c := range b.conns {
 		b.resetConn(c, false)
 	}
+	for _, p := range b.sendq {
+		b.dequeued(p)
+	}
 	clear(b.sendq)
 	b.sendq = nil
+}
+
+// appendInbound stores n bytes of guest data, from byte off of bufs, in
+// c's chunks: it fills the last chunk before it starts another, so that
+// only the last is ever partly empty.
+func (c *conn) appendInbound(bufs [][]byte, off, n int) {
+	for n > 0 {
+		k := len(c.inbound)
+		if k == 0 || len(c.inbound[k-1]) == cap(c.inbound[k-1]) {
+			c.inbound = append(c.inbound, make([]byte, 0, min(inboundChunk, max(n, minInboundChunk))))
+			k++
+		}
+		tail := c.inbound[k-1]
+		m := min(n, cap(tail)-len(tail))
+		gather(tail[len(tail):len(tail)+m], bufs, off)
+		c.inbound[k-1] = tail[:len(tail)+m]
+		c.inboundBytes += m
+		off += m
+		n -= m
+	}
 }
 
 // maybeFinish ends a stream both sides have shut down once everything the
@@ -164,51 +269,122 @@ func (b *Backend) startStream(c *conn) {
 }
 
 // readLoop moves host → guest data: it reads from the unix connection only
-// as much as the guest has credit for.
+// as much as the guest has credit for and the VM's budget has room for.
+// It waits for the connection to be readable without a buffer and reserves
+// the budget only for a read that will not block, so that idle streams
+// hold neither memory nor budget.
 func (b *Backend) readLoop(c *conn) {
 	defer b.wg.Done()
 	defer b.recoverPanic()
+	rc, err := c.uc.SyscallConn()
+	if err != nil {
+		b.mu.Lock()
+		b.cfg.Logf("vsock backend: stream %d→%d: %v", c.key.local, c.key.peer, err)
+		b.resetConn(c, true)
+		b.mu.Unlock()
+		return
+	}
 	for {
 		b.mu.Lock()
-		for c.state == connEstablished && c.peerShut&shutdownRcv == 0 && (c.credit() <= 0 || c.queuedOut >= readChunk) {
-			c.cond.Wait()
-		}
-		if c.state != connEstablished || c.peerShut&shutdownRcv != 0 {
-			b.mu.Unlock()
+		ok := b.waitOut(c)
+		b.mu.Unlock()
+		if !ok {
 			return
 		}
-		n := min(c.credit(), readChunk)
-		b.mu.Unlock()
 
-		buf := make([]byte, n)
-		m, err := c.uc.Read(buf)
+		// Wait until there is something to read, or EOF, holding nothing
+		// (the callbacks must not take b.mu: Close waits for them).
+		err := rc.Read(func(fd uintptr) bool {
+			var one [1]byte
+			for {
+				_, _, err := unix.Recvfrom(int(fd), one[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
+				if !errors.Is(err, unix.EINTR) {
+					return !errors.Is(err, unix.EAGAIN)
+				}
+			}
+		})
+		n := 0 // budget reserved
+		if err == nil {
+			b.mu.Lock()
+			n = b.reserveOut(c, true)
+			b.mu.Unlock()
+			if n == 0 {
+				continue // the credit or the budget went meanwhile
+			}
+		}
+		var (
+			data []byte
+			eof  bool
+		)
+		if err == nil {
+			// Only this goroutine reads, so what the peek saw is there.
+			rerr := rc.Read(func(fd uintptr) bool {
+				data, eof, err = readAvailable(int(fd), n)
+				return true
+			})
+			if err == nil {
+				err = rerr
+			}
+		}
 
 		b.mu.Lock()
 		if c.state != connEstablished {
-			b.mu.Unlock()
-			return
-		}
-		if m > 0 {
-			c.txCnt += uint32(m)
-			c.queuedOut += m
-			// Queued without waking the worker: this goroutine delivers it
-			// below, a hop less.
-			b.sendq = append(b.sendq, &outPacket{c: c, local: c.key.local, peer: c.key.peer, op: opRW, data: buf[:m]})
-		}
-		if err != nil {
-			if errors.Is(err, io.EOF) {
-				c.localShutSend = true
-				b.send(c, opShutdown, shutdownSend)
-				b.maybeFinish(c)
-			} else {
-				b.cfg.Logf("vsock backend: stream %d→%d: read: %v", c.key.local, c.key.peer, err)
-				b.resetConn(c, true)
+			if n > 0 {
+				b.releaseOut(n + outPacketCost)
 			}
 			b.mu.Unlock()
 			return
 		}
+		if m := len(data); m > 0 {
+			b.releaseOut(n - m)
+			c.txCnt += uint32(m)
+			// Queued without waking the worker: this goroutine delivers it
+			// below, a hop less.
+			b.enqueueData(c, data)
+		} else if n > 0 {
+			b.releaseOut(n + outPacketCost)
+		}
+		switch {
+		case eof:
+			c.localShutSend = true
+			b.send(c, opShutdown, shutdownSend)
+			b.maybeFinish(c)
+			b.mu.Unlock()
+			return
+		case err != nil:
+			b.cfg.Logf("vsock backend: stream %d→%d: read: %v", c.key.local, c.key.peer, err)
+			b.resetConn(c, true)
+			b.mu.Unlock()
+			return
+		}
 		b.mu.Unlock()
-		b.process()
+		if len(data) > 0 {
+			b.process()
+		}
+	}
+}
+
+// readAvailable reads up to n bytes from the non-blocking fd into a buffer
+// the size of what is there to read.
+func readAvailable(fd, n int) (data []byte, eof bool, err error) {
+	size := n
+	if avail, err := unix.IoctlGetInt(fd, unix.SIOCINQ); err == nil {
+		size = max(1, min(avail, n))
+	}
+	buf := make([]byte, size)
+	for {
+		m, err := unix.Read(fd, buf)
+		switch {
+		case errors.Is(err, unix.EINTR):
+			continue
+		case errors.Is(err, unix.EAGAIN):
+			return nil, false, nil
+		case err != nil:
+			return nil, false, err
+		case m == 0:
+			return nil, true, nil
+		}
+		return buf[:m], false, nil
 	}
 }
 
@@ -235,15 +411,13 @@ func (b *Backend) writeLoop(c *conn) {
 			b.mu.Unlock()
 			return
 		}
-		data := c.inbound[0]
-		c.inbound[0] = nil
-		c.inbound = c.inbound[1:]
+		data := c.popInbound()
 		b.mu.Unlock()
 
 		n, err := c.uc.Write(data)
 
 		b.mu.Lock()
-		c.fwdCnt += uint32(n)
+		b.forwarded(c, n)
 		if c.state != connEstablished {
 			b.mu.Unlock()
 			return
@@ -251,13 +425,27 @@ func (b *Backend) writeLoop(c *conn) {
 		if err != nil {
 			b.cfg.Logf("vsock backend: stream %d→%d: write: %v", c.key.local, c.key.peer, err)
 			b.resetConn(c, true)
-			b.mu.Unlock()
-			return
-		}
-		if c.fwdCnt-c.lastFwdSent >= creditUpdateThreshold {
-			b.queueCreditUpdate(c)
 		}
 		b.mu.Unlock()
+	}
+}
+
+// popInbound takes the oldest chunk of guest data for the host; c.inbound
+// is not empty.
+func (c *conn) popInbound() []byte {
+	data := c.inbound[0]
+	c.inbound[0] = nil
+	c.inbound = c.inbound[1:]
+	c.inboundBytes -= len(data)
+	return data
+}
+
+// forwarded accounts for n bytes of c written to the host, whose buffer
+// space goes back to the guest once enough has gathered.
+func (b *Backend) forwarded(c *conn, n int) {
+	c.fwdCnt += uint32(n)
+	if c.state == connEstablished && c.fwdCnt-c.lastFwdSent >= creditUpdateThreshold {
+		b.queueCreditUpdate(c)
 	}
 }
 

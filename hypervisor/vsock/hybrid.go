@@ -39,6 +39,14 @@ func (b *Backend) serveHybrid() {
 			uc.Close()
 			return
 		}
+		if len(b.handshakes) >= b.cfg.MaxConnections {
+			b.stats.ConnectionsRefused++
+			b.mu.Unlock()
+			uc.SetWriteDeadline(time.Now().Add(time.Second))
+			fmt.Fprintf(uc, "ERR too many connections being set up\n")
+			uc.Close()
+			continue
+		}
 		b.handshakes[uc] = struct{}{}
 		b.wg.Add(1)
 		b.mu.Unlock()
@@ -84,6 +92,12 @@ func (b *Backend) hostConnect(uc *net.UnixConn) {
 	if !b.running() {
 		b.mu.Unlock()
 		fail("guest vsock driver is not ready")
+		return
+	}
+	if n := len(b.conns); n >= b.cfg.MaxConnections {
+		b.stats.ConnectionsRefused++
+		b.mu.Unlock()
+		fail("too many streams (%d) open to the guest", n)
 		return
 	}
 	c := b.newConn(b.allocPort(port), port, true)

@@ -1,6 +1,9 @@
 package vsock
 
-import "encoding/binary"
+import (
+	"encoding/binary"
+	"fmt"
+)
 
 // virtio-vsock packet header (struct virtio_vsock_hdr, virtio 1.2 §5.10.6),
 // little-endian, 44 bytes.
@@ -72,4 +75,25 @@ func (h *pktHdr) encode(b []byte) {
 	binary.LittleEndian.PutUint32(b[32:], h.flags)
 	binary.LittleEndian.PutUint32(b[36:], h.bufAlloc)
 	binary.LittleEndian.PutUint32(b[40:], h.fwdCnt)
+}
+
+// parsePacket decodes the header of a guest packet laid out over bufs (a tx
+// chain's readable buffers) and checks that the payload it claims is there
+// and within maxPktPayload. The payload is h.len bytes from pktHdrSize on.
+func parsePacket(bufs [][]byte) (pktHdr, error) {
+	total := 0
+	for _, buf := range bufs {
+		total += len(buf)
+	}
+	var h pktHdr
+	if total < pktHdrSize {
+		return h, fmt.Errorf("%d bytes, less than a header", total)
+	}
+	var raw [pktHdrSize]byte
+	gather(raw[:], bufs, 0)
+	h.decode(raw[:])
+	if h.len > maxPktPayload || int64(h.len) > int64(total-pktHdrSize) {
+		return h, fmt.Errorf("%s claiming %d bytes in a %d-byte buffer", opName(h.op), h.len, total)
+	}
+	return h, nil
 }

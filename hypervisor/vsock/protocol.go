@@ -152,16 +152,11 @@ func readMessage(c *net.UnixConn) (*message, error) {
 		m.closeFDs()
 		return nil, err
 	}
-	m.req = binary.LittleEndian.Uint32(hdr[0:])
-	m.flags = binary.LittleEndian.Uint32(hdr[4:])
-	size := binary.LittleEndian.Uint32(hdr[8:])
-	if m.flags&0x3 != flagVersion {
+	var size uint32
+	var err error
+	if m.req, m.flags, size, err = parseMsgHeader(hdr[:]); err != nil {
 		m.closeFDs()
-		return nil, fmt.Errorf("vhost-user: %s with version %d, want 1", reqName(m.req), m.flags&3)
-	}
-	if size > maxPayload {
-		m.closeFDs()
-		return nil, fmt.Errorf("vhost-user: %s with a %d-byte payload", reqName(m.req), size)
+		return nil, err
 	}
 	m.payload = make([]byte, size)
 	if err := readFull(c, m.payload, m); err != nil {
@@ -174,6 +169,25 @@ func readMessage(c *net.UnixConn) (*message, error) {
 	return m, nil
 }
 
+// parseMsgHeader decodes and checks a vhost-user message header.
+func parseMsgHeader(hdr []byte) (req, flags, size uint32, err error) {
+	if len(hdr) < hdrSize {
+		return 0, 0, 0, fmt.Errorf("vhost-user: header of %d bytes", len(hdr))
+	}
+	req = binary.LittleEndian.Uint32(hdr[0:])
+	flags = binary.LittleEndian.Uint32(hdr[4:])
+	size = binary.LittleEndian.Uint32(hdr[8:])
+	if flags&0x3 != flagVersion {
+		return 0, 0, 0, fmt.Errorf("vhost-user: %s with version %d, want 1", reqName(req), flags&3)
+	}
+	if size > maxPayload {
+		return 0, 0, 0, fmt.Errorf("vhost-user: %s with a %d-byte payload", reqName(req), size)
+	}
+	return req, flags, size, nil
+}
+
+// readFull fills buf from c, collecting the descriptors that come with it
+// in m (at most maxFDs for a message).
 func readFull(c *net.UnixConn, buf []byte, m *message) error {
 	oob := make([]byte, unix.CmsgSpace(maxFDs*4))
 	for got := 0; got < len(buf); {
@@ -183,6 +197,9 @@ func readFull(c *net.UnixConn, buf []byte, m *message) error {
 			m.fds = append(m.fds, fds...)
 			if perr != nil {
 				return perr
+			}
+			if len(m.fds) > maxFDs {
+				return fmt.Errorf("vhost-user: more than %d descriptors with a message", maxFDs)
 			}
 		}
 		got += n

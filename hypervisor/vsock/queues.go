@@ -52,34 +52,22 @@ func (b *Backend) processTX() {
 
 // receive decodes one guest packet from the buffers of a tx chain.
 func (b *Backend) receive(bufs [][]byte) {
-	total := 0
-	for _, buf := range bufs {
-		total += len(buf)
-	}
-	var raw [pktHdrSize]byte
-	if total < pktHdrSize {
-		b.cfg.Logf("vsock backend: dropping a %d-byte tx packet", total)
+	h, err := parsePacket(bufs)
+	if err != nil {
+		b.stats.PacketsDropped++
+		b.logGuest(&b.guestLog, "vsock backend: dropping a tx packet: %v", err)
 		return
 	}
-	gather(raw[:], bufs, 0)
-	var h pktHdr
-	h.decode(raw[:])
-	if h.len > maxPktPayload || int(h.len) > total-pktHdrSize {
-		b.cfg.Logf("vsock backend: dropping a packet claiming %d bytes in a %d-byte buffer", h.len, total)
-		return
-	}
-	var payload []byte
-	if h.op == opRW && h.len > 0 {
-		payload = make([]byte, h.len)
-		gather(payload, bufs, pktHdrSize)
-	}
-	b.handlePacket(&h, payload)
+	b.handlePacket(&h, bufs)
 }
 
-// handlePacket is the stream state machine for one packet from the guest.
-func (b *Backend) handlePacket(h *pktHdr, payload []byte) {
+// handlePacket is the stream state machine for one packet from the guest;
+// its payload (h.len bytes, checked by parsePacket) follows the header in
+// bufs.
+func (b *Backend) handlePacket(h *pktHdr, bufs [][]byte) {
 	if h.dstCID != HostCID || h.srcCID != b.cfg.GuestCID {
-		b.cfg.Logf("vsock backend: dropping %s from CID %d to CID %d", opName(h.op), h.srcCID, h.dstCID)
+		b.stats.PacketsDropped++
+		b.logGuest(&b.guestLog, "vsock backend: dropping %s from CID %d to CID %d", opName(h.op), h.srcCID, h.dstCID)
 		return
 	}
 	key := connKey{local: h.dstPort, peer: h.srcPort}
@@ -116,9 +104,19 @@ func (b *Backend) handlePacket(h *pktHdr, payload []byte) {
 		switch {
 		case c.state != connEstablished:
 			b.resetConn(c, true)
-		case c.peerShut&shutdownSend != 0 || len(payload) == 0:
+		case c.peerShut&shutdownSend != 0 || h.len == 0:
+		case int64(c.rxCnt-c.fwdCnt)+int64(h.len) > hostBufAlloc:
+			// Beyond the credit the backend advertised (buf_alloc minus
+			// what it holds, which is at most what the guest was told):
+			// nothing more is buffered for this stream.
+			b.stats.CreditViolations++
+			b.logGuest(&b.creditLog, "vsock backend: guest port %d → host port %d: %d bytes sent with %d in flight, beyond the %d-byte buffer: reset",
+				key.peer, key.local, h.len, c.rxCnt-c.fwdCnt, hostBufAlloc)
+			b.resetConn(c, true)
 		default:
-			c.inbound = append(c.inbound, payload)
+			c.appendInbound(bufs, pktHdrSize, int(h.len))
+			c.rxCnt += h.len
+			b.stats.BytesFromGuest += uint64(h.len)
 		}
 	case opCreditUpdate:
 	case opCreditRequest:
@@ -136,6 +134,12 @@ func (b *Backend) handlePacket(h *pktHdr, payload []byte) {
 // guestConnect answers a guest's REQUEST by dialling the host listener for
 // its port, <HybridSocket>_<port>, off the worker.
 func (b *Backend) guestConnect(key connKey, h *pktHdr) {
+	if len(b.conns) >= b.cfg.MaxConnections {
+		b.stats.ConnectionsRefused++
+		b.logGuest(&b.guestLog, "vsock backend: guest port %d → host port %d refused: %d streams open", key.peer, key.local, len(b.conns))
+		b.enqueue(&outPacket{local: key.local, peer: key.peer, op: opRst})
+		return
+	}
 	c := b.newConn(key.local, key.peer, false)
 	c.peerBufAlloc, c.peerFwdCnt = h.bufAlloc, h.fwdCnt
 	path := b.cfg.HybridSocket + "_" + strconv.FormatUint(uint64(key.local), 10)
@@ -152,7 +156,7 @@ func (b *Backend) guestConnect(key connKey, h *pktHdr) {
 			return
 		}
 		if err != nil {
-			b.cfg.Logf("vsock backend: guest port %d → host port %d refused: %v", key.peer, key.local, err)
+			b.logGuest(&b.guestLog, "vsock backend: guest port %d → host port %d refused: %v", key.peer, key.local, err)
 			b.resetConn(c, true)
 			return
 		}
@@ -190,43 +194,55 @@ func (b *Backend) processRX() {
 			return // the guest kicks when it adds buffers
 		}
 		used++
-		p := b.sendq[0]
 		room := ch.writableLen() - pktHdrSize
 		if room < 0 {
-			b.cfg.Logf("vsock backend: rx buffer of %d bytes cannot hold a header", ch.writableLen())
+			b.logGuest(&b.guestLog, "vsock backend: rx buffer of %d bytes cannot hold a header", ch.writableLen())
 			vq.push(ch.head, 0)
 			continue
 		}
-		data := p.data
-		if len(data) > room {
-			data = data[:room]
-		}
-		h := pktHdr{
-			srcCID: HostCID, dstCID: b.cfg.GuestCID,
-			srcPort: p.local, dstPort: p.peer,
-			len: uint32(len(data)), typ: typeStream, op: p.op, flags: p.flags,
-		}
-		if c := p.c; c != nil {
-			h.bufAlloc, h.fwdCnt = hostBufAlloc, c.fwdCnt
-			c.lastFwdSent = c.fwdCnt
-		}
+		h, data := b.nextOut(room)
 		h.encode(raw[:])
 		scatter(ch.writable, 0, raw[:])
 		scatter(ch.writable, pktHdrSize, data)
 		vq.push(ch.head, uint32(pktHdrSize+len(data)))
-
-		if p.op == opRW {
-			p.data = p.data[len(data):]
-			p.c.queuedOut -= len(data)
-			p.c.cond.Broadcast()
-			if len(p.data) > 0 {
-				continue
-			}
-		}
-		if p.op == opCreditUpdate {
-			p.c.creditQueued = false
-		}
-		b.sendq[0] = nil
-		b.sendq = b.sendq[1:]
 	}
+}
+
+// nextOut takes the next packet for the guest off sendq, or as much of a
+// data packet as fits in room bytes of payload, and returns its header and
+// payload. sendq is not empty.
+func (b *Backend) nextOut(room int) (pktHdr, []byte) {
+	p := b.sendq[0]
+	data := p.data
+	if len(data) > room {
+		data = data[:room]
+	}
+	h := pktHdr{
+		srcCID: HostCID, dstCID: b.cfg.GuestCID,
+		srcPort: p.local, dstPort: p.peer,
+		len: uint32(len(data)), typ: typeStream, op: p.op, flags: p.flags,
+	}
+	if c := p.c; c != nil {
+		h.bufAlloc, h.fwdCnt = hostBufAlloc, c.fwdCnt
+		c.lastFwdSent = c.fwdCnt
+	}
+	switch p.op {
+	case opRW:
+		b.stats.BytesToGuest += uint64(len(data))
+		p.data = p.data[len(data):]
+		p.c.queuedOut -= len(data)
+		b.releaseOut(len(data))
+		p.c.cond.Broadcast()
+		if len(p.data) > 0 {
+			return h, data
+		}
+	case opCreditUpdate:
+		p.c.creditQueued = false
+	case opRst:
+		b.stats.ResetsSent++
+	}
+	b.dequeued(p)
+	b.sendq[0] = nil
+	b.sendq = b.sendq[1:]
+	return h, data
 }

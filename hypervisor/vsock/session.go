@@ -95,6 +95,8 @@ func (b *Backend) handleMessage(m *message) (reply []byte, hasReply bool, err er
 		for i := range b.vqs {
 			if vq := &b.vqs[i]; vq.desc != nil {
 				if err := vq.mapRings(&b.mem); err != nil {
+					// The old mapping is gone: nothing may point into it.
+					vq.unmapRings()
 					vq.broken = fmt.Errorf("queue %d after SET_MEM_TABLE: %w", i, err)
 				}
 			}
@@ -115,10 +117,18 @@ func (b *Backend) handleMessage(m *message) (reply []byte, hasReply bool, err er
 		}
 		switch m.req {
 		case reqSetVringNum:
-			if num == 0 || num > maxQueueSize {
+			if num == 0 || num > maxQueueSize || num&(num-1) != 0 {
 				return nil, false, fmt.Errorf("queue %d: size %d", idx, num)
 			}
 			vq.size = uint16(num)
+			// Rings mapped for another size are mapped again for this
+			// one (QEMU sends SET_VRING_ADDR after it anyway).
+			if vq.desc != nil {
+				if err := vq.mapRings(&b.mem); err != nil {
+					vq.unmapRings()
+					return nil, false, fmt.Errorf("queue %d: %w", idx, err)
+				}
+			}
 		case reqSetVringBase:
 			vq.lastAvail = uint16(num)
 		case reqSetVringEnable:

@@ -378,6 +378,25 @@ func (g *simGuest) xmit(h pktHdr, payload []byte) {
 	g.kick(q)
 }
 
+// flushTx waits until the backend has consumed every packet put on the tx
+// queue (it returns a chain after handling its packet).
+func (g *simGuest) flushTx() {
+	g.t.Helper()
+	q := g.q[txQueue]
+	for {
+		busy := false
+		for _, free := range q.txFree {
+			busy = busy || !free
+		}
+		if !busy {
+			return
+		}
+		if !g.reclaimTx(10 * time.Second) {
+			g.t.Fatal("tx packets not consumed within 10s")
+		}
+	}
+}
+
 // hybridDial connects a host client and sends CONNECT port.
 func hybridDial(t *testing.T, path string, port uint32) (*net.UnixConn, *bufio.Reader) {
 	t.Helper()
