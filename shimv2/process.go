@@ -1,6 +1,7 @@
 package shimv2
 
 import (
+	"context"
 	"fmt"
 	"sync"
 	"time"
@@ -24,6 +25,10 @@ type process struct {
 	execID      string // the container id for init
 	stdio       stdioPaths
 	spec        *specs.Process // exec'd processes: what to run
+	// ctx bounds everything that waits on the guest for the process (its
+	// exit, its stdio); cancel ends it at the process's Delete.
+	ctx    context.Context
+	cancel context.CancelFunc
 
 	mu         sync.Mutex
 	status     task.Status
@@ -33,8 +38,9 @@ type process struct {
 	io         *processIO
 }
 
-func newProcess(containerID, execID string, stdio stdioPaths) *process {
-	return &process{containerID: containerID, execID: execID, stdio: stdio, status: task.Status_CREATED, exited: make(chan struct{})}
+func newProcess(ctx context.Context, containerID, execID string, stdio stdioPaths) *process {
+	ctx, cancel := context.WithCancel(ctx)
+	return &process{containerID: containerID, execID: execID, stdio: stdio, ctx: ctx, cancel: cancel, status: task.Status_CREATED, exited: make(chan struct{})}
 }
 
 func (p *process) isInit() bool { return p.execID == p.containerID }

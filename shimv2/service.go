@@ -2,6 +2,7 @@ package shimv2
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -38,7 +39,14 @@ const (
 	vmDeathExitStatus = 255
 )
 
+// createSandbox boots a sandbox's VM; a variable for tests.
+var createSandbox = virtcontainers.CreateSandbox
+
 // service is the Task API of one shim, i.e. of one sandbox.
+//
+// mu guards the tables only: nothing that waits on the guest (the VM's
+// boot above all) runs under it, so that State, Kill and Delete answer
+// while a Create is under way or the agent is silent.
 type service struct {
 	ctx      context.Context
 	shutdown shutdown.Service
@@ -48,6 +56,32 @@ type service struct {
 	sandbox    *virtcontainers.Sandbox
 	sandboxID  string
 	containers map[string]*container
+	// boot is the VM boot under way, if any.
+	boot *boot
+	// creating are the Creates under way, by container id.
+	creating map[string]*creation
+	// removed are the containers deleted last, for the events (OOM) that
+	// trail their removal in the guest.
+	removed recentIDs
+	// vmKilled is set when Kill stopped the VM because the agent did not
+	// answer a SIGKILL of the sandbox: its processes then exit as killed.
+	vmKilled bool
+
+	// unknownIDs rate-limits the warnings about ids the guest made up.
+	unknownIDs rateLimit
+}
+
+// boot is a VM boot under way; done is closed when it has ended, either way.
+type boot struct {
+	id   string
+	done chan struct{}
+}
+
+// creation is a Create under way: Kill and Delete of its container cancel
+// it and Delete waits for done.
+type creation struct {
+	cancel context.CancelFunc
+	done   chan struct{}
 }
 
 type event struct {
@@ -62,7 +96,7 @@ func (s *service) RegisterTTRPC(server *ttrpc.Server) error {
 }
 
 func newService(ctx context.Context, publisher shim.Publisher, sd shutdown.Service) *service {
-	s := &service{ctx: ctx, shutdown: sd, events: make(chan event, 256), containers: map[string]*container{}}
+	s := &service{ctx: ctx, shutdown: sd, events: make(chan event, 256), containers: map[string]*container{}, creating: map[string]*creation{}}
 	go s.forward(publisher)
 	sd.RegisterCallback(func(context.Context) error { close(s.events); return nil })
 	return s
@@ -130,18 +164,34 @@ func (s *service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 	if r.Checkpoint != "" || r.ParentCheckpoint != "" {
 		return nil, errGRPC(fmt.Errorf("restore from checkpoint: %w", errdefs.ErrNotImplemented))
 	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	s.mu.Lock()
+	_, exists := s.containers[r.ID]
+	if exists || s.creating[r.ID] != nil {
+		s.mu.Unlock()
+		return nil, errGRPC(fmt.Errorf("container %s: %w", r.ID, errdefs.ErrAlreadyExists))
+	}
+	cr := &creation{cancel: cancel, done: make(chan struct{})}
+	s.creating[r.ID] = cr
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		if s.creating[r.ID] == cr {
+			delete(s.creating, r.ID)
+		}
+		s.mu.Unlock()
+		close(cr.done)
+	}()
+
 	if err := s.ensureSandbox(ctx, r, spec); err != nil {
 		return nil, errGRPC(err)
 	}
 	s.mu.Lock()
-	if _, ok := s.containers[r.ID]; ok {
-		s.mu.Unlock()
-		return nil, errGRPC(fmt.Errorf("container %s: %w", r.ID, errdefs.ErrAlreadyExists))
-	}
 	sb := s.sandbox
 	s.mu.Unlock()
 	defer func() {
-		if retErr != nil && r.ID == s.sandboxID {
+		if retErr != nil && r.ID == s.sandboxIDNow() {
 			s.stopSandbox(ctx)
 		}
 	}()
@@ -157,14 +207,24 @@ func (s *service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 	if err != nil {
 		return nil, errGRPC(err)
 	}
-	init := newProcess(r.ID, r.ID, stdioPaths{r.Stdin, r.Stdout, r.Stderr, r.Terminal})
-	if init.io, err = startIO(s.ctx, sb, r.ID, r.ID, init.stdio); err != nil {
-		sb.RemoveContainer(ctx, r.ID)
+	init := newProcess(s.ctx, r.ID, r.ID, stdioPaths{r.Stdin, r.Stdout, r.Stderr, r.Terminal})
+	if init.io, err = startIO(init.ctx, sb, r.ID, r.ID, init.stdio); err != nil {
+		init.cancel()
+		sb.RemoveContainer(context.WithoutCancel(ctx), r.ID)
 		return nil, errGRPC(err)
 	}
 	c := &container{id: r.ID, bundle: r.Bundle, spec: spec, init: init, execs: map[string]*process{}}
 	s.mu.Lock()
+	if err := ctx.Err(); err != nil { // Kill, Delete or Shutdown came meanwhile
+		s.mu.Unlock()
+		init.io.close()
+		init.cancel()
+		sb.RemoveContainer(context.WithoutCancel(ctx), r.ID)
+		return nil, errGRPC(fmt.Errorf("container %s: create cancelled: %w", r.ID, err))
+	}
+	// From here on Kill and Delete find the container, not its Create.
 	s.containers[r.ID] = c
+	delete(s.creating, r.ID)
 	s.mu.Unlock()
 
 	s.publish(runtime.TaskCreateEventTopic, &eventstypes.TaskCreate{
@@ -174,35 +234,66 @@ func (s *service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 	return &taskAPI.CreateTaskResponse{Pid: s.pid()}, nil
 }
 
-// ensureSandbox boots the VM when this shim has none yet.
+// ensureSandbox boots the VM when this shim has none yet. The boot runs
+// without s.mu held; a Create of another container meanwhile waits for it.
+// Cancelling ctx (Kill or Delete of the booting container, Shutdown)
+// abandons the boot, which undoes itself.
 func (s *service) ensureSandbox(ctx context.Context, r *taskAPI.CreateTaskRequest, spec *specs.Spec) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.sandbox != nil {
-		if sandboxIDOf(r.ID, spec) != s.sandboxID {
-			return fmt.Errorf("container %s belongs to sandbox %s, this shim serves %s: %w", r.ID, sandboxIDOf(r.ID, spec), s.sandboxID, errdefs.ErrInvalidArgument)
+	for {
+		s.mu.Lock()
+		if s.sandbox != nil {
+			id := s.sandboxID
+			s.mu.Unlock()
+			if sandboxIDOf(r.ID, spec) != id {
+				return fmt.Errorf("container %s belongs to sandbox %s, this shim serves %s: %w", r.ID, sandboxIDOf(r.ID, spec), id, errdefs.ErrInvalidArgument)
+			}
+			return nil
 		}
+		if b := s.boot; b != nil {
+			s.mu.Unlock()
+			select {
+			case <-b.done:
+				continue
+			case <-ctx.Done():
+				return fmt.Errorf("container %s: waiting for the sandbox's boot: %w", r.ID, ctx.Err())
+			}
+		}
+		if !isSandboxContainer(r.ID, spec) {
+			s.mu.Unlock()
+			return fmt.Errorf("container %s: its sandbox %s is not running in this shim: %w", r.ID, sandboxIDOf(r.ID, spec), errdefs.ErrFailedPrecondition)
+		}
+		b := &boot{id: r.ID, done: make(chan struct{})}
+		s.boot = b
+		s.mu.Unlock()
+
+		cfg, err := loadConfig(ctx, r, spec)
+		var sb *virtcontainers.Sandbox
+		if err == nil {
+			sc := virtcontainers.SandboxConfig{ID: r.ID, Config: cfg, Hostname: spec.Hostname, NetNS: netnsPath(spec)}
+			if spec.Linux != nil {
+				sc.CgroupsPath = spec.Linux.CgroupsPath
+			}
+			sb, err = createSandbox(ctx, sc)
+		}
+		if err == nil && ctx.Err() != nil {
+			// Cancelled just as the boot ended: take it back.
+			sb.Stop(context.WithoutCancel(ctx))
+			err = fmt.Errorf("sandbox %s: boot cancelled: %w", r.ID, ctx.Err())
+		}
+		s.mu.Lock()
+		s.boot = nil
+		if err == nil {
+			s.sandbox, s.sandboxID = sb, r.ID
+		}
+		s.mu.Unlock()
+		close(b.done)
+		if err != nil {
+			return err
+		}
+		go s.watchSandbox(sb)
+		go s.forwardOOM(sb)
 		return nil
 	}
-	if !isSandboxContainer(r.ID, spec) {
-		return fmt.Errorf("container %s: its sandbox %s is not running in this shim: %w", r.ID, sandboxIDOf(r.ID, spec), errdefs.ErrFailedPrecondition)
-	}
-	cfg, err := loadConfig(ctx, r, spec)
-	if err != nil {
-		return err
-	}
-	sc := virtcontainers.SandboxConfig{ID: r.ID, Config: cfg, Hostname: spec.Hostname, NetNS: netnsPath(spec)}
-	if spec.Linux != nil {
-		sc.CgroupsPath = spec.Linux.CgroupsPath
-	}
-	sb, err := virtcontainers.CreateSandbox(ctx, sc)
-	if err != nil {
-		return err
-	}
-	s.sandbox, s.sandboxID = sb, r.ID
-	go s.watchSandbox(sb)
-	go s.forwardOOM(sb)
-	return nil
 }
 
 // loadConfig reads the configuration (the runtime options' ConfigPath
@@ -240,17 +331,28 @@ func (s *service) watchSandbox(sb *virtcontainers.Sandbox) {
 	if !current || len(cs) == 0 {
 		return
 	}
+	s.mu.Lock()
+	status := uint32(vmDeathExitStatus)
+	if s.vmKilled {
+		status = 128 + uint32(syscall.SIGKILL)
+	}
+	s.mu.Unlock()
 	log.G(s.ctx).WithField("sandbox", sb.ID).Errorf("sandbox VM exited (%s): reporting its %d container(s) dead", sb.ExitReason(), len(cs))
 	now := time.Now()
 	for _, c := range cs {
 		for _, p := range c.all() {
-			if p.setExited(vmDeathExitStatus, now) {
+			if p.setExited(status, now) {
 				s.publishExit(p)
 			}
 		}
 	}
 }
 
+// forwardOOM publishes the guest's OOM kills. The container id comes from
+// the guest: only ids of this shim's own containers (or of ones it deleted
+// a moment ago) reach containerd; any other, which would mark another
+// container of the namespace OOM-killed, is dropped with a rate-limited
+// warning.
 func (s *service) forwardOOM(sb *virtcontainers.Sandbox) {
 	for {
 		id, err := sb.NextOOM(s.ctx)
@@ -264,7 +366,56 @@ func (s *service) forwardOOM(sb *virtcontainers.Sandbox) {
 				continue
 			}
 		}
+		if !s.ownContainer(id) {
+			s.warnUnknownID(sb.ID, "OOM event", id)
+			// A guest that answers at once with made-up ids must not
+			// spin this loop.
+			select {
+			case <-sb.Done():
+				return
+			case <-s.ctx.Done():
+				return
+			case <-time.After(unknownIDPause):
+			}
+			continue
+		}
 		s.publish(runtime.TaskOOMEventTopic, &eventstypes.TaskOOM{ContainerID: id})
+	}
+}
+
+// ownContainer reports whether id is a container of this shim's sandbox,
+// or one it deleted lately.
+func (s *service) ownContainer(id string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, ok := s.containers[id]; ok {
+		return true
+	}
+	return s.removed.has(id, time.Now())
+}
+
+// warnUnknownID logs, at most once per unknownIDWarnEvery, that the guest
+// named an id this shim does not know.
+func (s *service) warnUnknownID(sandboxID, what, id string) {
+	if ok, dropped := s.unknownIDs.allow(time.Now()); ok {
+		if len(id) > 128 {
+			id = id[:128] + "…"
+		}
+		log.G(s.ctx).WithField("sandbox", sandboxID).WithField("id", id).WithField("dropped_since_last_warning", dropped).
+			Warnf("guest named a container that is not this sandbox's in an %s: dropped", what)
+	}
+}
+
+// forgetFailedExec makes the agent forget an exec that it started but
+// whose stdio the shim could not set up, once the SIGKILL took effect.
+func (s *service) forgetFailedExec(sb *virtcontainers.Sandbox, p *process) {
+	ctx, cancel := context.WithTimeout(s.ctx, drainTimeout)
+	defer cancel()
+	if _, _, err := sb.Wait(ctx, p.containerID, p.execID); err != nil {
+		return
+	}
+	if err := sb.RemoveProcess(context.WithoutCancel(ctx), p.containerID, p.execID); err != nil && !errdefs.IsNotFound(err) {
+		log.G(s.ctx).WithError(err).WithField("container", p.containerID).WithField("exec", p.execID).Warn("agent did not forget a failed exec")
 	}
 }
 
@@ -278,7 +429,7 @@ func (s *service) publishExit(p *process) {
 // waitExit follows a started process to its end: the guest's exit status,
 // then all its output, then the TaskExit event.
 func (s *service) waitExit(sb *virtcontainers.Sandbox, p *process) {
-	status, at, err := sb.Wait(s.ctx, p.containerID, p.execID)
+	status, at, err := sb.Wait(p.ctx, p.containerID, p.execID)
 	if err != nil {
 		// The agent's connection usually breaks a moment before the VM's
 		// process is reaped: let watchSandbox report a dead VM.
@@ -315,8 +466,9 @@ func (s *service) Start(ctx context.Context, r *taskAPI.StartRequest) (*taskAPI.
 		// The agent keeps the output of a new process until it is read, so
 		// the copies start once the process exists there.
 		if err = sb.Exec(ctx, c.id, p.execID, p.spec, p.stdio.terminal, p.stdio.stdin != ""); err == nil {
-			if p.io, err = startIO(s.ctx, sb, c.id, p.execID, p.stdio); err != nil {
+			if p.io, err = startIO(p.ctx, sb, c.id, p.execID, p.stdio); err != nil {
 				sb.Signal(ctx, c.id, p.execID, syscall.SIGKILL, false)
+				go s.forgetFailedExec(sb, p)
 			}
 		}
 	}
@@ -353,7 +505,7 @@ func (s *service) Exec(ctx context.Context, r *taskAPI.ExecProcessRequest) (*emp
 	if _, ok := c.execs[r.ExecID]; ok || r.ExecID == c.id {
 		return nil, errGRPC(fmt.Errorf("exec %s: %w", r.ExecID, errdefs.ErrAlreadyExists))
 	}
-	p := newProcess(c.id, r.ExecID, stdioPaths{r.Stdin, r.Stdout, r.Stderr, r.Terminal})
+	p := newProcess(s.ctx, c.id, r.ExecID, stdioPaths{r.Stdin, r.Stdout, r.Stderr, r.Terminal})
 	p.spec = spec
 	c.execs[r.ExecID] = p
 	s.publish(runtime.TaskExecAddedEventTopic, &eventstypes.TaskExecAdded{ContainerID: c.id, ExecID: r.ExecID})
@@ -362,7 +514,15 @@ func (s *service) Exec(ctx context.Context, r *taskAPI.ExecProcessRequest) (*emp
 
 // Delete removes an exited process; for a container's init it removes the
 // container, and for the sandbox's own container the whole VM.
+//
+// The Delete of a container whose Create is still under way (the VM
+// booting, say) cancels that Create and waits for it to unwind.
 func (s *service) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAPI.DeleteResponse, error) {
+	if r.ExecID == "" && s.cancelCreate(r.ID) {
+		if err := s.waitCreate(ctx, r.ID); err != nil {
+			return nil, errGRPC(err)
+		}
+	}
 	c, p, err := s.getProcess(r.ID, r.ExecID)
 	if err != nil {
 		return nil, errGRPC(err)
@@ -372,15 +532,23 @@ func (s *service) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAP
 		return nil, errGRPC(fmt.Errorf("process %s of %s is %s: %w", p.execID, c.id, status, errdefs.ErrFailedPrecondition))
 	}
 	p.io.close()
+	p.cancel() // ends whatever still waits on the guest for it
+	s.mu.Lock()
+	sb := s.sandbox
+	s.mu.Unlock()
 	if !p.isInit() {
+		// The exit is collected: the agent forgets the exec too, so that
+		// neither side's records grow with every exec.
+		if status == task.Status_STOPPED && sb != nil {
+			if err := sb.RemoveProcess(ctx, c.id, p.execID); err != nil && !errdefs.IsNotFound(err) {
+				log.G(ctx).WithError(err).WithField("container", c.id).WithField("exec", p.execID).Warn("agent did not forget the exec")
+			}
+		}
 		c.mu.Lock()
 		delete(c.execs, p.execID)
 		c.mu.Unlock()
 		return &taskAPI.DeleteResponse{Pid: s.pid(), ExitStatus: exitStatus, ExitedAt: protobuf.ToTimestamp(exitedAt)}, nil
 	}
-	s.mu.Lock()
-	sb := s.sandbox
-	s.mu.Unlock()
 	var errs []error
 	if sb != nil {
 		if err := sb.RemoveContainer(ctx, c.id); err != nil {
@@ -389,6 +557,7 @@ func (s *service) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAP
 	}
 	s.mu.Lock()
 	delete(s.containers, c.id)
+	s.removed.add(c.id, time.Now())
 	isSandbox := c.id == s.sandboxID
 	s.mu.Unlock()
 	if isSandbox {
@@ -423,6 +592,22 @@ func (s *service) Shutdown(ctx context.Context, r *taskAPI.ShutdownRequest) (*em
 	s.mu.Unlock()
 	if n > 0 && !r.Now {
 		return &emptypb.Empty{}, nil
+	}
+	// A Create under way (a boot, say) is cancelled, and let unwind so that
+	// it leaves no VM behind.
+	s.mu.Lock()
+	var creates []*creation
+	for _, cr := range s.creating {
+		cr.cancel()
+		creates = append(creates, cr)
+	}
+	s.mu.Unlock()
+	for _, cr := range creates {
+		select {
+		case <-cr.done:
+		case <-time.After(createUnwindWait):
+			log.G(ctx).Warn("a cancelled create did not unwind in time; shutting down anyway")
+		}
 	}
 	if err := s.stopSandbox(ctx); err != nil {
 		log.G(ctx).WithError(err).Warn("stopping the sandbox at shutdown")
@@ -463,7 +648,15 @@ func (s *service) sandboxOf(id string) (*virtcontainers.Sandbox, error) {
 	return s.sandbox, nil
 }
 
+// Kill signals a process. Killing a container whose Create is under way
+// cancels the Create. When the agent does not answer a SIGKILL of the
+// sandbox's own container, the VM is stopped instead: that kills every
+// process of the sandbox, which is what was asked, and a silent guest
+// cannot keep the pod alive.
 func (s *service) Kill(ctx context.Context, r *taskAPI.KillRequest) (*emptypb.Empty, error) {
+	if (r.ExecID == "" || r.ExecID == r.ID) && s.cancelCreate(r.ID) {
+		return &emptypb.Empty{}, nil
+	}
 	_, p, err := s.getProcess(r.ID, r.ExecID)
 	if err != nil {
 		return nil, errGRPC(err)
@@ -472,7 +665,58 @@ func (s *service) Kill(ctx context.Context, r *taskAPI.KillRequest) (*emptypb.Em
 		return nil, errGRPC(fmt.Errorf("process %s: %w", p.execID, errdefs.ErrNotFound))
 	}
 	sb, _ := s.sandboxOf(r.ID)
-	return &emptypb.Empty{}, errGRPC(sb.Signal(ctx, r.ID, p.execID, syscall.Signal(r.Signal), r.All))
+	err = sb.Signal(ctx, r.ID, p.execID, syscall.Signal(r.Signal), r.All)
+	if err != nil && agentSilent(err) && syscall.Signal(r.Signal) == syscall.SIGKILL && p.isInit() && r.ID == s.sandboxIDNow() {
+		log.G(ctx).WithError(err).WithField("sandbox", r.ID).Warn("agent did not answer SIGKILL of the sandbox: stopping its VM")
+		s.mu.Lock()
+		s.vmKilled = true
+		s.mu.Unlock()
+		if serr := s.stopSandbox(ctx); serr != nil {
+			return nil, errGRPC(serr)
+		}
+		return &emptypb.Empty{}, nil
+	}
+	return &emptypb.Empty{}, errGRPC(err)
+}
+
+// agentSilent reports whether err says the agent did not answer in time,
+// or is no longer reachable.
+func agentSilent(err error) bool {
+	return errors.Is(err, context.DeadlineExceeded) || errdefs.IsDeadlineExceeded(err) || errdefs.IsUnavailable(err) || errors.Is(err, ttrpc.ErrClosed)
+}
+
+func (s *service) sandboxIDNow() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.sandboxID
+}
+
+// cancelCreate cancels the Create of container id if one is under way.
+func (s *service) cancelCreate(id string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	cr := s.creating[id]
+	if cr == nil {
+		return false
+	}
+	cr.cancel()
+	return true
+}
+
+// waitCreate waits for the Create of container id, if any, to end.
+func (s *service) waitCreate(ctx context.Context, id string) error {
+	s.mu.Lock()
+	cr := s.creating[id]
+	s.mu.Unlock()
+	if cr == nil {
+		return nil
+	}
+	select {
+	case <-cr.done:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("container %s: waiting for its cancelled create: %w", id, ctx.Err())
+	}
 }
 
 // netnsPath is the pod's network namespace named by the spec (CRI and

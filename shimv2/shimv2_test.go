@@ -1,6 +1,7 @@
 package shimv2
 
 import (
+	"context"
 	"errors"
 	"testing"
 	"time"
@@ -35,7 +36,7 @@ func TestSandboxGrouping(t *testing.T) {
 }
 
 func TestProcessTransitions(t *testing.T) {
-	p := newProcess("c", "c", stdioPaths{})
+	p := newProcess(context.Background(), "c", "c", stdioPaths{})
 	if err := p.transition(task.Status_PAUSED); !errors.Is(err, errdefs.ErrFailedPrecondition) {
 		t.Fatalf("created -> paused: %v", err)
 	}

@@ -23,6 +23,7 @@ type agent interface {
 	ExecProcess(ctx context.Context, req *api.ExecProcessRequest) error
 	SignalProcess(ctx context.Context, containerID, execID string, signal uint32, all bool) error
 	WaitProcess(ctx context.Context, containerID, execID string) (*api.WaitProcessResponse, error)
+	RemoveProcess(ctx context.Context, containerID, execID string) error
 	ListProcesses(ctx context.Context, containerID string) ([]*api.ProcessInfo, error)
 	UpdateContainer(ctx context.Context, containerID string, res *api.LinuxResources) error
 	StatsContainer(ctx context.Context, containerID string) (*api.StatsContainerResponse, error)

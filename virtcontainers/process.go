@@ -12,6 +12,7 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/kasa-runtime/kasa/agent/api"
+	"github.com/kasa-runtime/kasa/agent/client"
 )
 
 func (s *Sandbox) has(id string) error {
@@ -48,13 +49,29 @@ func (s *Sandbox) Signal(ctx context.Context, id, execID string, sig syscall.Sig
 	return s.agent.SignalProcess(ctx, id, execID, uint32(sig), all)
 }
 
-// Wait blocks until a process exits and returns its status and time.
+// Wait blocks until a process exits and returns its status and time. It
+// waits as long as the process runs: ctx must end when the caller stops
+// caring. A time the guest got wrong (unset, invalid) is replaced by now.
 func (s *Sandbox) Wait(ctx context.Context, id, execID string) (int, time.Time, error) {
 	r, err := s.agent.WaitProcess(ctx, id, execID)
 	if err != nil {
 		return 0, time.Time{}, err
 	}
-	return int(r.GetExitStatus()), r.GetExitedAt().AsTime(), nil
+	at := time.Now()
+	if ts := r.GetExitedAt(); ts.IsValid() {
+		at = ts.AsTime()
+	}
+	return int(r.GetExitStatus()), at, nil
+}
+
+// RemoveProcess makes the guest forget an exec'd process whose exit was
+// collected, so that its records do not grow with every exec.
+func (s *Sandbox) RemoveProcess(ctx context.Context, id, execID string) error {
+	err := s.agent.RemoveProcess(ctx, id, execID)
+	if err != nil && s.vmGone() {
+		return nil // nothing left to forget
+	}
+	return err
 }
 
 // Pids lists a container's processes (guest pids) with their exec ids.
@@ -117,8 +134,16 @@ func (s *Sandbox) CloseStdin(ctx context.Context, id, execID string) error {
 // NextOOM blocks until the guest reports an OOM kill and names the container.
 func (s *Sandbox) NextOOM(ctx context.Context) (string, error) { return s.agent.GetOOMEvent(ctx) }
 
-// readChunk is the most a single stdout/stderr read asks the agent for.
-const readChunk = 64 * 1024
+const (
+	// readChunk is the most a single stdout/stderr read asks the agent for.
+	readChunk = 64 * 1024
+	// stdinChunk is the most a single stdin write sends.
+	stdinChunk = 64 * 1024
+	// maxStdinStalls is how many writes in a row the agent may answer with
+	// Len 0 (no progress) before the write fails: a guest that keeps doing
+	// so must not spin the copy forever.
+	maxStdinStalls = 3
+)
 
 // Stdout returns a reader of a process's standard output (the terminal when
 // it has one); it reads until the guest reports end-of-file.
@@ -156,6 +181,9 @@ func (r *streamReader) Read(p []byte) (int, error) {
 		if err != nil {
 			return 0, err
 		}
+		if len(data) > readChunk {
+			return 0, fmt.Errorf("agent sent %d bytes of output, at most %d were asked: %w", len(data), readChunk, client.ErrBadReply)
+		}
 		r.buf, r.eof = data, eof
 	}
 	n := copy(p, r.buf)
@@ -169,14 +197,28 @@ type stdinWriter struct {
 	id, execID string
 }
 
+// Write sends p in chunks. The agent answers how much each took: more than
+// was sent is an error at once, and maxStdinStalls answers in a row of
+// nothing written end the write with io.ErrNoProgress.
 func (w *stdinWriter) Write(p []byte) (int, error) {
-	written := 0
+	written, stalls := 0, 0
 	for written < len(p) {
-		n, err := w.s.agent.WriteStdin(w.ctx, w.id, w.execID, p[written:])
-		written += n
+		chunk := p[written:min(len(p), written+stdinChunk)]
+		n, err := w.s.agent.WriteStdin(w.ctx, w.id, w.execID, chunk)
 		if err != nil {
 			return written, err
 		}
+		if n < 0 || n > len(chunk) {
+			return written, fmt.Errorf("stdin of %s/%s: agent says %d bytes written of %d sent: %w", w.id, w.execID, n, len(chunk), client.ErrBadReply)
+		}
+		if n == 0 {
+			if stalls++; stalls >= maxStdinStalls {
+				return written, fmt.Errorf("stdin of %s/%s: agent wrote nothing %d times in a row: %w", w.id, w.execID, stalls, io.ErrNoProgress)
+			}
+			continue
+		}
+		stalls = 0
+		written += n
 	}
 	return written, nil
 }

@@ -1574,6 +1574,60 @@ func (x *WaitProcessResponse) GetExitedAt() *timestamppb.Timestamp {
 	return nil
 }
 
+// RemoveProcessRequest forgets an exited exec'd process.
+type RemoveProcessRequest struct {
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	ContainerId string                 `protobuf:"bytes,1,opt,name=container_id,json=containerId,proto3" json:"container_id,omitempty"`
+	// The exec to forget; the init process cannot be named here.
+	ExecId        string `protobuf:"bytes,2,opt,name=exec_id,json=execId,proto3" json:"exec_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RemoveProcessRequest) Reset() {
+	*x = RemoveProcessRequest{}
+	mi := &file_agent_api_agent_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoveProcessRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoveProcessRequest) ProtoMessage() {}
+
+func (x *RemoveProcessRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_api_agent_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoveProcessRequest.ProtoReflect.Descriptor instead.
+func (*RemoveProcessRequest) Descriptor() ([]byte, []int) {
+	return file_agent_api_agent_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *RemoveProcessRequest) GetContainerId() string {
+	if x != nil {
+		return x.ContainerId
+	}
+	return ""
+}
+
+func (x *RemoveProcessRequest) GetExecId() string {
+	if x != nil {
+		return x.ExecId
+	}
+	return ""
+}
+
 // ListProcessesRequest lists the processes of a container.
 type ListProcessesRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -1584,7 +1638,7 @@ type ListProcessesRequest struct {
 
 func (x *ListProcessesRequest) Reset() {
 	*x = ListProcessesRequest{}
-	mi := &file_agent_api_agent_proto_msgTypes[22]
+	mi := &file_agent_api_agent_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1596,7 +1650,7 @@ func (x *ListProcessesRequest) String() string {
 func (*ListProcessesRequest) ProtoMessage() {}
 
 func (x *ListProcessesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_api_agent_proto_msgTypes[22]
+	mi := &file_agent_api_agent_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1609,7 +1663,7 @@ func (x *ListProcessesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListProcessesRequest.ProtoReflect.Descriptor instead.
 func (*ListProcessesRequest) Descriptor() ([]byte, []int) {
-	return file_agent_api_agent_proto_rawDescGZIP(), []int{22}
+	return file_agent_api_agent_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *ListProcessesRequest) GetContainerId() string {
@@ -1629,7 +1683,7 @@ type ListProcessesResponse struct {
 
 func (x *ListProcessesResponse) Reset() {
 	*x = ListProcessesResponse{}
-	mi := &file_agent_api_agent_proto_msgTypes[23]
+	mi := &file_agent_api_agent_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1641,7 +1695,7 @@ func (x *ListProcessesResponse) String() string {
 func (*ListProcessesResponse) ProtoMessage() {}
 
 func (x *ListProcessesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_api_agent_proto_msgTypes[23]
+	mi := &file_agent_api_agent_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1654,7 +1708,7 @@ func (x *ListProcessesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListProcessesResponse.ProtoReflect.Descriptor instead.
 func (*ListProcessesResponse) Descriptor() ([]byte, []int) {
-	return file_agent_api_agent_proto_rawDescGZIP(), []int{23}
+	return file_agent_api_agent_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *ListProcessesResponse) GetProcesses() []*ProcessInfo {
@@ -1678,7 +1732,7 @@ type ProcessInfo struct {
 
 func (x *ProcessInfo) Reset() {
 	*x = ProcessInfo{}
-	mi := &file_agent_api_agent_proto_msgTypes[24]
+	mi := &file_agent_api_agent_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1690,7 +1744,7 @@ func (x *ProcessInfo) String() string {
 func (*ProcessInfo) ProtoMessage() {}
 
 func (x *ProcessInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_api_agent_proto_msgTypes[24]
+	mi := &file_agent_api_agent_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1703,7 +1757,7 @@ func (x *ProcessInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProcessInfo.ProtoReflect.Descriptor instead.
 func (*ProcessInfo) Descriptor() ([]byte, []int) {
-	return file_agent_api_agent_proto_rawDescGZIP(), []int{24}
+	return file_agent_api_agent_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *ProcessInfo) GetPid() uint32 {
@@ -1732,7 +1786,7 @@ type UpdateContainerRequest struct {
 
 func (x *UpdateContainerRequest) Reset() {
 	*x = UpdateContainerRequest{}
-	mi := &file_agent_api_agent_proto_msgTypes[25]
+	mi := &file_agent_api_agent_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1744,7 +1798,7 @@ func (x *UpdateContainerRequest) String() string {
 func (*UpdateContainerRequest) ProtoMessage() {}
 
 func (x *UpdateContainerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_api_agent_proto_msgTypes[25]
+	mi := &file_agent_api_agent_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1757,7 +1811,7 @@ func (x *UpdateContainerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateContainerRequest.ProtoReflect.Descriptor instead.
 func (*UpdateContainerRequest) Descriptor() ([]byte, []int) {
-	return file_agent_api_agent_proto_rawDescGZIP(), []int{25}
+	return file_agent_api_agent_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *UpdateContainerRequest) GetContainerId() string {
@@ -1787,7 +1841,7 @@ type LinuxResources struct {
 
 func (x *LinuxResources) Reset() {
 	*x = LinuxResources{}
-	mi := &file_agent_api_agent_proto_msgTypes[26]
+	mi := &file_agent_api_agent_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1799,7 +1853,7 @@ func (x *LinuxResources) String() string {
 func (*LinuxResources) ProtoMessage() {}
 
 func (x *LinuxResources) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_api_agent_proto_msgTypes[26]
+	mi := &file_agent_api_agent_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1812,7 +1866,7 @@ func (x *LinuxResources) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LinuxResources.ProtoReflect.Descriptor instead.
 func (*LinuxResources) Descriptor() ([]byte, []int) {
-	return file_agent_api_agent_proto_rawDescGZIP(), []int{26}
+	return file_agent_api_agent_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *LinuxResources) GetMemory() *LinuxMemory {
@@ -1851,7 +1905,7 @@ type LinuxMemory struct {
 
 func (x *LinuxMemory) Reset() {
 	*x = LinuxMemory{}
-	mi := &file_agent_api_agent_proto_msgTypes[27]
+	mi := &file_agent_api_agent_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1863,7 +1917,7 @@ func (x *LinuxMemory) String() string {
 func (*LinuxMemory) ProtoMessage() {}
 
 func (x *LinuxMemory) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_api_agent_proto_msgTypes[27]
+	mi := &file_agent_api_agent_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1876,7 +1930,7 @@ func (x *LinuxMemory) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LinuxMemory.ProtoReflect.Descriptor instead.
 func (*LinuxMemory) Descriptor() ([]byte, []int) {
-	return file_agent_api_agent_proto_rawDescGZIP(), []int{27}
+	return file_agent_api_agent_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *LinuxMemory) GetLimit() int64 {
@@ -1921,7 +1975,7 @@ type LinuxCPU struct {
 
 func (x *LinuxCPU) Reset() {
 	*x = LinuxCPU{}
-	mi := &file_agent_api_agent_proto_msgTypes[28]
+	mi := &file_agent_api_agent_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1933,7 +1987,7 @@ func (x *LinuxCPU) String() string {
 func (*LinuxCPU) ProtoMessage() {}
 
 func (x *LinuxCPU) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_api_agent_proto_msgTypes[28]
+	mi := &file_agent_api_agent_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1946,7 +2000,7 @@ func (x *LinuxCPU) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LinuxCPU.ProtoReflect.Descriptor instead.
 func (*LinuxCPU) Descriptor() ([]byte, []int) {
-	return file_agent_api_agent_proto_rawDescGZIP(), []int{28}
+	return file_agent_api_agent_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *LinuxCPU) GetShares() uint64 {
@@ -1995,7 +2049,7 @@ type LinuxPids struct {
 
 func (x *LinuxPids) Reset() {
 	*x = LinuxPids{}
-	mi := &file_agent_api_agent_proto_msgTypes[29]
+	mi := &file_agent_api_agent_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2007,7 +2061,7 @@ func (x *LinuxPids) String() string {
 func (*LinuxPids) ProtoMessage() {}
 
 func (x *LinuxPids) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_api_agent_proto_msgTypes[29]
+	mi := &file_agent_api_agent_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2020,7 +2074,7 @@ func (x *LinuxPids) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LinuxPids.ProtoReflect.Descriptor instead.
 func (*LinuxPids) Descriptor() ([]byte, []int) {
-	return file_agent_api_agent_proto_rawDescGZIP(), []int{29}
+	return file_agent_api_agent_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *LinuxPids) GetLimit() int64 {
@@ -2040,7 +2094,7 @@ type StatsContainerRequest struct {
 
 func (x *StatsContainerRequest) Reset() {
 	*x = StatsContainerRequest{}
-	mi := &file_agent_api_agent_proto_msgTypes[30]
+	mi := &file_agent_api_agent_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2052,7 +2106,7 @@ func (x *StatsContainerRequest) String() string {
 func (*StatsContainerRequest) ProtoMessage() {}
 
 func (x *StatsContainerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_api_agent_proto_msgTypes[30]
+	mi := &file_agent_api_agent_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2065,7 +2119,7 @@ func (x *StatsContainerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatsContainerRequest.ProtoReflect.Descriptor instead.
 func (*StatsContainerRequest) Descriptor() ([]byte, []int) {
-	return file_agent_api_agent_proto_rawDescGZIP(), []int{30}
+	return file_agent_api_agent_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *StatsContainerRequest) GetContainerId() string {
@@ -2091,7 +2145,7 @@ type StatsContainerResponse struct {
 
 func (x *StatsContainerResponse) Reset() {
 	*x = StatsContainerResponse{}
-	mi := &file_agent_api_agent_proto_msgTypes[31]
+	mi := &file_agent_api_agent_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2103,7 +2157,7 @@ func (x *StatsContainerResponse) String() string {
 func (*StatsContainerResponse) ProtoMessage() {}
 
 func (x *StatsContainerResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_api_agent_proto_msgTypes[31]
+	mi := &file_agent_api_agent_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2116,7 +2170,7 @@ func (x *StatsContainerResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatsContainerResponse.ProtoReflect.Descriptor instead.
 func (*StatsContainerResponse) Descriptor() ([]byte, []int) {
-	return file_agent_api_agent_proto_rawDescGZIP(), []int{31}
+	return file_agent_api_agent_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *StatsContainerResponse) GetCgroupStats() *CgroupStats {
@@ -2156,7 +2210,7 @@ type CgroupStats struct {
 
 func (x *CgroupStats) Reset() {
 	*x = CgroupStats{}
-	mi := &file_agent_api_agent_proto_msgTypes[32]
+	mi := &file_agent_api_agent_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2168,7 +2222,7 @@ func (x *CgroupStats) String() string {
 func (*CgroupStats) ProtoMessage() {}
 
 func (x *CgroupStats) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_api_agent_proto_msgTypes[32]
+	mi := &file_agent_api_agent_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2181,7 +2235,7 @@ func (x *CgroupStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CgroupStats.ProtoReflect.Descriptor instead.
 func (*CgroupStats) Descriptor() ([]byte, []int) {
-	return file_agent_api_agent_proto_rawDescGZIP(), []int{32}
+	return file_agent_api_agent_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *CgroupStats) GetCpu() *CPUStats {
@@ -2237,7 +2291,7 @@ type CPUStats struct {
 
 func (x *CPUStats) Reset() {
 	*x = CPUStats{}
-	mi := &file_agent_api_agent_proto_msgTypes[33]
+	mi := &file_agent_api_agent_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2249,7 +2303,7 @@ func (x *CPUStats) String() string {
 func (*CPUStats) ProtoMessage() {}
 
 func (x *CPUStats) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_api_agent_proto_msgTypes[33]
+	mi := &file_agent_api_agent_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2262,7 +2316,7 @@ func (x *CPUStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CPUStats.ProtoReflect.Descriptor instead.
 func (*CPUStats) Descriptor() ([]byte, []int) {
-	return file_agent_api_agent_proto_rawDescGZIP(), []int{33}
+	return file_agent_api_agent_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *CPUStats) GetUsageTotalNsec() uint64 {
@@ -2315,7 +2369,7 @@ type ThrottlingStats struct {
 
 func (x *ThrottlingStats) Reset() {
 	*x = ThrottlingStats{}
-	mi := &file_agent_api_agent_proto_msgTypes[34]
+	mi := &file_agent_api_agent_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2327,7 +2381,7 @@ func (x *ThrottlingStats) String() string {
 func (*ThrottlingStats) ProtoMessage() {}
 
 func (x *ThrottlingStats) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_api_agent_proto_msgTypes[34]
+	mi := &file_agent_api_agent_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2340,7 +2394,7 @@ func (x *ThrottlingStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ThrottlingStats.ProtoReflect.Descriptor instead.
 func (*ThrottlingStats) Descriptor() ([]byte, []int) {
-	return file_agent_api_agent_proto_rawDescGZIP(), []int{34}
+	return file_agent_api_agent_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *ThrottlingStats) GetPeriods() uint64 {
@@ -2397,7 +2451,7 @@ type MemoryStats struct {
 
 func (x *MemoryStats) Reset() {
 	*x = MemoryStats{}
-	mi := &file_agent_api_agent_proto_msgTypes[35]
+	mi := &file_agent_api_agent_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2409,7 +2463,7 @@ func (x *MemoryStats) String() string {
 func (*MemoryStats) ProtoMessage() {}
 
 func (x *MemoryStats) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_api_agent_proto_msgTypes[35]
+	mi := &file_agent_api_agent_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2422,7 +2476,7 @@ func (x *MemoryStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MemoryStats.ProtoReflect.Descriptor instead.
 func (*MemoryStats) Descriptor() ([]byte, []int) {
-	return file_agent_api_agent_proto_rawDescGZIP(), []int{35}
+	return file_agent_api_agent_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *MemoryStats) GetUsageBytes() uint64 {
@@ -2521,7 +2575,7 @@ type MemoryEvents struct {
 
 func (x *MemoryEvents) Reset() {
 	*x = MemoryEvents{}
-	mi := &file_agent_api_agent_proto_msgTypes[36]
+	mi := &file_agent_api_agent_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2533,7 +2587,7 @@ func (x *MemoryEvents) String() string {
 func (*MemoryEvents) ProtoMessage() {}
 
 func (x *MemoryEvents) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_api_agent_proto_msgTypes[36]
+	mi := &file_agent_api_agent_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2546,7 +2600,7 @@ func (x *MemoryEvents) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MemoryEvents.ProtoReflect.Descriptor instead.
 func (*MemoryEvents) Descriptor() ([]byte, []int) {
-	return file_agent_api_agent_proto_rawDescGZIP(), []int{36}
+	return file_agent_api_agent_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *MemoryEvents) GetLow() uint64 {
@@ -2597,7 +2651,7 @@ type PidsStats struct {
 
 func (x *PidsStats) Reset() {
 	*x = PidsStats{}
-	mi := &file_agent_api_agent_proto_msgTypes[37]
+	mi := &file_agent_api_agent_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2609,7 +2663,7 @@ func (x *PidsStats) String() string {
 func (*PidsStats) ProtoMessage() {}
 
 func (x *PidsStats) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_api_agent_proto_msgTypes[37]
+	mi := &file_agent_api_agent_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2622,7 +2676,7 @@ func (x *PidsStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PidsStats.ProtoReflect.Descriptor instead.
 func (*PidsStats) Descriptor() ([]byte, []int) {
-	return file_agent_api_agent_proto_rawDescGZIP(), []int{37}
+	return file_agent_api_agent_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *PidsStats) GetCurrent() uint64 {
@@ -2654,7 +2708,7 @@ type BlkioStats struct {
 
 func (x *BlkioStats) Reset() {
 	*x = BlkioStats{}
-	mi := &file_agent_api_agent_proto_msgTypes[38]
+	mi := &file_agent_api_agent_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2666,7 +2720,7 @@ func (x *BlkioStats) String() string {
 func (*BlkioStats) ProtoMessage() {}
 
 func (x *BlkioStats) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_api_agent_proto_msgTypes[38]
+	mi := &file_agent_api_agent_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2679,7 +2733,7 @@ func (x *BlkioStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BlkioStats.ProtoReflect.Descriptor instead.
 func (*BlkioStats) Descriptor() ([]byte, []int) {
-	return file_agent_api_agent_proto_rawDescGZIP(), []int{38}
+	return file_agent_api_agent_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *BlkioStats) GetReadBytes() uint64 {
@@ -2727,7 +2781,7 @@ type HugetlbStats struct {
 
 func (x *HugetlbStats) Reset() {
 	*x = HugetlbStats{}
-	mi := &file_agent_api_agent_proto_msgTypes[39]
+	mi := &file_agent_api_agent_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2739,7 +2793,7 @@ func (x *HugetlbStats) String() string {
 func (*HugetlbStats) ProtoMessage() {}
 
 func (x *HugetlbStats) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_api_agent_proto_msgTypes[39]
+	mi := &file_agent_api_agent_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2752,7 +2806,7 @@ func (x *HugetlbStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HugetlbStats.ProtoReflect.Descriptor instead.
 func (*HugetlbStats) Descriptor() ([]byte, []int) {
-	return file_agent_api_agent_proto_rawDescGZIP(), []int{39}
+	return file_agent_api_agent_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *HugetlbStats) GetPageSize() string {
@@ -2802,7 +2856,7 @@ type NetworkInterfaceStats struct {
 
 func (x *NetworkInterfaceStats) Reset() {
 	*x = NetworkInterfaceStats{}
-	mi := &file_agent_api_agent_proto_msgTypes[40]
+	mi := &file_agent_api_agent_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2814,7 +2868,7 @@ func (x *NetworkInterfaceStats) String() string {
 func (*NetworkInterfaceStats) ProtoMessage() {}
 
 func (x *NetworkInterfaceStats) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_api_agent_proto_msgTypes[40]
+	mi := &file_agent_api_agent_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2827,7 +2881,7 @@ func (x *NetworkInterfaceStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NetworkInterfaceStats.ProtoReflect.Descriptor instead.
 func (*NetworkInterfaceStats) Descriptor() ([]byte, []int) {
-	return file_agent_api_agent_proto_rawDescGZIP(), []int{40}
+	return file_agent_api_agent_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *NetworkInterfaceStats) GetName() string {
@@ -2903,7 +2957,7 @@ type PauseContainerRequest struct {
 
 func (x *PauseContainerRequest) Reset() {
 	*x = PauseContainerRequest{}
-	mi := &file_agent_api_agent_proto_msgTypes[41]
+	mi := &file_agent_api_agent_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2915,7 +2969,7 @@ func (x *PauseContainerRequest) String() string {
 func (*PauseContainerRequest) ProtoMessage() {}
 
 func (x *PauseContainerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_api_agent_proto_msgTypes[41]
+	mi := &file_agent_api_agent_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2928,7 +2982,7 @@ func (x *PauseContainerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PauseContainerRequest.ProtoReflect.Descriptor instead.
 func (*PauseContainerRequest) Descriptor() ([]byte, []int) {
-	return file_agent_api_agent_proto_rawDescGZIP(), []int{41}
+	return file_agent_api_agent_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *PauseContainerRequest) GetContainerId() string {
@@ -2948,7 +3002,7 @@ type ResumeContainerRequest struct {
 
 func (x *ResumeContainerRequest) Reset() {
 	*x = ResumeContainerRequest{}
-	mi := &file_agent_api_agent_proto_msgTypes[42]
+	mi := &file_agent_api_agent_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2960,7 +3014,7 @@ func (x *ResumeContainerRequest) String() string {
 func (*ResumeContainerRequest) ProtoMessage() {}
 
 func (x *ResumeContainerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_api_agent_proto_msgTypes[42]
+	mi := &file_agent_api_agent_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2973,7 +3027,7 @@ func (x *ResumeContainerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResumeContainerRequest.ProtoReflect.Descriptor instead.
 func (*ResumeContainerRequest) Descriptor() ([]byte, []int) {
-	return file_agent_api_agent_proto_rawDescGZIP(), []int{42}
+	return file_agent_api_agent_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *ResumeContainerRequest) GetContainerId() string {
@@ -2998,7 +3052,7 @@ type WriteStdinRequest struct {
 
 func (x *WriteStdinRequest) Reset() {
 	*x = WriteStdinRequest{}
-	mi := &file_agent_api_agent_proto_msgTypes[43]
+	mi := &file_agent_api_agent_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3010,7 +3064,7 @@ func (x *WriteStdinRequest) String() string {
 func (*WriteStdinRequest) ProtoMessage() {}
 
 func (x *WriteStdinRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_api_agent_proto_msgTypes[43]
+	mi := &file_agent_api_agent_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3023,7 +3077,7 @@ func (x *WriteStdinRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WriteStdinRequest.ProtoReflect.Descriptor instead.
 func (*WriteStdinRequest) Descriptor() ([]byte, []int) {
-	return file_agent_api_agent_proto_rawDescGZIP(), []int{43}
+	return file_agent_api_agent_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *WriteStdinRequest) GetContainerId() string {
@@ -3058,7 +3112,7 @@ type WriteStdinResponse struct {
 
 func (x *WriteStdinResponse) Reset() {
 	*x = WriteStdinResponse{}
-	mi := &file_agent_api_agent_proto_msgTypes[44]
+	mi := &file_agent_api_agent_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3070,7 +3124,7 @@ func (x *WriteStdinResponse) String() string {
 func (*WriteStdinResponse) ProtoMessage() {}
 
 func (x *WriteStdinResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_api_agent_proto_msgTypes[44]
+	mi := &file_agent_api_agent_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3083,7 +3137,7 @@ func (x *WriteStdinResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WriteStdinResponse.ProtoReflect.Descriptor instead.
 func (*WriteStdinResponse) Descriptor() ([]byte, []int) {
-	return file_agent_api_agent_proto_rawDescGZIP(), []int{44}
+	return file_agent_api_agent_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *WriteStdinResponse) GetLen() uint32 {
@@ -3108,7 +3162,7 @@ type ReadStreamRequest struct {
 
 func (x *ReadStreamRequest) Reset() {
 	*x = ReadStreamRequest{}
-	mi := &file_agent_api_agent_proto_msgTypes[45]
+	mi := &file_agent_api_agent_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3120,7 +3174,7 @@ func (x *ReadStreamRequest) String() string {
 func (*ReadStreamRequest) ProtoMessage() {}
 
 func (x *ReadStreamRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_api_agent_proto_msgTypes[45]
+	mi := &file_agent_api_agent_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3133,7 +3187,7 @@ func (x *ReadStreamRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadStreamRequest.ProtoReflect.Descriptor instead.
 func (*ReadStreamRequest) Descriptor() ([]byte, []int) {
-	return file_agent_api_agent_proto_rawDescGZIP(), []int{45}
+	return file_agent_api_agent_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *ReadStreamRequest) GetContainerId() string {
@@ -3172,7 +3226,7 @@ type ReadStreamResponse struct {
 
 func (x *ReadStreamResponse) Reset() {
 	*x = ReadStreamResponse{}
-	mi := &file_agent_api_agent_proto_msgTypes[46]
+	mi := &file_agent_api_agent_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3184,7 +3238,7 @@ func (x *ReadStreamResponse) String() string {
 func (*ReadStreamResponse) ProtoMessage() {}
 
 func (x *ReadStreamResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_api_agent_proto_msgTypes[46]
+	mi := &file_agent_api_agent_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3197,7 +3251,7 @@ func (x *ReadStreamResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadStreamResponse.ProtoReflect.Descriptor instead.
 func (*ReadStreamResponse) Descriptor() ([]byte, []int) {
-	return file_agent_api_agent_proto_rawDescGZIP(), []int{46}
+	return file_agent_api_agent_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *ReadStreamResponse) GetData() []byte {
@@ -3226,7 +3280,7 @@ type CloseStdinRequest struct {
 
 func (x *CloseStdinRequest) Reset() {
 	*x = CloseStdinRequest{}
-	mi := &file_agent_api_agent_proto_msgTypes[47]
+	mi := &file_agent_api_agent_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3238,7 +3292,7 @@ func (x *CloseStdinRequest) String() string {
 func (*CloseStdinRequest) ProtoMessage() {}
 
 func (x *CloseStdinRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_api_agent_proto_msgTypes[47]
+	mi := &file_agent_api_agent_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3251,7 +3305,7 @@ func (x *CloseStdinRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CloseStdinRequest.ProtoReflect.Descriptor instead.
 func (*CloseStdinRequest) Descriptor() ([]byte, []int) {
-	return file_agent_api_agent_proto_rawDescGZIP(), []int{47}
+	return file_agent_api_agent_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *CloseStdinRequest) GetContainerId() string {
@@ -3284,7 +3338,7 @@ type TtyWinResizeRequest struct {
 
 func (x *TtyWinResizeRequest) Reset() {
 	*x = TtyWinResizeRequest{}
-	mi := &file_agent_api_agent_proto_msgTypes[48]
+	mi := &file_agent_api_agent_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3296,7 +3350,7 @@ func (x *TtyWinResizeRequest) String() string {
 func (*TtyWinResizeRequest) ProtoMessage() {}
 
 func (x *TtyWinResizeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_api_agent_proto_msgTypes[48]
+	mi := &file_agent_api_agent_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3309,7 +3363,7 @@ func (x *TtyWinResizeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TtyWinResizeRequest.ProtoReflect.Descriptor instead.
 func (*TtyWinResizeRequest) Descriptor() ([]byte, []int) {
-	return file_agent_api_agent_proto_rawDescGZIP(), []int{48}
+	return file_agent_api_agent_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *TtyWinResizeRequest) GetContainerId() string {
@@ -3354,7 +3408,7 @@ type IPAddress struct {
 
 func (x *IPAddress) Reset() {
 	*x = IPAddress{}
-	mi := &file_agent_api_agent_proto_msgTypes[49]
+	mi := &file_agent_api_agent_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3366,7 +3420,7 @@ func (x *IPAddress) String() string {
 func (*IPAddress) ProtoMessage() {}
 
 func (x *IPAddress) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_api_agent_proto_msgTypes[49]
+	mi := &file_agent_api_agent_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3379,7 +3433,7 @@ func (x *IPAddress) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IPAddress.ProtoReflect.Descriptor instead.
 func (*IPAddress) Descriptor() ([]byte, []int) {
-	return file_agent_api_agent_proto_rawDescGZIP(), []int{49}
+	return file_agent_api_agent_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *IPAddress) GetFamily() IPFamily {
@@ -3431,7 +3485,7 @@ type Interface struct {
 
 func (x *Interface) Reset() {
 	*x = Interface{}
-	mi := &file_agent_api_agent_proto_msgTypes[50]
+	mi := &file_agent_api_agent_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3443,7 +3497,7 @@ func (x *Interface) String() string {
 func (*Interface) ProtoMessage() {}
 
 func (x *Interface) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_api_agent_proto_msgTypes[50]
+	mi := &file_agent_api_agent_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3456,7 +3510,7 @@ func (x *Interface) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Interface.ProtoReflect.Descriptor instead.
 func (*Interface) Descriptor() ([]byte, []int) {
-	return file_agent_api_agent_proto_rawDescGZIP(), []int{50}
+	return file_agent_api_agent_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *Interface) GetName() string {
@@ -3518,7 +3572,7 @@ type UpdateInterfaceRequest struct {
 
 func (x *UpdateInterfaceRequest) Reset() {
 	*x = UpdateInterfaceRequest{}
-	mi := &file_agent_api_agent_proto_msgTypes[51]
+	mi := &file_agent_api_agent_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3530,7 +3584,7 @@ func (x *UpdateInterfaceRequest) String() string {
 func (*UpdateInterfaceRequest) ProtoMessage() {}
 
 func (x *UpdateInterfaceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_api_agent_proto_msgTypes[51]
+	mi := &file_agent_api_agent_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3543,7 +3597,7 @@ func (x *UpdateInterfaceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateInterfaceRequest.ProtoReflect.Descriptor instead.
 func (*UpdateInterfaceRequest) Descriptor() ([]byte, []int) {
-	return file_agent_api_agent_proto_rawDescGZIP(), []int{51}
+	return file_agent_api_agent_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *UpdateInterfaceRequest) GetInterface() *Interface {
@@ -3563,7 +3617,7 @@ type UpdateInterfaceResponse struct {
 
 func (x *UpdateInterfaceResponse) Reset() {
 	*x = UpdateInterfaceResponse{}
-	mi := &file_agent_api_agent_proto_msgTypes[52]
+	mi := &file_agent_api_agent_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3575,7 +3629,7 @@ func (x *UpdateInterfaceResponse) String() string {
 func (*UpdateInterfaceResponse) ProtoMessage() {}
 
 func (x *UpdateInterfaceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_api_agent_proto_msgTypes[52]
+	mi := &file_agent_api_agent_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3588,7 +3642,7 @@ func (x *UpdateInterfaceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateInterfaceResponse.ProtoReflect.Descriptor instead.
 func (*UpdateInterfaceResponse) Descriptor() ([]byte, []int) {
-	return file_agent_api_agent_proto_rawDescGZIP(), []int{52}
+	return file_agent_api_agent_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *UpdateInterfaceResponse) GetInterface() *Interface {
@@ -3607,7 +3661,7 @@ type ListInterfacesRequest struct {
 
 func (x *ListInterfacesRequest) Reset() {
 	*x = ListInterfacesRequest{}
-	mi := &file_agent_api_agent_proto_msgTypes[53]
+	mi := &file_agent_api_agent_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3619,7 +3673,7 @@ func (x *ListInterfacesRequest) String() string {
 func (*ListInterfacesRequest) ProtoMessage() {}
 
 func (x *ListInterfacesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_api_agent_proto_msgTypes[53]
+	mi := &file_agent_api_agent_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3632,7 +3686,7 @@ func (x *ListInterfacesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListInterfacesRequest.ProtoReflect.Descriptor instead.
 func (*ListInterfacesRequest) Descriptor() ([]byte, []int) {
-	return file_agent_api_agent_proto_rawDescGZIP(), []int{53}
+	return file_agent_api_agent_proto_rawDescGZIP(), []int{54}
 }
 
 // ListInterfacesResponse is the guest's interfaces, lo included.
@@ -3645,7 +3699,7 @@ type ListInterfacesResponse struct {
 
 func (x *ListInterfacesResponse) Reset() {
 	*x = ListInterfacesResponse{}
-	mi := &file_agent_api_agent_proto_msgTypes[54]
+	mi := &file_agent_api_agent_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3657,7 +3711,7 @@ func (x *ListInterfacesResponse) String() string {
 func (*ListInterfacesResponse) ProtoMessage() {}
 
 func (x *ListInterfacesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_api_agent_proto_msgTypes[54]
+	mi := &file_agent_api_agent_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3670,7 +3724,7 @@ func (x *ListInterfacesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListInterfacesResponse.ProtoReflect.Descriptor instead.
 func (*ListInterfacesResponse) Descriptor() ([]byte, []int) {
-	return file_agent_api_agent_proto_rawDescGZIP(), []int{54}
+	return file_agent_api_agent_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *ListInterfacesResponse) GetInterfaces() []*Interface {
@@ -3706,7 +3760,7 @@ type Route struct {
 
 func (x *Route) Reset() {
 	*x = Route{}
-	mi := &file_agent_api_agent_proto_msgTypes[55]
+	mi := &file_agent_api_agent_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3718,7 +3772,7 @@ func (x *Route) String() string {
 func (*Route) ProtoMessage() {}
 
 func (x *Route) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_api_agent_proto_msgTypes[55]
+	mi := &file_agent_api_agent_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3731,7 +3785,7 @@ func (x *Route) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Route.ProtoReflect.Descriptor instead.
 func (*Route) Descriptor() ([]byte, []int) {
-	return file_agent_api_agent_proto_rawDescGZIP(), []int{55}
+	return file_agent_api_agent_proto_rawDescGZIP(), []int{56}
 }
 
 func (x *Route) GetDest() string {
@@ -3802,7 +3856,7 @@ type UpdateRoutesRequest struct {
 
 func (x *UpdateRoutesRequest) Reset() {
 	*x = UpdateRoutesRequest{}
-	mi := &file_agent_api_agent_proto_msgTypes[56]
+	mi := &file_agent_api_agent_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3814,7 +3868,7 @@ func (x *UpdateRoutesRequest) String() string {
 func (*UpdateRoutesRequest) ProtoMessage() {}
 
 func (x *UpdateRoutesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_api_agent_proto_msgTypes[56]
+	mi := &file_agent_api_agent_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3827,7 +3881,7 @@ func (x *UpdateRoutesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateRoutesRequest.ProtoReflect.Descriptor instead.
 func (*UpdateRoutesRequest) Descriptor() ([]byte, []int) {
-	return file_agent_api_agent_proto_rawDescGZIP(), []int{56}
+	return file_agent_api_agent_proto_rawDescGZIP(), []int{57}
 }
 
 func (x *UpdateRoutesRequest) GetRoutes() []*Route {
@@ -3847,7 +3901,7 @@ type UpdateRoutesResponse struct {
 
 func (x *UpdateRoutesResponse) Reset() {
 	*x = UpdateRoutesResponse{}
-	mi := &file_agent_api_agent_proto_msgTypes[57]
+	mi := &file_agent_api_agent_proto_msgTypes[58]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3859,7 +3913,7 @@ func (x *UpdateRoutesResponse) String() string {
 func (*UpdateRoutesResponse) ProtoMessage() {}
 
 func (x *UpdateRoutesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_api_agent_proto_msgTypes[57]
+	mi := &file_agent_api_agent_proto_msgTypes[58]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3872,7 +3926,7 @@ func (x *UpdateRoutesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateRoutesResponse.ProtoReflect.Descriptor instead.
 func (*UpdateRoutesResponse) Descriptor() ([]byte, []int) {
-	return file_agent_api_agent_proto_rawDescGZIP(), []int{57}
+	return file_agent_api_agent_proto_rawDescGZIP(), []int{58}
 }
 
 func (x *UpdateRoutesResponse) GetRoutes() []*Route {
@@ -3891,7 +3945,7 @@ type ListRoutesRequest struct {
 
 func (x *ListRoutesRequest) Reset() {
 	*x = ListRoutesRequest{}
-	mi := &file_agent_api_agent_proto_msgTypes[58]
+	mi := &file_agent_api_agent_proto_msgTypes[59]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3903,7 +3957,7 @@ func (x *ListRoutesRequest) String() string {
 func (*ListRoutesRequest) ProtoMessage() {}
 
 func (x *ListRoutesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_api_agent_proto_msgTypes[58]
+	mi := &file_agent_api_agent_proto_msgTypes[59]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3916,7 +3970,7 @@ func (x *ListRoutesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRoutesRequest.ProtoReflect.Descriptor instead.
 func (*ListRoutesRequest) Descriptor() ([]byte, []int) {
-	return file_agent_api_agent_proto_rawDescGZIP(), []int{58}
+	return file_agent_api_agent_proto_rawDescGZIP(), []int{59}
 }
 
 // ListRoutesResponse is the guest's routes (main table).
@@ -3929,7 +3983,7 @@ type ListRoutesResponse struct {
 
 func (x *ListRoutesResponse) Reset() {
 	*x = ListRoutesResponse{}
-	mi := &file_agent_api_agent_proto_msgTypes[59]
+	mi := &file_agent_api_agent_proto_msgTypes[60]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3941,7 +3995,7 @@ func (x *ListRoutesResponse) String() string {
 func (*ListRoutesResponse) ProtoMessage() {}
 
 func (x *ListRoutesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_api_agent_proto_msgTypes[59]
+	mi := &file_agent_api_agent_proto_msgTypes[60]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3954,7 +4008,7 @@ func (x *ListRoutesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRoutesResponse.ProtoReflect.Descriptor instead.
 func (*ListRoutesResponse) Descriptor() ([]byte, []int) {
-	return file_agent_api_agent_proto_rawDescGZIP(), []int{59}
+	return file_agent_api_agent_proto_rawDescGZIP(), []int{60}
 }
 
 func (x *ListRoutesResponse) GetRoutes() []*Route {
@@ -3984,7 +4038,7 @@ type Neighbor struct {
 
 func (x *Neighbor) Reset() {
 	*x = Neighbor{}
-	mi := &file_agent_api_agent_proto_msgTypes[60]
+	mi := &file_agent_api_agent_proto_msgTypes[61]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3996,7 +4050,7 @@ func (x *Neighbor) String() string {
 func (*Neighbor) ProtoMessage() {}
 
 func (x *Neighbor) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_api_agent_proto_msgTypes[60]
+	mi := &file_agent_api_agent_proto_msgTypes[61]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4009,7 +4063,7 @@ func (x *Neighbor) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Neighbor.ProtoReflect.Descriptor instead.
 func (*Neighbor) Descriptor() ([]byte, []int) {
-	return file_agent_api_agent_proto_rawDescGZIP(), []int{60}
+	return file_agent_api_agent_proto_rawDescGZIP(), []int{61}
 }
 
 func (x *Neighbor) GetIp() string {
@@ -4057,7 +4111,7 @@ type AddARPNeighborsRequest struct {
 
 func (x *AddARPNeighborsRequest) Reset() {
 	*x = AddARPNeighborsRequest{}
-	mi := &file_agent_api_agent_proto_msgTypes[61]
+	mi := &file_agent_api_agent_proto_msgTypes[62]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4069,7 +4123,7 @@ func (x *AddARPNeighborsRequest) String() string {
 func (*AddARPNeighborsRequest) ProtoMessage() {}
 
 func (x *AddARPNeighborsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_api_agent_proto_msgTypes[61]
+	mi := &file_agent_api_agent_proto_msgTypes[62]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4082,7 +4136,7 @@ func (x *AddARPNeighborsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddARPNeighborsRequest.ProtoReflect.Descriptor instead.
 func (*AddARPNeighborsRequest) Descriptor() ([]byte, []int) {
-	return file_agent_api_agent_proto_rawDescGZIP(), []int{61}
+	return file_agent_api_agent_proto_rawDescGZIP(), []int{62}
 }
 
 func (x *AddARPNeighborsRequest) GetNeighbors() []*Neighbor {
@@ -4123,7 +4177,7 @@ type CopyFileRequest struct {
 
 func (x *CopyFileRequest) Reset() {
 	*x = CopyFileRequest{}
-	mi := &file_agent_api_agent_proto_msgTypes[62]
+	mi := &file_agent_api_agent_proto_msgTypes[63]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4135,7 +4189,7 @@ func (x *CopyFileRequest) String() string {
 func (*CopyFileRequest) ProtoMessage() {}
 
 func (x *CopyFileRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_api_agent_proto_msgTypes[62]
+	mi := &file_agent_api_agent_proto_msgTypes[63]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4148,7 +4202,7 @@ func (x *CopyFileRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CopyFileRequest.ProtoReflect.Descriptor instead.
 func (*CopyFileRequest) Descriptor() ([]byte, []int) {
-	return file_agent_api_agent_proto_rawDescGZIP(), []int{62}
+	return file_agent_api_agent_proto_rawDescGZIP(), []int{63}
 }
 
 func (x *CopyFileRequest) GetPath() string {
@@ -4223,7 +4277,7 @@ type OnlineCPUMemRequest struct {
 
 func (x *OnlineCPUMemRequest) Reset() {
 	*x = OnlineCPUMemRequest{}
-	mi := &file_agent_api_agent_proto_msgTypes[63]
+	mi := &file_agent_api_agent_proto_msgTypes[64]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4235,7 +4289,7 @@ func (x *OnlineCPUMemRequest) String() string {
 func (*OnlineCPUMemRequest) ProtoMessage() {}
 
 func (x *OnlineCPUMemRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_api_agent_proto_msgTypes[63]
+	mi := &file_agent_api_agent_proto_msgTypes[64]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4248,7 +4302,7 @@ func (x *OnlineCPUMemRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OnlineCPUMemRequest.ProtoReflect.Descriptor instead.
 func (*OnlineCPUMemRequest) Descriptor() ([]byte, []int) {
-	return file_agent_api_agent_proto_rawDescGZIP(), []int{63}
+	return file_agent_api_agent_proto_rawDescGZIP(), []int{64}
 }
 
 func (x *OnlineCPUMemRequest) GetWait() bool {
@@ -4284,7 +4338,7 @@ type MemHotplugByProbeRequest struct {
 
 func (x *MemHotplugByProbeRequest) Reset() {
 	*x = MemHotplugByProbeRequest{}
-	mi := &file_agent_api_agent_proto_msgTypes[64]
+	mi := &file_agent_api_agent_proto_msgTypes[65]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4296,7 +4350,7 @@ func (x *MemHotplugByProbeRequest) String() string {
 func (*MemHotplugByProbeRequest) ProtoMessage() {}
 
 func (x *MemHotplugByProbeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_api_agent_proto_msgTypes[64]
+	mi := &file_agent_api_agent_proto_msgTypes[65]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4309,7 +4363,7 @@ func (x *MemHotplugByProbeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MemHotplugByProbeRequest.ProtoReflect.Descriptor instead.
 func (*MemHotplugByProbeRequest) Descriptor() ([]byte, []int) {
-	return file_agent_api_agent_proto_rawDescGZIP(), []int{64}
+	return file_agent_api_agent_proto_rawDescGZIP(), []int{65}
 }
 
 func (x *MemHotplugByProbeRequest) GetAddresses() []uint64 {
@@ -4414,7 +4468,10 @@ const file_agent_api_agent_proto_rawDesc = "" +
 	"\x13WaitProcessResponse\x12\x1f\n" +
 	"\vexit_status\x18\x01 \x01(\x05R\n" +
 	"exitStatus\x127\n" +
-	"\texited_at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\bexitedAt\"9\n" +
+	"\texited_at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\bexitedAt\"R\n" +
+	"\x14RemoveProcessRequest\x12!\n" +
+	"\fcontainer_id\x18\x01 \x01(\tR\vcontainerId\x12\x17\n" +
+	"\aexec_id\x18\x02 \x01(\tR\x06execId\"9\n" +
 	"\x14ListProcessesRequest\x12!\n" +
 	"\fcontainer_id\x18\x01 \x01(\tR\vcontainerId\"Q\n" +
 	"\x15ListProcessesResponse\x128\n" +
@@ -4624,7 +4681,7 @@ const file_agent_api_agent_proto_rawDesc = "" +
 	"\bIPFamily\x12\x19\n" +
 	"\x15IP_FAMILY_UNSPECIFIED\x10\x00\x12\x10\n" +
 	"\fIP_FAMILY_V4\x10\x01\x12\x10\n" +
-	"\fIP_FAMILY_V6\x10\x022\xdc\x14\n" +
+	"\fIP_FAMILY_V6\x10\x022\xaa\x15\n" +
 	"\fAgentService\x12B\n" +
 	"\x05Check\x12\x1b.kasa.agent.v1.CheckRequest\x1a\x1c.kasa.agent.v1.CheckResponse\x12H\n" +
 	"\aVersion\x12\x1d.kasa.agent.v1.VersionRequest\x1a\x1e.kasa.agent.v1.VersionResponse\x12`\n" +
@@ -4640,7 +4697,8 @@ const file_agent_api_agent_proto_rawDesc = "" +
 	"\x0fRemoveContainer\x12%.kasa.agent.v1.RemoveContainerRequest\x1a\x16.google.protobuf.Empty\x12H\n" +
 	"\vExecProcess\x12!.kasa.agent.v1.ExecProcessRequest\x1a\x16.google.protobuf.Empty\x12L\n" +
 	"\rSignalProcess\x12#.kasa.agent.v1.SignalProcessRequest\x1a\x16.google.protobuf.Empty\x12T\n" +
-	"\vWaitProcess\x12!.kasa.agent.v1.WaitProcessRequest\x1a\".kasa.agent.v1.WaitProcessResponse\x12Z\n" +
+	"\vWaitProcess\x12!.kasa.agent.v1.WaitProcessRequest\x1a\".kasa.agent.v1.WaitProcessResponse\x12L\n" +
+	"\rRemoveProcess\x12#.kasa.agent.v1.RemoveProcessRequest\x1a\x16.google.protobuf.Empty\x12Z\n" +
 	"\rListProcesses\x12#.kasa.agent.v1.ListProcessesRequest\x1a$.kasa.agent.v1.ListProcessesResponse\x12P\n" +
 	"\x0fUpdateContainer\x12%.kasa.agent.v1.UpdateContainerRequest\x1a\x16.google.protobuf.Empty\x12]\n" +
 	"\x0eStatsContainer\x12$.kasa.agent.v1.StatsContainerRequest\x1a%.kasa.agent.v1.StatsContainerResponse\x12N\n" +
@@ -4678,7 +4736,7 @@ func file_agent_api_agent_proto_rawDescGZIP() []byte {
 }
 
 var file_agent_api_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_agent_api_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 66)
+var file_agent_api_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 67)
 var file_agent_api_agent_proto_goTypes = []any{
 	(StorageDriver)(0),               // 0: kasa.agent.v1.StorageDriver
 	(IPFamily)(0),                    // 1: kasa.agent.v1.IPFamily
@@ -4705,87 +4763,88 @@ var file_agent_api_agent_proto_goTypes = []any{
 	(*SignalProcessRequest)(nil),     // 22: kasa.agent.v1.SignalProcessRequest
 	(*WaitProcessRequest)(nil),       // 23: kasa.agent.v1.WaitProcessRequest
 	(*WaitProcessResponse)(nil),      // 24: kasa.agent.v1.WaitProcessResponse
-	(*ListProcessesRequest)(nil),     // 25: kasa.agent.v1.ListProcessesRequest
-	(*ListProcessesResponse)(nil),    // 26: kasa.agent.v1.ListProcessesResponse
-	(*ProcessInfo)(nil),              // 27: kasa.agent.v1.ProcessInfo
-	(*UpdateContainerRequest)(nil),   // 28: kasa.agent.v1.UpdateContainerRequest
-	(*LinuxResources)(nil),           // 29: kasa.agent.v1.LinuxResources
-	(*LinuxMemory)(nil),              // 30: kasa.agent.v1.LinuxMemory
-	(*LinuxCPU)(nil),                 // 31: kasa.agent.v1.LinuxCPU
-	(*LinuxPids)(nil),                // 32: kasa.agent.v1.LinuxPids
-	(*StatsContainerRequest)(nil),    // 33: kasa.agent.v1.StatsContainerRequest
-	(*StatsContainerResponse)(nil),   // 34: kasa.agent.v1.StatsContainerResponse
-	(*CgroupStats)(nil),              // 35: kasa.agent.v1.CgroupStats
-	(*CPUStats)(nil),                 // 36: kasa.agent.v1.CPUStats
-	(*ThrottlingStats)(nil),          // 37: kasa.agent.v1.ThrottlingStats
-	(*MemoryStats)(nil),              // 38: kasa.agent.v1.MemoryStats
-	(*MemoryEvents)(nil),             // 39: kasa.agent.v1.MemoryEvents
-	(*PidsStats)(nil),                // 40: kasa.agent.v1.PidsStats
-	(*BlkioStats)(nil),               // 41: kasa.agent.v1.BlkioStats
-	(*HugetlbStats)(nil),             // 42: kasa.agent.v1.HugetlbStats
-	(*NetworkInterfaceStats)(nil),    // 43: kasa.agent.v1.NetworkInterfaceStats
-	(*PauseContainerRequest)(nil),    // 44: kasa.agent.v1.PauseContainerRequest
-	(*ResumeContainerRequest)(nil),   // 45: kasa.agent.v1.ResumeContainerRequest
-	(*WriteStdinRequest)(nil),        // 46: kasa.agent.v1.WriteStdinRequest
-	(*WriteStdinResponse)(nil),       // 47: kasa.agent.v1.WriteStdinResponse
-	(*ReadStreamRequest)(nil),        // 48: kasa.agent.v1.ReadStreamRequest
-	(*ReadStreamResponse)(nil),       // 49: kasa.agent.v1.ReadStreamResponse
-	(*CloseStdinRequest)(nil),        // 50: kasa.agent.v1.CloseStdinRequest
-	(*TtyWinResizeRequest)(nil),      // 51: kasa.agent.v1.TtyWinResizeRequest
-	(*IPAddress)(nil),                // 52: kasa.agent.v1.IPAddress
-	(*Interface)(nil),                // 53: kasa.agent.v1.Interface
-	(*UpdateInterfaceRequest)(nil),   // 54: kasa.agent.v1.UpdateInterfaceRequest
-	(*UpdateInterfaceResponse)(nil),  // 55: kasa.agent.v1.UpdateInterfaceResponse
-	(*ListInterfacesRequest)(nil),    // 56: kasa.agent.v1.ListInterfacesRequest
-	(*ListInterfacesResponse)(nil),   // 57: kasa.agent.v1.ListInterfacesResponse
-	(*Route)(nil),                    // 58: kasa.agent.v1.Route
-	(*UpdateRoutesRequest)(nil),      // 59: kasa.agent.v1.UpdateRoutesRequest
-	(*UpdateRoutesResponse)(nil),     // 60: kasa.agent.v1.UpdateRoutesResponse
-	(*ListRoutesRequest)(nil),        // 61: kasa.agent.v1.ListRoutesRequest
-	(*ListRoutesResponse)(nil),       // 62: kasa.agent.v1.ListRoutesResponse
-	(*Neighbor)(nil),                 // 63: kasa.agent.v1.Neighbor
-	(*AddARPNeighborsRequest)(nil),   // 64: kasa.agent.v1.AddARPNeighborsRequest
-	(*CopyFileRequest)(nil),          // 65: kasa.agent.v1.CopyFileRequest
-	(*OnlineCPUMemRequest)(nil),      // 66: kasa.agent.v1.OnlineCPUMemRequest
-	(*MemHotplugByProbeRequest)(nil), // 67: kasa.agent.v1.MemHotplugByProbeRequest
-	nil,                              // 68: kasa.agent.v1.MemoryStats.StatEntry
-	(*timestamppb.Timestamp)(nil),    // 69: google.protobuf.Timestamp
-	(*emptypb.Empty)(nil),            // 70: google.protobuf.Empty
+	(*RemoveProcessRequest)(nil),     // 25: kasa.agent.v1.RemoveProcessRequest
+	(*ListProcessesRequest)(nil),     // 26: kasa.agent.v1.ListProcessesRequest
+	(*ListProcessesResponse)(nil),    // 27: kasa.agent.v1.ListProcessesResponse
+	(*ProcessInfo)(nil),              // 28: kasa.agent.v1.ProcessInfo
+	(*UpdateContainerRequest)(nil),   // 29: kasa.agent.v1.UpdateContainerRequest
+	(*LinuxResources)(nil),           // 30: kasa.agent.v1.LinuxResources
+	(*LinuxMemory)(nil),              // 31: kasa.agent.v1.LinuxMemory
+	(*LinuxCPU)(nil),                 // 32: kasa.agent.v1.LinuxCPU
+	(*LinuxPids)(nil),                // 33: kasa.agent.v1.LinuxPids
+	(*StatsContainerRequest)(nil),    // 34: kasa.agent.v1.StatsContainerRequest
+	(*StatsContainerResponse)(nil),   // 35: kasa.agent.v1.StatsContainerResponse
+	(*CgroupStats)(nil),              // 36: kasa.agent.v1.CgroupStats
+	(*CPUStats)(nil),                 // 37: kasa.agent.v1.CPUStats
+	(*ThrottlingStats)(nil),          // 38: kasa.agent.v1.ThrottlingStats
+	(*MemoryStats)(nil),              // 39: kasa.agent.v1.MemoryStats
+	(*MemoryEvents)(nil),             // 40: kasa.agent.v1.MemoryEvents
+	(*PidsStats)(nil),                // 41: kasa.agent.v1.PidsStats
+	(*BlkioStats)(nil),               // 42: kasa.agent.v1.BlkioStats
+	(*HugetlbStats)(nil),             // 43: kasa.agent.v1.HugetlbStats
+	(*NetworkInterfaceStats)(nil),    // 44: kasa.agent.v1.NetworkInterfaceStats
+	(*PauseContainerRequest)(nil),    // 45: kasa.agent.v1.PauseContainerRequest
+	(*ResumeContainerRequest)(nil),   // 46: kasa.agent.v1.ResumeContainerRequest
+	(*WriteStdinRequest)(nil),        // 47: kasa.agent.v1.WriteStdinRequest
+	(*WriteStdinResponse)(nil),       // 48: kasa.agent.v1.WriteStdinResponse
+	(*ReadStreamRequest)(nil),        // 49: kasa.agent.v1.ReadStreamRequest
+	(*ReadStreamResponse)(nil),       // 50: kasa.agent.v1.ReadStreamResponse
+	(*CloseStdinRequest)(nil),        // 51: kasa.agent.v1.CloseStdinRequest
+	(*TtyWinResizeRequest)(nil),      // 52: kasa.agent.v1.TtyWinResizeRequest
+	(*IPAddress)(nil),                // 53: kasa.agent.v1.IPAddress
+	(*Interface)(nil),                // 54: kasa.agent.v1.Interface
+	(*UpdateInterfaceRequest)(nil),   // 55: kasa.agent.v1.UpdateInterfaceRequest
+	(*UpdateInterfaceResponse)(nil),  // 56: kasa.agent.v1.UpdateInterfaceResponse
+	(*ListInterfacesRequest)(nil),    // 57: kasa.agent.v1.ListInterfacesRequest
+	(*ListInterfacesResponse)(nil),   // 58: kasa.agent.v1.ListInterfacesResponse
+	(*Route)(nil),                    // 59: kasa.agent.v1.Route
+	(*UpdateRoutesRequest)(nil),      // 60: kasa.agent.v1.UpdateRoutesRequest
+	(*UpdateRoutesResponse)(nil),     // 61: kasa.agent.v1.UpdateRoutesResponse
+	(*ListRoutesRequest)(nil),        // 62: kasa.agent.v1.ListRoutesRequest
+	(*ListRoutesResponse)(nil),       // 63: kasa.agent.v1.ListRoutesResponse
+	(*Neighbor)(nil),                 // 64: kasa.agent.v1.Neighbor
+	(*AddARPNeighborsRequest)(nil),   // 65: kasa.agent.v1.AddARPNeighborsRequest
+	(*CopyFileRequest)(nil),          // 66: kasa.agent.v1.CopyFileRequest
+	(*OnlineCPUMemRequest)(nil),      // 67: kasa.agent.v1.OnlineCPUMemRequest
+	(*MemHotplugByProbeRequest)(nil), // 68: kasa.agent.v1.MemHotplugByProbeRequest
+	nil,                              // 69: kasa.agent.v1.MemoryStats.StatEntry
+	(*timestamppb.Timestamp)(nil),    // 70: google.protobuf.Timestamp
+	(*emptypb.Empty)(nil),            // 71: google.protobuf.Empty
 }
 var file_agent_api_agent_proto_depIdxs = []int32{
 	2,  // 0: kasa.agent.v1.CheckResponse.status:type_name -> kasa.agent.v1.CheckResponse.ServingStatus
-	69, // 1: kasa.agent.v1.SetGuestDateTimeRequest.time:type_name -> google.protobuf.Timestamp
+	70, // 1: kasa.agent.v1.SetGuestDateTimeRequest.time:type_name -> google.protobuf.Timestamp
 	13, // 2: kasa.agent.v1.CreateSandboxRequest.storages:type_name -> kasa.agent.v1.Storage
 	12, // 3: kasa.agent.v1.CreateSandboxRequest.kernel_modules:type_name -> kasa.agent.v1.KernelModule
 	0,  // 4: kasa.agent.v1.Storage.driver:type_name -> kasa.agent.v1.StorageDriver
 	13, // 5: kasa.agent.v1.CreateContainerRequest.storages:type_name -> kasa.agent.v1.Storage
-	69, // 6: kasa.agent.v1.WaitProcessResponse.exited_at:type_name -> google.protobuf.Timestamp
-	27, // 7: kasa.agent.v1.ListProcessesResponse.processes:type_name -> kasa.agent.v1.ProcessInfo
-	29, // 8: kasa.agent.v1.UpdateContainerRequest.resources:type_name -> kasa.agent.v1.LinuxResources
-	30, // 9: kasa.agent.v1.LinuxResources.memory:type_name -> kasa.agent.v1.LinuxMemory
-	31, // 10: kasa.agent.v1.LinuxResources.cpu:type_name -> kasa.agent.v1.LinuxCPU
-	32, // 11: kasa.agent.v1.LinuxResources.pids:type_name -> kasa.agent.v1.LinuxPids
-	35, // 12: kasa.agent.v1.StatsContainerResponse.cgroup_stats:type_name -> kasa.agent.v1.CgroupStats
-	43, // 13: kasa.agent.v1.StatsContainerResponse.network_stats:type_name -> kasa.agent.v1.NetworkInterfaceStats
-	69, // 14: kasa.agent.v1.StatsContainerResponse.timestamp:type_name -> google.protobuf.Timestamp
-	36, // 15: kasa.agent.v1.CgroupStats.cpu:type_name -> kasa.agent.v1.CPUStats
-	38, // 16: kasa.agent.v1.CgroupStats.memory:type_name -> kasa.agent.v1.MemoryStats
-	40, // 17: kasa.agent.v1.CgroupStats.pids:type_name -> kasa.agent.v1.PidsStats
-	41, // 18: kasa.agent.v1.CgroupStats.blkio:type_name -> kasa.agent.v1.BlkioStats
-	42, // 19: kasa.agent.v1.CgroupStats.hugetlb:type_name -> kasa.agent.v1.HugetlbStats
-	37, // 20: kasa.agent.v1.CPUStats.throttling:type_name -> kasa.agent.v1.ThrottlingStats
-	39, // 21: kasa.agent.v1.MemoryStats.events:type_name -> kasa.agent.v1.MemoryEvents
-	68, // 22: kasa.agent.v1.MemoryStats.stat:type_name -> kasa.agent.v1.MemoryStats.StatEntry
+	70, // 6: kasa.agent.v1.WaitProcessResponse.exited_at:type_name -> google.protobuf.Timestamp
+	28, // 7: kasa.agent.v1.ListProcessesResponse.processes:type_name -> kasa.agent.v1.ProcessInfo
+	30, // 8: kasa.agent.v1.UpdateContainerRequest.resources:type_name -> kasa.agent.v1.LinuxResources
+	31, // 9: kasa.agent.v1.LinuxResources.memory:type_name -> kasa.agent.v1.LinuxMemory
+	32, // 10: kasa.agent.v1.LinuxResources.cpu:type_name -> kasa.agent.v1.LinuxCPU
+	33, // 11: kasa.agent.v1.LinuxResources.pids:type_name -> kasa.agent.v1.LinuxPids
+	36, // 12: kasa.agent.v1.StatsContainerResponse.cgroup_stats:type_name -> kasa.agent.v1.CgroupStats
+	44, // 13: kasa.agent.v1.StatsContainerResponse.network_stats:type_name -> kasa.agent.v1.NetworkInterfaceStats
+	70, // 14: kasa.agent.v1.StatsContainerResponse.timestamp:type_name -> google.protobuf.Timestamp
+	37, // 15: kasa.agent.v1.CgroupStats.cpu:type_name -> kasa.agent.v1.CPUStats
+	39, // 16: kasa.agent.v1.CgroupStats.memory:type_name -> kasa.agent.v1.MemoryStats
+	41, // 17: kasa.agent.v1.CgroupStats.pids:type_name -> kasa.agent.v1.PidsStats
+	42, // 18: kasa.agent.v1.CgroupStats.blkio:type_name -> kasa.agent.v1.BlkioStats
+	43, // 19: kasa.agent.v1.CgroupStats.hugetlb:type_name -> kasa.agent.v1.HugetlbStats
+	38, // 20: kasa.agent.v1.CPUStats.throttling:type_name -> kasa.agent.v1.ThrottlingStats
+	40, // 21: kasa.agent.v1.MemoryStats.events:type_name -> kasa.agent.v1.MemoryEvents
+	69, // 22: kasa.agent.v1.MemoryStats.stat:type_name -> kasa.agent.v1.MemoryStats.StatEntry
 	1,  // 23: kasa.agent.v1.IPAddress.family:type_name -> kasa.agent.v1.IPFamily
-	52, // 24: kasa.agent.v1.Interface.ip_addresses:type_name -> kasa.agent.v1.IPAddress
-	53, // 25: kasa.agent.v1.UpdateInterfaceRequest.interface:type_name -> kasa.agent.v1.Interface
-	53, // 26: kasa.agent.v1.UpdateInterfaceResponse.interface:type_name -> kasa.agent.v1.Interface
-	53, // 27: kasa.agent.v1.ListInterfacesResponse.interfaces:type_name -> kasa.agent.v1.Interface
+	53, // 24: kasa.agent.v1.Interface.ip_addresses:type_name -> kasa.agent.v1.IPAddress
+	54, // 25: kasa.agent.v1.UpdateInterfaceRequest.interface:type_name -> kasa.agent.v1.Interface
+	54, // 26: kasa.agent.v1.UpdateInterfaceResponse.interface:type_name -> kasa.agent.v1.Interface
+	54, // 27: kasa.agent.v1.ListInterfacesResponse.interfaces:type_name -> kasa.agent.v1.Interface
 	1,  // 28: kasa.agent.v1.Route.family:type_name -> kasa.agent.v1.IPFamily
-	58, // 29: kasa.agent.v1.UpdateRoutesRequest.routes:type_name -> kasa.agent.v1.Route
-	58, // 30: kasa.agent.v1.UpdateRoutesResponse.routes:type_name -> kasa.agent.v1.Route
-	58, // 31: kasa.agent.v1.ListRoutesResponse.routes:type_name -> kasa.agent.v1.Route
-	63, // 32: kasa.agent.v1.AddARPNeighborsRequest.neighbors:type_name -> kasa.agent.v1.Neighbor
+	59, // 29: kasa.agent.v1.UpdateRoutesRequest.routes:type_name -> kasa.agent.v1.Route
+	59, // 30: kasa.agent.v1.UpdateRoutesResponse.routes:type_name -> kasa.agent.v1.Route
+	59, // 31: kasa.agent.v1.ListRoutesResponse.routes:type_name -> kasa.agent.v1.Route
+	64, // 32: kasa.agent.v1.AddARPNeighborsRequest.neighbors:type_name -> kasa.agent.v1.Neighbor
 	3,  // 33: kasa.agent.v1.AgentService.Check:input_type -> kasa.agent.v1.CheckRequest
 	5,  // 34: kasa.agent.v1.AgentService.Version:input_type -> kasa.agent.v1.VersionRequest
 	7,  // 35: kasa.agent.v1.AgentService.GetGuestDetails:input_type -> kasa.agent.v1.GetGuestDetailsRequest
@@ -4800,58 +4859,60 @@ var file_agent_api_agent_proto_depIdxs = []int32{
 	21, // 44: kasa.agent.v1.AgentService.ExecProcess:input_type -> kasa.agent.v1.ExecProcessRequest
 	22, // 45: kasa.agent.v1.AgentService.SignalProcess:input_type -> kasa.agent.v1.SignalProcessRequest
 	23, // 46: kasa.agent.v1.AgentService.WaitProcess:input_type -> kasa.agent.v1.WaitProcessRequest
-	25, // 47: kasa.agent.v1.AgentService.ListProcesses:input_type -> kasa.agent.v1.ListProcessesRequest
-	28, // 48: kasa.agent.v1.AgentService.UpdateContainer:input_type -> kasa.agent.v1.UpdateContainerRequest
-	33, // 49: kasa.agent.v1.AgentService.StatsContainer:input_type -> kasa.agent.v1.StatsContainerRequest
-	44, // 50: kasa.agent.v1.AgentService.PauseContainer:input_type -> kasa.agent.v1.PauseContainerRequest
-	45, // 51: kasa.agent.v1.AgentService.ResumeContainer:input_type -> kasa.agent.v1.ResumeContainerRequest
-	46, // 52: kasa.agent.v1.AgentService.WriteStdin:input_type -> kasa.agent.v1.WriteStdinRequest
-	48, // 53: kasa.agent.v1.AgentService.ReadStdout:input_type -> kasa.agent.v1.ReadStreamRequest
-	48, // 54: kasa.agent.v1.AgentService.ReadStderr:input_type -> kasa.agent.v1.ReadStreamRequest
-	50, // 55: kasa.agent.v1.AgentService.CloseStdin:input_type -> kasa.agent.v1.CloseStdinRequest
-	51, // 56: kasa.agent.v1.AgentService.TtyWinResize:input_type -> kasa.agent.v1.TtyWinResizeRequest
-	54, // 57: kasa.agent.v1.AgentService.UpdateInterface:input_type -> kasa.agent.v1.UpdateInterfaceRequest
-	56, // 58: kasa.agent.v1.AgentService.ListInterfaces:input_type -> kasa.agent.v1.ListInterfacesRequest
-	59, // 59: kasa.agent.v1.AgentService.UpdateRoutes:input_type -> kasa.agent.v1.UpdateRoutesRequest
-	61, // 60: kasa.agent.v1.AgentService.ListRoutes:input_type -> kasa.agent.v1.ListRoutesRequest
-	64, // 61: kasa.agent.v1.AgentService.AddARPNeighbors:input_type -> kasa.agent.v1.AddARPNeighborsRequest
-	65, // 62: kasa.agent.v1.AgentService.CopyFile:input_type -> kasa.agent.v1.CopyFileRequest
-	66, // 63: kasa.agent.v1.AgentService.OnlineCPUMem:input_type -> kasa.agent.v1.OnlineCPUMemRequest
-	67, // 64: kasa.agent.v1.AgentService.MemHotplugByProbe:input_type -> kasa.agent.v1.MemHotplugByProbeRequest
-	4,  // 65: kasa.agent.v1.AgentService.Check:output_type -> kasa.agent.v1.CheckResponse
-	6,  // 66: kasa.agent.v1.AgentService.Version:output_type -> kasa.agent.v1.VersionResponse
-	8,  // 67: kasa.agent.v1.AgentService.GetGuestDetails:output_type -> kasa.agent.v1.GetGuestDetailsResponse
-	70, // 68: kasa.agent.v1.AgentService.SetGuestDateTime:output_type -> google.protobuf.Empty
-	70, // 69: kasa.agent.v1.AgentService.DestroySandbox:output_type -> google.protobuf.Empty
-	70, // 70: kasa.agent.v1.AgentService.CreateSandbox:output_type -> google.protobuf.Empty
-	15, // 71: kasa.agent.v1.AgentService.GetOOMEvent:output_type -> kasa.agent.v1.GetOOMEventResponse
-	17, // 72: kasa.agent.v1.AgentService.GetMetrics:output_type -> kasa.agent.v1.GetMetricsResponse
-	70, // 73: kasa.agent.v1.AgentService.CreateContainer:output_type -> google.protobuf.Empty
-	70, // 74: kasa.agent.v1.AgentService.StartContainer:output_type -> google.protobuf.Empty
-	70, // 75: kasa.agent.v1.AgentService.RemoveContainer:output_type -> google.protobuf.Empty
-	70, // 76: kasa.agent.v1.AgentService.ExecProcess:output_type -> google.protobuf.Empty
-	70, // 77: kasa.agent.v1.AgentService.SignalProcess:output_type -> google.protobuf.Empty
-	24, // 78: kasa.agent.v1.AgentService.WaitProcess:output_type -> kasa.agent.v1.WaitProcessResponse
-	26, // 79: kasa.agent.v1.AgentService.ListProcesses:output_type -> kasa.agent.v1.ListProcessesResponse
-	70, // 80: kasa.agent.v1.AgentService.UpdateContainer:output_type -> google.protobuf.Empty
-	34, // 81: kasa.agent.v1.AgentService.StatsContainer:output_type -> kasa.agent.v1.StatsContainerResponse
-	70, // 82: kasa.agent.v1.AgentService.PauseContainer:output_type -> google.protobuf.Empty
-	70, // 83: kasa.agent.v1.AgentService.ResumeContainer:output_type -> google.protobuf.Empty
-	47, // 84: kasa.agent.v1.AgentService.WriteStdin:output_type -> kasa.agent.v1.WriteStdinResponse
-	49, // 85: kasa.agent.v1.AgentService.ReadStdout:output_type -> kasa.agent.v1.ReadStreamResponse
-	49, // 86: kasa.agent.v1.AgentService.ReadStderr:output_type -> kasa.agent.v1.ReadStreamResponse
-	70, // 87: kasa.agent.v1.AgentService.CloseStdin:output_type -> google.protobuf.Empty
-	70, // 88: kasa.agent.v1.AgentService.TtyWinResize:output_type -> google.protobuf.Empty
-	55, // 89: kasa.agent.v1.AgentService.UpdateInterface:output_type -> kasa.agent.v1.UpdateInterfaceResponse
-	57, // 90: kasa.agent.v1.AgentService.ListInterfaces:output_type -> kasa.agent.v1.ListInterfacesResponse
-	60, // 91: kasa.agent.v1.AgentService.UpdateRoutes:output_type -> kasa.agent.v1.UpdateRoutesResponse
-	62, // 92: kasa.agent.v1.AgentService.ListRoutes:output_type -> kasa.agent.v1.ListRoutesResponse
-	70, // 93: kasa.agent.v1.AgentService.AddARPNeighbors:output_type -> google.protobuf.Empty
-	70, // 94: kasa.agent.v1.AgentService.CopyFile:output_type -> google.protobuf.Empty
-	70, // 95: kasa.agent.v1.AgentService.OnlineCPUMem:output_type -> google.protobuf.Empty
-	70, // 96: kasa.agent.v1.AgentService.MemHotplugByProbe:output_type -> google.protobuf.Empty
-	65, // [65:97] is the sub-list for method output_type
-	33, // [33:65] is the sub-list for method input_type
+	25, // 47: kasa.agent.v1.AgentService.RemoveProcess:input_type -> kasa.agent.v1.RemoveProcessRequest
+	26, // 48: kasa.agent.v1.AgentService.ListProcesses:input_type -> kasa.agent.v1.ListProcessesRequest
+	29, // 49: kasa.agent.v1.AgentService.UpdateContainer:input_type -> kasa.agent.v1.UpdateContainerRequest
+	34, // 50: kasa.agent.v1.AgentService.StatsContainer:input_type -> kasa.agent.v1.StatsContainerRequest
+	45, // 51: kasa.agent.v1.AgentService.PauseContainer:input_type -> kasa.agent.v1.PauseContainerRequest
+	46, // 52: kasa.agent.v1.AgentService.ResumeContainer:input_type -> kasa.agent.v1.ResumeContainerRequest
+	47, // 53: kasa.agent.v1.AgentService.WriteStdin:input_type -> kasa.agent.v1.WriteStdinRequest
+	49, // 54: kasa.agent.v1.AgentService.ReadStdout:input_type -> kasa.agent.v1.ReadStreamRequest
+	49, // 55: kasa.agent.v1.AgentService.ReadStderr:input_type -> kasa.agent.v1.ReadStreamRequest
+	51, // 56: kasa.agent.v1.AgentService.CloseStdin:input_type -> kasa.agent.v1.CloseStdinRequest
+	52, // 57: kasa.agent.v1.AgentService.TtyWinResize:input_type -> kasa.agent.v1.TtyWinResizeRequest
+	55, // 58: kasa.agent.v1.AgentService.UpdateInterface:input_type -> kasa.agent.v1.UpdateInterfaceRequest
+	57, // 59: kasa.agent.v1.AgentService.ListInterfaces:input_type -> kasa.agent.v1.ListInterfacesRequest
+	60, // 60: kasa.agent.v1.AgentService.UpdateRoutes:input_type -> kasa.agent.v1.UpdateRoutesRequest
+	62, // 61: kasa.agent.v1.AgentService.ListRoutes:input_type -> kasa.agent.v1.ListRoutesRequest
+	65, // 62: kasa.agent.v1.AgentService.AddARPNeighbors:input_type -> kasa.agent.v1.AddARPNeighborsRequest
+	66, // 63: kasa.agent.v1.AgentService.CopyFile:input_type -> kasa.agent.v1.CopyFileRequest
+	67, // 64: kasa.agent.v1.AgentService.OnlineCPUMem:input_type -> kasa.agent.v1.OnlineCPUMemRequest
+	68, // 65: kasa.agent.v1.AgentService.MemHotplugByProbe:input_type -> kasa.agent.v1.MemHotplugByProbeRequest
+	4,  // 66: kasa.agent.v1.AgentService.Check:output_type -> kasa.agent.v1.CheckResponse
+	6,  // 67: kasa.agent.v1.AgentService.Version:output_type -> kasa.agent.v1.VersionResponse
+	8,  // 68: kasa.agent.v1.AgentService.GetGuestDetails:output_type -> kasa.agent.v1.GetGuestDetailsResponse
+	71, // 69: kasa.agent.v1.AgentService.SetGuestDateTime:output_type -> google.protobuf.Empty
+	71, // 70: kasa.agent.v1.AgentService.DestroySandbox:output_type -> google.protobuf.Empty
+	71, // 71: kasa.agent.v1.AgentService.CreateSandbox:output_type -> google.protobuf.Empty
+	15, // 72: kasa.agent.v1.AgentService.GetOOMEvent:output_type -> kasa.agent.v1.GetOOMEventResponse
+	17, // 73: kasa.agent.v1.AgentService.GetMetrics:output_type -> kasa.agent.v1.GetMetricsResponse
+	71, // 74: kasa.agent.v1.AgentService.CreateContainer:output_type -> google.protobuf.Empty
+	71, // 75: kasa.agent.v1.AgentService.StartContainer:output_type -> google.protobuf.Empty
+	71, // 76: kasa.agent.v1.AgentService.RemoveContainer:output_type -> google.protobuf.Empty
+	71, // 77: kasa.agent.v1.AgentService.ExecProcess:output_type -> google.protobuf.Empty
+	71, // 78: kasa.agent.v1.AgentService.SignalProcess:output_type -> google.protobuf.Empty
+	24, // 79: kasa.agent.v1.AgentService.WaitProcess:output_type -> kasa.agent.v1.WaitProcessResponse
+	71, // 80: kasa.agent.v1.AgentService.RemoveProcess:output_type -> google.protobuf.Empty
+	27, // 81: kasa.agent.v1.AgentService.ListProcesses:output_type -> kasa.agent.v1.ListProcessesResponse
+	71, // 82: kasa.agent.v1.AgentService.UpdateContainer:output_type -> google.protobuf.Empty
+	35, // 83: kasa.agent.v1.AgentService.StatsContainer:output_type -> kasa.agent.v1.StatsContainerResponse
+	71, // 84: kasa.agent.v1.AgentService.PauseContainer:output_type -> google.protobuf.Empty
+	71, // 85: kasa.agent.v1.AgentService.ResumeContainer:output_type -> google.protobuf.Empty
+	48, // 86: kasa.agent.v1.AgentService.WriteStdin:output_type -> kasa.agent.v1.WriteStdinResponse
+	50, // 87: kasa.agent.v1.AgentService.ReadStdout:output_type -> kasa.agent.v1.ReadStreamResponse
+	50, // 88: kasa.agent.v1.AgentService.ReadStderr:output_type -> kasa.agent.v1.ReadStreamResponse
+	71, // 89: kasa.agent.v1.AgentService.CloseStdin:output_type -> google.protobuf.Empty
+	71, // 90: kasa.agent.v1.AgentService.TtyWinResize:output_type -> google.protobuf.Empty
+	56, // 91: kasa.agent.v1.AgentService.UpdateInterface:output_type -> kasa.agent.v1.UpdateInterfaceResponse
+	58, // 92: kasa.agent.v1.AgentService.ListInterfaces:output_type -> kasa.agent.v1.ListInterfacesResponse
+	61, // 93: kasa.agent.v1.AgentService.UpdateRoutes:output_type -> kasa.agent.v1.UpdateRoutesResponse
+	63, // 94: kasa.agent.v1.AgentService.ListRoutes:output_type -> kasa.agent.v1.ListRoutesResponse
+	71, // 95: kasa.agent.v1.AgentService.AddARPNeighbors:output_type -> google.protobuf.Empty
+	71, // 96: kasa.agent.v1.AgentService.CopyFile:output_type -> google.protobuf.Empty
+	71, // 97: kasa.agent.v1.AgentService.OnlineCPUMem:output_type -> google.protobuf.Empty
+	71, // 98: kasa.agent.v1.AgentService.MemHotplugByProbe:output_type -> google.protobuf.Empty
+	66, // [66:99] is the sub-list for method output_type
+	33, // [33:66] is the sub-list for method input_type
 	33, // [33:33] is the sub-list for extension type_name
 	33, // [33:33] is the sub-list for extension extendee
 	0,  // [0:33] is the sub-list for field type_name
@@ -4862,16 +4923,16 @@ func file_agent_api_agent_proto_init() {
 	if File_agent_api_agent_proto != nil {
 		return
 	}
-	file_agent_api_agent_proto_msgTypes[27].OneofWrappers = []any{}
 	file_agent_api_agent_proto_msgTypes[28].OneofWrappers = []any{}
 	file_agent_api_agent_proto_msgTypes[29].OneofWrappers = []any{}
+	file_agent_api_agent_proto_msgTypes[30].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_agent_api_agent_proto_rawDesc), len(file_agent_api_agent_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   66,
+			NumMessages:   67,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -23,6 +23,7 @@ type AgentServiceService interface {
 	ExecProcess(context.Context, *ExecProcessRequest) (*emptypb.Empty, error)
 	SignalProcess(context.Context, *SignalProcessRequest) (*emptypb.Empty, error)
 	WaitProcess(context.Context, *WaitProcessRequest) (*WaitProcessResponse, error)
+	RemoveProcess(context.Context, *RemoveProcessRequest) (*emptypb.Empty, error)
 	ListProcesses(context.Context, *ListProcessesRequest) (*ListProcessesResponse, error)
 	UpdateContainer(context.Context, *UpdateContainerRequest) (*emptypb.Empty, error)
 	StatsContainer(context.Context, *StatsContainerRequest) (*StatsContainerResponse, error)
@@ -143,6 +144,13 @@ func RegisterAgentServiceService(srv *ttrpc.Server, svc AgentServiceService) {
 					return nil, err
 				}
 				return svc.WaitProcess(ctx, &req)
+			},
+			"RemoveProcess": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+				var req RemoveProcessRequest
+				if err := unmarshal(&req); err != nil {
+					return nil, err
+				}
+				return svc.RemoveProcess(ctx, &req)
 			},
 			"ListProcesses": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
 				var req ListProcessesRequest
@@ -391,6 +399,14 @@ func (c *agentserviceClient) SignalProcess(ctx context.Context, req *SignalProce
 func (c *agentserviceClient) WaitProcess(ctx context.Context, req *WaitProcessRequest) (*WaitProcessResponse, error) {
 	var resp WaitProcessResponse
 	if err := c.client.Call(ctx, "kasa.agent.v1.AgentService", "WaitProcess", req, &resp); err != nil {
+		return nil, err
+	}
+	return &resp, nil
+}
+
+func (c *agentserviceClient) RemoveProcess(ctx context.Context, req *RemoveProcessRequest) (*emptypb.Empty, error) {
+	var resp emptypb.Empty
+	if err := c.client.Call(ctx, "kasa.agent.v1.AgentService", "RemoveProcess", req, &resp); err != nil {
 		return nil, err
 	}
 	return &resp, nil

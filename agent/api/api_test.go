@@ -79,6 +79,10 @@ func (healthOnlyAgent) WaitProcess(context.Context, *WaitProcessRequest) (*WaitP
 	return nil, unimplemented("WaitProcess")
 }
 
+func (healthOnlyAgent) RemoveProcess(context.Context, *RemoveProcessRequest) (*emptypb.Empty, error) {
+	return nil, unimplemented("RemoveProcess")
+}
+
 func (healthOnlyAgent) ListProcesses(context.Context, *ListProcessesRequest) (*ListProcessesResponse, error) {
 	return nil, unimplemented("ListProcesses")
 }

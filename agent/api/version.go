@@ -6,7 +6,7 @@ package api
 // a lower revision than the one it needs. Increment it with every additive
 // change to agent.proto (a new RPC, field or enum value); a change that is not
 // additive needs a new package, kasa.agent.v2, instead.
-const APIVersion uint32 = 2
+const APIVersion uint32 = 3
 
 // Names of the optional guest features an agent may list in
 // GetGuestDetailsResponse.Features. The host must treat a missing name as

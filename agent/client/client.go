@@ -5,8 +5,10 @@ package client
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
+	"sync/atomic"
 	"time"
 
 	"github.com/containerd/containerd/errdefs"
@@ -16,12 +18,62 @@ import (
 	"github.com/kasa-runtime/kasa/agent/api"
 )
 
+// Timeouts bound the agent's answers. The guest is not trusted to answer
+// at all: a hung or hostile guest must not hold the host's caller, so every
+// RPC that should answer promptly gets a deadline (the caller's, when it
+// is earlier). The long polls (WaitProcess, ReadStdout, ReadStderr,
+// WriteStdin, GetOOMEvent) wait for the guest's processes, for as long as
+// those run or read: they have no deadline of their own, and their callers
+// pass a context that is cancelled when the process or the sandbox goes.
+type Timeouts struct {
+	// Call bounds most RPCs.
+	Call time.Duration
+	// Start bounds the RPCs that create or start processes in the guest
+	// (CreateSandbox, CreateContainer, StartContainer, ExecProcess), which
+	// are slow under TCG.
+	Start time.Duration
+	// Signal bounds SignalProcess, which the guest answers at once.
+	Signal time.Duration
+}
+
+// DefaultTimeouts are a new client's.
+var DefaultTimeouts = Timeouts{Call: 30 * time.Second, Start: 60 * time.Second, Signal: 10 * time.Second}
+
+// ErrBadReply is a reply that breaks the protocol (a length larger than
+// what was asked, a write that never makes progress): the guest is not
+// trusted, and such a reply is an error, never a value to use.
+var ErrBadReply = errors.New("agent reply out of bounds")
+
 // Client talks to one agent. It is safe for concurrent use.
 type Client struct {
-	addr  string
-	conn  net.Conn
-	ttrpc *ttrpc.Client
-	api   api.AgentServiceService
+	addr     string
+	conn     net.Conn
+	ttrpc    *ttrpc.Client
+	api      api.AgentServiceService
+	timeouts atomic.Pointer[Timeouts]
+}
+
+// SetTimeouts replaces the client's deadlines (tests shorten them).
+func (c *Client) SetTimeouts(t Timeouts) { c.timeouts.Store(&t) }
+
+func (c *Client) deadlines() Timeouts {
+	if t := c.timeouts.Load(); t != nil {
+		return *t
+	}
+	return DefaultTimeouts
+}
+
+// within returns ctx bounded by d from now, unless ctx ends earlier.
+func within(ctx context.Context, d time.Duration) (context.Context, context.CancelFunc) {
+	if dl, ok := ctx.Deadline(); ok && time.Until(dl) <= d {
+		return context.WithCancel(ctx)
+	}
+	return context.WithTimeout(ctx, d)
+}
+
+// call bounds a prompt RPC by the Call timeout.
+func (c *Client) call(ctx context.Context) (context.Context, context.CancelFunc) {
+	return within(ctx, c.deadlines().Call)
 }
 
 // Dial connects to the agent at addr (see dial for the address forms),
@@ -42,14 +94,23 @@ func (c *Client) Close() error { return c.ttrpc.Close() }
 func (c *Client) Address() string { return c.addr }
 
 func wrap(op string, err error) error {
-	if err == nil {
+	switch {
+	case err == nil:
 		return nil
+	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled):
+		// The caller's deadline or cancellation, not the agent's answer:
+		// keep it recognisable (errdefs.IsDeadlineExceeded).
+		return fmt.Errorf("agent %s: %w", op, err)
+	case errors.Is(err, ttrpc.ErrClosed):
+		return fmt.Errorf("agent %s: %w: %w", op, errdefs.ErrUnavailable, err)
 	}
 	return fmt.Errorf("agent %s: %w", op, errdefs.FromGRPC(err))
 }
 
 // Check asks whether the agent is serving.
 func (c *Client) Check(ctx context.Context) error {
+	ctx, cancel := c.call(ctx)
+	defer cancel()
 	resp, err := c.api.Check(ctx, &api.CheckRequest{})
 	if err != nil {
 		return wrap("Check", err)
@@ -62,18 +123,24 @@ func (c *Client) Check(ctx context.Context) error {
 
 // Version returns the agent's version and the API revision it implements.
 func (c *Client) Version(ctx context.Context) (*api.VersionResponse, error) {
+	ctx, cancel := c.call(ctx)
+	defer cancel()
 	resp, err := c.api.Version(ctx, &api.VersionRequest{})
 	return resp, wrap("Version", err)
 }
 
 // GuestDetails describes the guest: kernel, memory, CPUs, features.
 func (c *Client) GuestDetails(ctx context.Context) (*api.GetGuestDetailsResponse, error) {
+	ctx, cancel := c.call(ctx)
+	defer cancel()
 	resp, err := c.api.GetGuestDetails(ctx, &api.GetGuestDetailsRequest{})
 	return resp, wrap("GetGuestDetails", err)
 }
 
 // SetGuestDateTime sets the guest's wall clock.
 func (c *Client) SetGuestDateTime(ctx context.Context, t time.Time) error {
+	ctx, cancel := c.call(ctx)
+	defer cancel()
 	_, err := c.api.SetGuestDateTime(ctx, &api.SetGuestDateTimeRequest{Time: timestamppb.New(t)})
 	return wrap("SetGuestDateTime", err)
 }
@@ -81,6 +148,8 @@ func (c *Client) SetGuestDateTime(ctx context.Context, t time.Time) error {
 // DestroySandbox asks the agent to power the guest off. The VM may go away
 // before the reply arrives, so a closed connection counts as success.
 func (c *Client) DestroySandbox(ctx context.Context) error {
+	ctx, cancel := c.call(ctx)
+	defer cancel()
 	_, err := c.api.DestroySandbox(ctx, &api.DestroySandboxRequest{})
 	if err != nil && isConnectionGone(err) {
 		return nil

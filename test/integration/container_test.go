@@ -4,6 +4,7 @@ package integration
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"strings"
 	"testing"
@@ -207,6 +208,49 @@ func TestContainers(t *testing.T) {
 		procs, err := ag.ListProcesses(ctx, "sleeper")
 		if err != nil || len(procs) != 1 || procs[0].GetExecId() != "sleeper" || procs[0].GetPid() == 0 {
 			t.Errorf("ListProcesses: %v, %v", procs, err)
+		}
+	})
+
+	// The agent forgets an exec once the host removes it after collecting
+	// its exit: a long-lived container's records do not grow with execs.
+	t.Run("ExecsAreForgotten", func(t *testing.T) {
+		before, _ := ag.GuestDetails(ctx)
+		const n = 30
+		for i := 0; i < n; i++ {
+			id := fmt.Sprintf("f%d", i)
+			if err := execProcess(ctx, ag, "sleeper", id, i%2 == 1, "echo", id); err != nil {
+				t.Fatalf("ExecProcess %s: %v", id, err)
+			}
+			readAll(ctx, t, ag, "sleeper", id, false)
+			waitExit(ctx, t, ag, "sleeper", id)
+			if err := ag.RemoveProcess(ctx, "sleeper", id); err != nil {
+				t.Fatalf("RemoveProcess %s: %v", id, err)
+			}
+			if _, err := ag.WaitProcess(ctx, "sleeper", id); !errdefs.IsNotFound(err) {
+				t.Fatalf("WaitProcess after RemoveProcess: %v, want NotFound", err)
+			}
+			if err := ag.RemoveProcess(ctx, "sleeper", id); !errdefs.IsNotFound(err) {
+				t.Fatalf("second RemoveProcess: %v, want NotFound", err)
+			}
+		}
+		if after, _ := ag.GuestDetails(ctx); before != nil && after != nil {
+			t.Logf("guest MemAvailable %d KiB before %d execs, %d KiB after", before.GetMemAvailableBytes()>>10, n, after.GetMemAvailableBytes()>>10)
+		}
+		if err := execProcess(ctx, ag, "sleeper", "live", false, "sleep", "1000"); err != nil {
+			t.Fatal(err)
+		}
+		if err := ag.RemoveProcess(ctx, "sleeper", "live"); !errdefs.IsFailedPrecondition(err) {
+			t.Errorf("RemoveProcess of a running exec: %v, want FailedPrecondition", err)
+		}
+		if err := ag.SignalProcess(ctx, "sleeper", "live", 9, false); err != nil {
+			t.Fatal(err)
+		}
+		waitExit(ctx, t, ag, "sleeper", "live")
+		if err := ag.RemoveProcess(ctx, "sleeper", "live"); err != nil {
+			t.Errorf("RemoveProcess after the exit: %v", err)
+		}
+		if err := ag.RemoveProcess(ctx, "sleeper", ""); !errdefs.IsInvalidArgument(err) {
+			t.Errorf("RemoveProcess of the init: %v, want InvalidArgument", err)
 		}
 	})
 

@@ -163,6 +163,48 @@ func TestShimVMDeathIsTaskExit(t *testing.T) {
 	}
 }
 
+// A guest that stops answering (its QEMU stopped with SIGSTOP: kernel,
+// agent, everything frozen) holds neither State, Kill nor Delete: the
+// agent's deadline passes, SIGKILL then stops the VM, the task exits and
+// nothing of it is left. The bounds are generous; without the deadlines
+// these calls never returned.
+func TestShimSilentGuest(t *testing.T) {
+	c, ctx := startKasaHarness(t, 5*time.Minute)
+	const id = "kasa-silent"
+	startDetached(t, ctx, c, id, nil, "sleep", "1000")
+	pids := qemuProcesses(id)
+	if len(pids) != 1 {
+		t.Fatalf("qemu processes for %s: %v", id, pids)
+	}
+	pid, _ := strconv.Atoi(pids[0])
+	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { syscall.Kill(pid, syscall.SIGCONT) }) // if it is still there
+	const bound = 90 * time.Second
+	timed := func(args ...string) ctrtest.Result {
+		t.Helper()
+		start := time.Now()
+		res := ctr(t, ctx, c, args...)
+		if d := time.Since(start); d > bound {
+			t.Errorf("ctr %v took %v against a silent guest", args, d)
+		} else {
+			t.Logf("ctr %v: %v", args, d.Round(time.Millisecond))
+		}
+		return res
+	}
+	if got := taskStatus(t, ctx, c, id); got != "RUNNING" {
+		t.Errorf("state against a silent guest: %q, want RUNNING", got)
+	}
+	if res := timed("task", "kill", "-s", "SIGKILL", id); res.ExitCode != 0 {
+		t.Errorf("SIGKILL against a silent guest: %s", res)
+	}
+	waitStatus(t, ctx, c, id, "STOPPED", bound)
+	timed("task", "delete", id)
+	ctr(t, ctx, c, "container", "delete", id)
+	ctrtest.AssertNoLeftovers(t, c, id)
+}
+
 // SIGKILL ends a task with 137.
 func TestShimSIGKILL(t *testing.T) {
 	c, ctx := startKasaHarness(t, 5*time.Minute)

@@ -483,6 +483,50 @@ func (m *Manager) Wait(ctx context.Context, id, execID string) (int, time.Time, 
 	return p.wait(ctx)
 }
 
+// RemoveProcess forgets an exec'd process that has exited: its exit status,
+// its stdio buffers and its terminal. The host calls it once it collected
+// the exit (at the Delete of the exec); without it the record would stay
+// until the container is removed and grow with every exec.
+func (m *Manager) RemoveProcess(ctx context.Context, id, execID string) error {
+	c, err := m.get(id)
+	if err != nil {
+		return err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if execID == "" || execID == c.init.execID {
+		return fmt.Errorf("remove process of container %s: the init process goes with its container: %w", id, errdefs.ErrInvalidArgument)
+	}
+	p, ok := c.execs[execID]
+	if !ok || c.remove {
+		return fmt.Errorf("container %s has no process %q: %w", id, execID, errdefs.ErrNotFound)
+	}
+	if !p.hasExited() {
+		return fmt.Errorf("process %q of container %s is still running: %w", execID, id, errdefs.ErrFailedPrecondition)
+	}
+	p.release()
+	delete(c.execs, execID)
+	log.G(ctx).WithField("container", id).WithField("exec", execID).Debug("process removed")
+	return nil
+}
+
+// execCount is how many exec'd processes the manager holds, for tests.
+func (m *Manager) execCount() int {
+	m.mu.Lock()
+	cs := make([]*Container, 0, len(m.containers))
+	for _, c := range m.containers {
+		cs = append(cs, c)
+	}
+	m.mu.Unlock()
+	n := 0
+	for _, c := range cs {
+		c.mu.Lock()
+		n += len(c.execs)
+		c.mu.Unlock()
+	}
+	return n
+}
+
 // Processes lists the processes of a container.
 func (m *Manager) Processes(ctx context.Context, id string) ([]*api.ProcessInfo, error) {
 	c, err := m.get(id)

@@ -2,7 +2,9 @@ package container
 
 import (
 	"context"
+	"fmt"
 	"testing"
+	"time"
 
 	"github.com/containerd/containerd/errdefs"
 	"golang.org/x/sys/unix"
@@ -62,5 +64,61 @@ func TestContainerTransitions(t *testing.T) {
 	close(c.init.exited) // the init exits: stopped, whatever was recorded
 	if c.status() != statusStopped || c.transition(statusPaused) == nil {
 		t.Fatalf("after exit: %s", c.status())
+	}
+}
+
+// An exec's record (exit status, stdio buffers) is forgotten once the host
+// removes it after collecting its exit, so that a long-lived container's
+// records do not grow with every exec.
+func TestRemoveProcessForgetsExecs(t *testing.T) {
+	m := NewManager(DefaultConfig())
+	ctx := context.Background()
+	c := &Container{id: "c1", state: statusRunning, init: newProcess("c1", nil, false, false), execs: map[string]*Process{}}
+	m.containers["c1"] = c
+	exec := func(id string) *Process {
+		p := newProcess(id, nil, false, false)
+		p.stdout, p.stderr = newStream(streamLimit), endedStream()
+		c.mu.Lock()
+		c.execs[id] = p
+		c.mu.Unlock()
+		return p
+	}
+
+	const n = 300
+	for i := 0; i < n; i++ {
+		id := fmt.Sprintf("e%d", i)
+		p := exec(id)
+		p.stdout.buf.WriteString("output the host read or not")
+		if err := m.RemoveProcess(ctx, "c1", id); !errdefs.IsFailedPrecondition(err) {
+			t.Fatalf("remove of a running exec: %v, want FailedPrecondition", err)
+		}
+		p.exit(0, time.Now())
+		if code, _, err := m.Wait(ctx, "c1", id); err != nil || code != 0 {
+			t.Fatalf("wait %s: %d, %v", id, code, err)
+		}
+		if err := m.RemoveProcess(ctx, "c1", id); err != nil {
+			t.Fatalf("remove %s: %v", id, err)
+		}
+		if got := m.execCount(); got != 0 {
+			t.Fatalf("after %d execs the agent holds %d exec records, want 0", i+1, got)
+		}
+		if _, _, err := m.Wait(ctx, "c1", id); !errdefs.IsNotFound(err) {
+			t.Fatalf("wait after remove: %v, want NotFound", err)
+		}
+		if err := m.RemoveProcess(ctx, "c1", id); !errdefs.IsNotFound(err) {
+			t.Fatalf("second remove: %v, want NotFound", err)
+		}
+		// A reader still holding the stream sees its end, not a hang.
+		if data, eof, err := p.stdout.read(ctx, 0); err != nil || !eof || len(data) != 0 {
+			t.Fatalf("read of a removed exec's stream: %q %v %v, want EOF", data, eof, err)
+		}
+	}
+	for _, id := range []string{"", "c1"} {
+		if err := m.RemoveProcess(ctx, "c1", id); !errdefs.IsInvalidArgument(err) {
+			t.Errorf("remove of the init (%q): %v, want InvalidArgument", id, err)
+		}
+	}
+	if err := m.RemoveProcess(ctx, "ghost", "e1"); !errdefs.IsNotFound(err) {
+		t.Errorf("remove in an unknown container: %v", err)
 	}
 }

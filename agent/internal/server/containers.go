@@ -100,6 +100,11 @@ func (s *Service) WaitProcess(ctx context.Context, req *api.WaitProcessRequest) 
 	return &api.WaitProcessResponse{ExitStatus: int32(code), ExitedAt: timestamppb.New(at)}, nil
 }
 
+func (s *Service) RemoveProcess(ctx context.Context, req *api.RemoveProcessRequest) (*emptypb.Empty, error) {
+	ctx = s.logCtx(ctx, req.GetContainerId())
+	return empty, wire(ctx, "RemoveProcess", s.containers.RemoveProcess(ctx, req.GetContainerId(), req.GetExecId()))
+}
+
 func (s *Service) ListProcesses(ctx context.Context, req *api.ListProcessesRequest) (*api.ListProcessesResponse, error) {
 	procs, err := s.containers.Processes(ctx, req.GetContainerId())
 	if err != nil {
