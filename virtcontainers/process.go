@@ -143,6 +143,10 @@ const (
 	// Len 0 (no progress) before the write fails: a guest that keeps doing
 	// so must not spin the copy forever.
 	maxStdinStalls = 3
+	// maxEmptyReads is how many output reads in a row the agent may answer
+	// with no data and no end-of-file before the read fails: the agent
+	// waits for data, so such a reply is a guest spinning the copy.
+	maxEmptyReads = 3
 )
 
 // Stdout returns a reader of a process's standard output (the terminal when
@@ -173,7 +177,7 @@ type streamReader struct {
 }
 
 func (r *streamReader) Read(p []byte) (int, error) {
-	for len(r.buf) == 0 {
+	for empty := 0; len(r.buf) == 0; {
 		if r.eof {
 			return 0, io.EOF
 		}
@@ -183,6 +187,11 @@ func (r *streamReader) Read(p []byte) (int, error) {
 		}
 		if len(data) > readChunk {
 			return 0, fmt.Errorf("agent sent %d bytes of output, at most %d were asked: %w", len(data), readChunk, client.ErrBadReply)
+		}
+		if len(data) == 0 && !eof {
+			if empty++; empty >= maxEmptyReads {
+				return 0, fmt.Errorf("agent answered %d output reads in a row with nothing: %w", empty, io.ErrNoProgress)
+			}
 		}
 		r.buf, r.eof = data, eof
 	}

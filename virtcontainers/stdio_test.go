@@ -85,3 +85,29 @@ func TestStreamReaderRejectsOversizedChunk(t *testing.T) {
 		t.Fatalf("oversized chunk: %v, want ErrBadReply", err)
 	}
 }
+
+// Replies with no data and no EOF, which the agent never sends (it waits
+// for data), end the read after a few instead of spinning it.
+func TestStreamReaderEndsOnEmptyReplies(t *testing.T) {
+	calls := 0
+	r := &streamReader{ctx: context.Background(), read: func(context.Context) ([]byte, bool, error) {
+		calls++
+		return nil, false, nil
+	}}
+	if _, err := r.Read(make([]byte, 10)); !errors.Is(err, io.ErrNoProgress) || calls != maxEmptyReads {
+		t.Fatalf("empty replies: %v after %d calls, want io.ErrNoProgress after %d", err, calls, maxEmptyReads)
+	}
+	// An empty reply between data is tolerated.
+	replies := [][]byte{nil, []byte("ab"), nil, nil, []byte("c")}
+	r = &streamReader{ctx: context.Background(), read: func(context.Context) ([]byte, bool, error) {
+		if len(replies) == 0 {
+			return nil, true, nil
+		}
+		d := replies[0]
+		replies = replies[1:]
+		return d, false, nil
+	}}
+	if b, err := io.ReadAll(r); err != nil || string(b) != "abc" {
+		t.Fatalf("ReadAll: %q, %v", b, err)
+	}
+}
