@@ -21,6 +21,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kasa-runtime/kasa/agent/client"
 	"github.com/kasa-runtime/kasa/guest-image/cpio"
 	"github.com/kasa-runtime/kasa/test/ctrtest"
 	"github.com/kasa-runtime/kasa/virtcontainers"
@@ -143,9 +144,27 @@ func TestHostileGuest(t *testing.T) {
 		peakThreads = max(peakThreads, int(statusKiB(shim, "Threads")))
 		time.Sleep(500 * time.Millisecond)
 	}
-	// The shim still answers for the attacked pod.
+	// The shim still answers for the attacked pod, and asking it for the
+	// pod's processes (the guest answers with a million) costs it a
+	// bounded amount of memory.
 	if got := taskStatus(t, ctx, c, attacker); got != "RUNNING" {
 		t.Errorf("the hostile pod's task is %q under attack, want RUNNING", got)
+	}
+	var psResults []string
+	for range 3 {
+		res := ctr(t, ctx, c, "task", "ps", attacker)
+		lines := strings.Count(res.Stdout, "\n")
+		psResults = append(psResults, fmt.Sprintf("exit %d, %d lines, %q", res.ExitCode, lines, firstLine(strings.TrimSpace(res.Stderr))))
+		if lines > client.MaxReplyElements {
+			t.Errorf("ctr task ps listed %d processes of the hostile guest: its reply was not bounded", lines)
+		}
+		if strings.Contains(res.Stderr, client.ErrBadReply.Error()) {
+			break
+		}
+	}
+	metrics := ctr(t, ctx, c, "task", "metrics", attacker)
+	if metrics.ExitCode == 0 {
+		t.Errorf("ctr task metrics took the hostile guest's 300000 per-CPU counters: %d bytes", len(metrics.Stdout))
 	}
 	rss, hwm := statusKiB(shim, "VmRSS")<<10, statusKiB(shim, "VmHWM")<<10
 	cpu := cpuTicks(shim) - cpuBefore
@@ -197,6 +216,8 @@ func TestHostileGuest(t *testing.T) {
 		fmt.Sprintf("guest's counters: %s", report),
 		fmt.Sprintf("forged OOM events forwarded to containerd: %d (guest sent %d)", len(forwarded), guest.OOMForged),
 		fmt.Sprintf("teardown of the hostile pod (kill, delete): %v", teardown.Round(time.Millisecond)),
+		fmt.Sprintf("ctr task ps of the hostile pod (300000 processes claimed): %s", strings.Join(psResults, "; ")),
+		fmt.Sprintf("ctr task metrics of the hostile pod (300000 per-CPU counters): exit %d, %q", metrics.ExitCode, firstLine(strings.TrimSpace(metrics.Stderr))),
 		fmt.Sprintf("containerd's log: %d warnings of forged container ids, %d ttrpc lines on streams never opened, %d VMs that ignored DestroySandbox and were made to quit",
 			logCount(c, "guest named a container that is not this sandbox's"), logCount(c, "received message on inactive stream"), logCount(c, "guest did not power off")),
 	}

@@ -16,6 +16,8 @@
 //   - output: answers ReadStdout at once with no data and no EOF (a reader
 //     that spins), and ReadStderr with more than was asked (4 MiB, the
 //     ttrpc maximum minus a little);
+//   - ListProcesses and StatsContainer: 300000 processes, 300000 per-CPU
+//     counters;
 //   - DestroySandbox: acknowledged, and the VM left running;
 //   - ttrpc framing: between its real replies it writes responses for
 //     stream ids the host never opened (even ids; the host's are odd), each
@@ -72,6 +74,10 @@ const (
 	floodWriters = 4
 	// injectBatch forged frames go out every millisecond.
 	injectBatch = 64
+	// hugeList is how many processes ListProcesses claims: 1.2 MB on the
+	// wire (a million, 4 MB, took this guest under TCG longer to encode
+	// than the host waits).
+	hugeList = 300_000
 )
 
 // Counters is what the guest reports to the test.
@@ -88,6 +94,7 @@ type Counters struct {
 	OversizeReads    int64  `json:"oversize_reads"`
 	FramesInjected   int64  `json:"frames_injected"`
 	DestroyIgnored   int64  `json:"destroy_ignored"`
+	HugeLists        int64  `json:"huge_lists"`
 	AgentConnections int64  `json:"agent_connections"`
 }
 
@@ -108,6 +115,7 @@ func snapshot() Counters {
 		{&c.OOMForged, &counters.OOMForged}, {&c.EmptyReads, &counters.EmptyReads},
 		{&c.OversizeReads, &counters.OversizeReads}, {&c.FramesInjected, &counters.FramesInjected},
 		{&c.DestroyIgnored, &counters.DestroyIgnored}, {&c.AgentConnections, &counters.AgentConnections},
+		{&c.HugeLists, &counters.HugeLists},
 	} {
 		*f.dst = atomic.LoadInt64(f.src)
 	}
@@ -531,6 +539,21 @@ func (a *agent) ReadStderr(_ context.Context, r *api.ReadStreamRequest) (*api.Re
 	return &api.ReadStreamResponse{Data: make([]byte, n)}, nil
 }
 
+// StatsContainer answers with hugeList per-CPU counters: packed, a byte
+// each on the wire, eight once decoded.
+func (a *agent) StatsContainer(context.Context, *api.StatsContainerRequest) (*api.StatsContainerResponse, error) {
+	add(&counters.HugeLists, 1)
+	return &api.StatsContainerResponse{CgroupStats: &api.CgroupStats{Cpu: &api.CPUStats{PerCpuUsageNsec: make([]uint64, hugeList)}}}, nil
+}
+
+// ListProcesses answers with hugeList processes: 4 bytes each on the
+// wire, and a struct each once decoded.
 func (a *agent) ListProcesses(context.Context, *api.ListProcessesRequest) (*api.ListProcessesResponse, error) {
-	return &api.ListProcessesResponse{}, nil
+	add(&counters.HugeLists, 1)
+	procs := make([]*api.ProcessInfo, hugeList)
+	one := &api.ProcessInfo{Pid: 1}
+	for i := range procs {
+		procs[i] = one
+	}
+	return &api.ListProcessesResponse{Processes: procs}, nil
 }

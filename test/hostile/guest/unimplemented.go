@@ -34,10 +34,6 @@ func (unimplemented) UpdateContainer(context.Context, *api.UpdateContainerReques
 	return nil, notImplemented("UpdateContainer")
 }
 
-func (unimplemented) StatsContainer(context.Context, *api.StatsContainerRequest) (*api.StatsContainerResponse, error) {
-	return nil, notImplemented("StatsContainer")
-}
-
 func (unimplemented) PauseContainer(context.Context, *api.PauseContainerRequest) (*emptypb.Empty, error) {
 	return nil, notImplemented("PauseContainer")
 }
