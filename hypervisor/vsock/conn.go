@@ -86,15 +86,15 @@ func (b *Backend) newConn(local, peer uint32, hostInitiated bool) *conn {
 
 // enqueue queues a control packet for the guest and wakes the worker. An
 // RST for a stream that is gone is dropped (and counted) when
-// maxQueuedResets are already waiting; it reports whether p was queued.
-func (b *Backend) enqueue(p *outPacket) bool {
+// maxQueuedResets are already waiting.
+func (b *Backend) enqueue(p *outPacket) {
 	if p.c != nil {
 		p.local, p.peer = p.c.key.local, p.c.key.peer
 	}
 	if p.op == opRst && (p.c == nil || p.c.state == connClosed) {
 		if b.queuedResets >= maxQueuedResets {
 			b.stats.ControlDropped++
-			return false
+			return
 		}
 		p.orphanRst = true
 		b.queuedResets++
@@ -103,7 +103,6 @@ func (b *Backend) enqueue(p *outPacket) bool {
 	}
 	b.sendq = append(b.sendq, p)
 	b.kick()
-	return true
 }
 
 // enqueueData queues host → guest data of c whose budget was reserved.

@@ -34,6 +34,20 @@ func fakeMemory() memory {
 	}}
 }
 
+// reusedMemory is fakeMemory, zeroed, allocated once per process: a fuzz
+// target runs one input at a time.
+var reusedMemory memory
+
+func zeroedMemory() memory {
+	if reusedMemory.regions == nil {
+		reusedMemory = fakeMemory()
+	}
+	for _, r := range reusedMemory.regions {
+		clear(r.data)
+	}
+	return reusedMemory
+}
+
 // inMemory reports whether buf lies inside one of mem's regions.
 func inMemory(mem *memory, buf []byte) bool {
 	if len(buf) == 0 {
@@ -65,7 +79,7 @@ func FuzzVirtqueuePop(f *testing.F) {
 		if len(data) < 21 {
 			return
 		}
-		mem := fakeMemory()
+		mem := zeroedMemory()
 		ram := mem.regions[0].data
 		size := uint16(1) << (data[0] % 9) // 1..256
 		vq := newVring()
@@ -201,9 +215,8 @@ func FuzzGuestPackets(f *testing.F) {
 			b.mu.Unlock()
 			b.wg.Wait() // guest REQUESTs' dials
 		}()
+		// stream picks one of the open streams; b.mu is held.
 		stream := func(sel byte) *conn {
-			b.mu.Lock()
-			defer b.mu.Unlock()
 			keys := make([]connKey, 0, len(b.conns))
 			for k := range b.conns {
 				keys = append(keys, k)
@@ -216,13 +229,16 @@ func FuzzGuestPackets(f *testing.F) {
 			})
 			return b.conns[keys[int(sel)%len(keys)]]
 		}
-		for len(data) >= 2 {
-			act, arg := data[0], data[1]
-			data = data[2:]
+		// step runs one record with b.mu held (released also when it panics
+		// or fails, so that the cleanup above cannot deadlock).
+		step := func(act, arg byte) error {
+			b.mu.Lock()
+			defer b.mu.Unlock()
 			switch act % 6 {
 			case 0, 1:
 				if len(data) < 6 {
-					return
+					data = nil
+					return nil
 				}
 				sel := arg
 				h := pktHdr{
@@ -250,53 +266,40 @@ func FuzzGuestPackets(f *testing.F) {
 					copy(pkt[pktHdrSize:], data[:n])
 					data = data[n:]
 				}
-				bufs := splitBufs(pkt, uint16(act>>3)*4, pktHdrSize+uint16(act>>3)*64)
-				b.mu.Lock()
-				b.receive(bufs)
-				b.mu.Unlock()
+				b.receive(splitBufs(pkt, uint16(act>>3)*4, pktHdrSize+uint16(act>>3)*64))
 			case 2:
-				if c := stream(arg); c != nil {
-					b.mu.Lock()
-					if len(c.inbound) > 0 {
-						b.forwarded(c, len(c.popInbound()))
-					}
-					b.mu.Unlock()
+				if c := stream(arg); c != nil && len(c.inbound) > 0 {
+					b.forwarded(c, len(c.popInbound()))
 				}
 			case 3:
-				b.mu.Lock()
 				if len(b.sendq) > 0 {
 					h, p := b.nextOut(int(arg) * 64)
 					if int(h.len) != len(p) || len(p) > int(arg)*64 {
-						t.Fatalf("a %d-byte packet of %d bytes for a %d-byte buffer", h.len, len(p), int(arg)*64)
+						return fmt.Errorf("a %d-byte packet of %d bytes for a %d-byte buffer", h.len, len(p), int(arg)*64)
 					}
 				}
-				b.mu.Unlock()
 			case 4:
 				if c := stream(arg); c != nil {
-					b.mu.Lock()
 					if n := b.reserveOut(c, true); n > 0 {
 						m := min(n, int(act>>3)*256+1)
 						b.releaseOut(n - m)
 						c.txCnt += uint32(m)
 						b.enqueueData(c, make([]byte, m))
 					}
-					b.mu.Unlock()
 				}
 			case 5:
-				if c := stream(arg); c != nil {
-					b.mu.Lock()
-					if c.state == connEstablished && !c.localShutSend {
-						c.localShutSend = true
-						b.send(c, opShutdown, shutdownSend)
-						b.maybeFinish(c)
-					}
-					b.mu.Unlock()
+				if c := stream(arg); c != nil && c.state == connEstablished && !c.localShutSend {
+					c.localShutSend = true
+					b.send(c, opShutdown, shutdownSend)
+					b.maybeFinish(c)
 				}
 			}
-			b.mu.Lock()
-			err := b.checkAccounting()
-			b.mu.Unlock()
-			if err != nil {
+			return b.checkAccounting()
+		}
+		for len(data) >= 2 {
+			act, arg := data[0], data[1]
+			data = data[2:]
+			if err := step(act, arg); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -318,7 +321,7 @@ func FuzzVhostUserMessages(f *testing.F) {
 		n := min(int(binary.LittleEndian.Uint16(data)), len(data)-2)
 		msgs, fill := data[2:2+n], data[2+n:]
 		b := newFuzzBackend()
-		b.mem = fakeMemory()
+		b.mem = zeroedMemory()
 		copy(b.mem.regions[0].data, fill)
 		defer func() {
 			b.mu.Lock()
@@ -326,6 +329,24 @@ func FuzzVhostUserMessages(f *testing.F) {
 			b.mu.Unlock()
 			b.wg.Wait()
 		}()
+		// process lets the device work its rings and checks it, with b.mu
+		// held (released also when it panics, so that the cleanup above
+		// cannot deadlock).
+		process := func() error {
+			b.mu.Lock()
+			defer b.mu.Unlock()
+			b.processTX()
+			b.processRX()
+			for i := range b.vqs {
+				vq := &b.vqs[i]
+				for _, ring := range [][]byte{vq.desc, vq.avail, vq.used} {
+					if !inMemory(&b.mem, ring) {
+						return errRingOutside
+					}
+				}
+			}
+			return b.checkAccounting()
+		}
 		for len(msgs) >= hdrSize {
 			req, flags, size, err := parseMsgHeader(msgs)
 			if err != nil {
@@ -344,20 +365,7 @@ func FuzzVhostUserMessages(f *testing.F) {
 			if len(m.fds) != 0 {
 				t.Fatalf("%s: descriptors appeared", reqName(req))
 			}
-			b.mu.Lock()
-			b.processTX()
-			b.processRX()
-			err = b.checkAccounting()
-			for i := range b.vqs {
-				vq := &b.vqs[i]
-				for _, ring := range [][]byte{vq.desc, vq.avail, vq.used} {
-					if !inMemory(&b.mem, ring) {
-						err = errRingOutside
-					}
-				}
-			}
-			b.mu.Unlock()
-			if err != nil {
+			if err := process(); err != nil {
 				t.Fatalf("after %s: %v", reqName(req), err)
 			}
 		}
@@ -513,21 +521,33 @@ func TestWriteFuzzSeeds(t *testing.T) {
 		msg(reqSetOwner, nil),
 		msg(reqGetConfig, append(vringState(0, 8), make([]byte, 12)...)),
 	)
-	for q := 0; q < numQueues; q++ {
-		addr := make([]byte, 40)
-		binary.LittleEndian.PutUint32(addr, uint32(q))
-		binary.LittleEndian.PutUint64(addr[8:], fuzzUVA+qbase(q))        // desc
-		binary.LittleEndian.PutUint64(addr[16:], fuzzUVA+qbase(q)+0x100) // used
-		binary.LittleEndian.PutUint64(addr[24:], fuzzUVA+qbase(q)+0x80)  // avail
-		setup = cat(setup,
-			msg(reqSetVringNum, vringState(uint32(q), qsize)),
-			msg(reqSetVringBase, vringState(uint32(q), 0)),
-			msg(reqSetVringAddr, addr),
-			msg(reqSetVringKick, u64Bytes(uint64(q)|vringNoFD)),
-			msg(reqSetVringCall, u64Bytes(uint64(q)|vringNoFD)),
-			msg(reqSetVringEnable, vringState(uint32(q), 1)),
-		)
+	// rings sets up the three rings; extra goes after the tx ring's address.
+	rings := func(extra []byte) []byte {
+		var p []byte
+		for q := 0; q < numQueues; q++ {
+			addr := make([]byte, 40)
+			binary.LittleEndian.PutUint32(addr, uint32(q))
+			binary.LittleEndian.PutUint64(addr[8:], fuzzUVA+qbase(q))        // desc
+			binary.LittleEndian.PutUint64(addr[16:], fuzzUVA+qbase(q)+0x100) // used
+			binary.LittleEndian.PutUint64(addr[24:], fuzzUVA+qbase(q)+0x80)  // avail
+			p = cat(p,
+				msg(reqSetVringNum, vringState(uint32(q), qsize)),
+				msg(reqSetVringBase, vringState(uint32(q), 0)),
+				msg(reqSetVringAddr, addr),
+			)
+			if q == txQueue {
+				p = cat(p, extra)
+			}
+			p = cat(p,
+				msg(reqSetVringKick, u64Bytes(uint64(q)|vringNoFD)),
+				msg(reqSetVringCall, u64Bytes(uint64(q)|vringNoFD)),
+				msg(reqSetVringEnable, vringState(uint32(q), 1)),
+			)
+		}
+		return p
 	}
+	negotiation := setup
+	setup = cat(negotiation, rings(nil))
 	mem := make([]byte, 0x800)
 	putDesc := func(q int, i uint16, addr uint64, n uint32, flags, next uint16) {
 		e := mem[qbase(q)+uint64(i)*descSize:]
@@ -557,8 +577,14 @@ func TestWriteFuzzSeeds(t *testing.T) {
 		return cat(binary.LittleEndian.AppendUint16(nil, uint16(len(msgs))), msgs, mem)
 	}
 	write("FuzzVhostUserMessages", "qemu-setup", seed(setup))
-	write("FuzzVhostUserMessages", "resize-mapped-ring", seed(cat(setup,
-		msg(reqSetVringNum, vringState(txQueue, 256)),
+	// A ring resized after its address was set: the third tx chain's head,
+	// 9, is beyond the 8-entry table first mapped.
+	avail(txQueue, 0, 1, 9)
+	write("FuzzVhostUserMessages", "resize-mapped-ring", seed(cat(negotiation,
+		rings(msg(reqSetVringNum, vringState(txQueue, 256))))))
+	avail(txQueue, 0, 1, 0)
+	avail(txQueue, 0, 1)
+	write("FuzzVhostUserMessages", "shrink-mapped-ring", seed(cat(setup,
 		msg(reqSetVringNum, vringState(txQueue, 4)),
 		msg(reqSetVringBase, vringState(txQueue, 0))),
 	))
