@@ -251,6 +251,30 @@ func TestHostileGuest(t *testing.T) {
 	removeTask(t, ctx, c, victim)
 }
 
+// A guest that never says it is serving fails its pod's start, and the
+// failed boot leaves nothing behind: no QEMU, no shim, no state, no cgroup.
+func TestHostileGuestRefusesToServe(t *testing.T) {
+	c, ctx := startKasaHarness(t, 5*time.Minute)
+	guestDir := requireVM(t)
+	initrd := buildHostileInitrd(t)
+	id := "refuser-" + newID(t)[3:]
+	conf := filepath.Join(filepath.Dir(initrd), "refuse.toml")
+	body := fmt.Sprintf("[hypervisor.qemu]\nkernel = %q\ninitrd = %q\nkernel_params = \"kasa.hostile.refuse=1\"\n\n[agent.kata]\ndial_timeout = 60\n",
+		filepath.Join(guestDir, "vmlinuz"), initrd)
+	if err := os.WriteFile(conf, []byte(body), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	res, err := c.RunContainer(ctx, ctrtest.Container{ID: id, Runtime: ctrtest.RuntimeKasa, Detach: true, RuntimeConfigPath: conf, Args: []string{"true"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.ExitCode == 0 || !strings.Contains(res.Stderr, "NOT_SERVING") {
+		t.Errorf("start of a pod whose guest is not serving: %s", res)
+	}
+	ctr(t, ctx, c, "container", "delete", id)
+	assertGone(t, ctx, c, id)
+}
+
 // buildHostileInitrd builds test/hostile/guest and packs it as the /init
 // of an initramfs, in a directory QEMU (its own uid) can read.
 func buildHostileInitrd(t *testing.T) string {

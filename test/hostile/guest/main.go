@@ -38,6 +38,7 @@
 //	kasa.hostile.report=R    host port the test reads this guest's counters from
 //	kasa.hostile.conns=N     streams to open to port P (default 3000)
 //	kasa.hostile.refused=N   connection attempts to ports nobody listens on (default 3000)
+//	kasa.hostile.refuse=1    answer Check with NOT_SERVING: the sandbox never starts
 //
 // Every second the guest sends its counters as one JSON line to port R.
 package main
@@ -439,7 +440,12 @@ func (a *agent) killedCh() chan struct{} {
 	return a.killed
 }
 
+// Check says SERVING, unless kasa.hostile.refuse=1: then the guest never
+// comes up and the host has to undo the boot.
 func (a *agent) Check(context.Context, *api.CheckRequest) (*api.CheckResponse, error) {
+	if params["refuse"] == "1" {
+		return &api.CheckResponse{Status: api.CheckResponse_NOT_SERVING}, nil
+	}
 	return &api.CheckResponse{Status: api.CheckResponse_SERVING}, nil
 }
 
