@@ -24,6 +24,7 @@ import (
 	"github.com/containerd/ttrpc"
 	"github.com/containerd/typeurl/v2"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"github.com/sirupsen/logrus"
 	"google.golang.org/protobuf/types/known/emptypb"
 
 	"github.com/kasa-runtime/kasa/configuration"
@@ -96,6 +97,7 @@ func (s *service) RegisterTTRPC(server *ttrpc.Server) error {
 }
 
 func newService(ctx context.Context, publisher shim.Publisher, sd shutdown.Service) *service {
+	limitGuestProvokedLogs(logrus.StandardLogger())
 	s := &service{ctx: ctx, shutdown: sd, events: make(chan event, 256), containers: map[string]*container{}, creating: map[string]*creation{}}
 	go s.forward(publisher)
 	sd.RegisterCallback(func(context.Context) error { close(s.events); return nil })

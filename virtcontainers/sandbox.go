@@ -21,6 +21,10 @@ import (
 	"github.com/kasa-runtime/kasa/virtcontainers/podcgroup"
 )
 
+// cgroupDeleteWait is how long the pod cgroup's removal waits for the
+// sandbox's processes, killed and waited for, to have left it.
+const cgroupDeleteWait = 5 * time.Second
+
 // SandboxConfig describes a sandbox to create.
 type SandboxConfig struct {
 	ID string
@@ -117,7 +121,7 @@ func CreateSandbox(ctx context.Context, sc SandboxConfig) (_ *Sandbox, retErr er
 		return nil, fmt.Errorf("sandbox %s: %w", sc.ID, err)
 	}
 	st.Cgroup = cgPath
-	undo.add("remove pod cgroup", cg.Delete)
+	undo.add("remove pod cgroup", func() error { return cg.DeleteWithin(cgroupDeleteWait) })
 	var shimOrigins map[string]string
 	if sc.Config.Runtime.SandboxCgroupOnly {
 		if shimOrigins, err = podcgroup.Origins(os.Getpid()); err != nil {
@@ -360,7 +364,7 @@ func (s *Sandbox) Stop(ctx context.Context) error {
 			errs = append(errs, err)
 		}
 	}
-	if err := s.cgroup.Delete(); err != nil {
+	if err := s.cgroup.DeleteWithin(cgroupDeleteWait); err != nil {
 		errs = append(errs, err)
 	}
 	if len(errs) == 0 {

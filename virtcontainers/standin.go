@@ -8,6 +8,7 @@ import (
 	"github.com/kasa-runtime/kasa/agent/client"
 	"github.com/kasa-runtime/kasa/hypervisor"
 	"github.com/kasa-runtime/kasa/virtcontainers/fsshare"
+	"github.com/kasa-runtime/kasa/virtcontainers/podcgroup"
 )
 
 // SandboxWithAgentForTest returns a sandbox whose VM is hv, an already
@@ -37,6 +38,7 @@ func SandboxWithAgentForTest(ctx context.Context, id, agentAddr, dir string, tim
 		c.Close()
 		return nil, err
 	}
+	// No pod cgroup: an empty group, which Stop deletes as nothing.
 	return &Sandbox{ID: id, vm: &VM{ID: id, hv: hv, Agent: c}, agent: c, share: share, shared: true,
-		containers: map[string]struct{}{}, state: st}, nil
+		cgroup: &podcgroup.Group{}, containers: map[string]struct{}{}, state: st}, nil
 }

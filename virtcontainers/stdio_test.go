@@ -85,3 +85,16 @@ func TestStreamReaderRejectsOversizedChunk(t *testing.T) {
 		t.Fatalf("oversized chunk: %v, want ErrBadReply", err)
 	}
 }
+
+// A reply with no data and no EOF, which the agent never sends (it waits
+// for data), ends the read at once instead of spinning it.
+func TestStreamReaderEndsOnEmptyReplies(t *testing.T) {
+	calls := 0
+	r := &streamReader{ctx: context.Background(), read: func(context.Context) ([]byte, bool, error) {
+		calls++
+		return nil, false, nil
+	}}
+	if _, err := r.Read(make([]byte, 10)); !errors.Is(err, client.ErrBadReply) || calls != 1 {
+		t.Fatalf("empty reply: %v after %d calls, want ErrBadReply after 1", err, calls)
+	}
+}

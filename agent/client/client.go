@@ -83,7 +83,7 @@ func Dial(ctx context.Context, addr string) (*Client, error) {
 	if err != nil {
 		return nil, err
 	}
-	tc := ttrpc.NewClient(conn)
+	tc := ttrpc.NewClient(conn, ttrpc.WithUnaryClientInterceptor(boundReplies))
 	return &Client{addr: addr, conn: conn, ttrpc: tc, api: api.NewAgentServiceClient(tc)}, nil
 }
 

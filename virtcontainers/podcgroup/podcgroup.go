@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 )
 
 // Group is one sandbox's cgroup: the same path in every hierarchy.
@@ -172,6 +173,21 @@ func (g *Group) Delete() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// DeleteWithin is Delete, tried again for up to d while the group is busy:
+// processes just killed (a VM, virtiofsd and its sandboxed child, which
+// dies only once it notices its parent is gone) leave their cgroup a
+// moment after they were waited for.
+func (g *Group) DeleteWithin(d time.Duration) error {
+	deadline := time.Now().Add(d)
+	for {
+		err := g.Delete()
+		if err == nil || !errors.Is(err, syscall.EBUSY) || time.Now().After(deadline) {
+			return err
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
 
 // Leave moves process pid out of the group, back to where origins (from
