@@ -193,6 +193,11 @@ type RuntimeConfig struct {
 	// or PID namespace (hostNetwork, hostIPC, hostPID) start with the VM's
 	// own instead; by default such a pod is refused (Kasa's own key).
 	AllowHostNamespaces bool `toml:"allow_host_namespaces"`
+	// DisableGuestSeccomp drops the containers' OCI seccomp profiles
+	// instead of applying them in the guest (Kata's key; Kata defaults to
+	// true, Kasa to false: the profile is a protection, turned off only
+	// explicitly).
+	DisableGuestSeccomp bool `toml:"disable_guest_seccomp"`
 }
 
 // KernelParamsList splits KernelParams into single parameters.

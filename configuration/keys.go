@@ -117,7 +117,7 @@ var (
 	kataRuntimeKeys = setOf(
 		"enable_tracing", "jaeger_endpoint", "jaeger_user", "jaeger_password",
 		"sandbox_bind_mounts", "experimental", "enable_pprof", "static_sandbox_resource_mgmt",
-		"disable_guest_seccomp", "disable_guest_empty_dir", "vfio_mode", "enable_vcpus_pinning",
+		"disable_guest_empty_dir", "vfio_mode", "enable_vcpus_pinning",
 		"guest_selinux_label", "disable_selinux", "create_container_timeout", "dan_conf",
 		"emptydir_mode", "pod_resource_api_sock",
 	)

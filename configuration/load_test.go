@@ -342,7 +342,10 @@ enable_pprof = false
 			t.Errorf("Kata key reported as %v: %s", w.Kind, w)
 		}
 	}
-	if len(warnings) != 21 {
-		t.Errorf("got %d warnings, want 21:\n%v", len(warnings), warnings)
+	if len(warnings) != 20 {
+		t.Errorf("got %d warnings, want 20:\n%v", len(warnings), warnings)
+	}
+	if !cfg.Runtime.DisableGuestSeccomp {
+		t.Error("runtime.disable_guest_seccomp = true did not load")
 	}
 }

@@ -55,6 +55,8 @@ type Sandbox struct {
 	// shim, which leaves it for shimOrigins at Stop.
 	cgroup      *podcgroup.Group
 	shimOrigins map[string]string
+	// disableGuestSeccomp drops the containers' seccomp profiles.
+	disableGuestSeccomp bool
 
 	mu         sync.Mutex
 	containers map[string]struct{}
@@ -168,7 +170,8 @@ func CreateSandbox(ctx context.Context, sc SandboxConfig) (_ *Sandbox, retErr er
 	}
 
 	s := &Sandbox{ID: sc.ID, vm: vm, agent: vm.Agent, share: share, shared: vmShare != nil, virtiofsd: daemon,
-		network: pn, cgroup: cg, shimOrigins: shimOrigins, containers: map[string]struct{}{}, state: st}
+		network: pn, cgroup: cg, shimOrigins: shimOrigins, disableGuestSeccomp: sc.Config.Runtime.DisableGuestSeccomp,
+		containers: map[string]struct{}{}, state: st}
 	if err := pn.configureGuest(ctx, s.agent); err != nil {
 		return nil, fmt.Errorf("sandbox %s: %w", sc.ID, err)
 	}
@@ -275,6 +278,9 @@ func (s *Sandbox) shareContainer(cc ContainerConfig, undo *cleanup) (*specs.Spec
 	gs, sandboxNS, err := guestSpec(cc.Spec, rootfs, volumes)
 	if err != nil {
 		return nil, nil, fmt.Errorf("container %s: %w: %v", cc.ID, errdefs.ErrInvalidArgument, err)
+	}
+	if s.disableGuestSeccomp {
+		gs.Linux.Seccomp = nil // [runtime] disable_guest_seccomp
 	}
 	return gs, sandboxNS, nil
 }

@@ -118,6 +118,26 @@ func TestShimCtrRun(t *testing.T) {
 		}
 		ctrtest.AssertNoLeftovers(t, c, "kasa-seccomp")
 	})
+	t.Run("disable_guest_seccomp", func(t *testing.T) {
+		// The operator's explicit opt-out: the same profile is dropped.
+		dir := requireVM(t)
+		conf := filepath.Join(t.TempDir(), "configuration.toml")
+		body := fmt.Sprintf("[hypervisor.qemu]\nkernel = %q\ninitrd = %q\n\n[agent.kata]\ndial_timeout = 60\n\n[runtime]\ndisable_guest_seccomp = true\n",
+			filepath.Join(dir, "vmlinuz"), filepath.Join(dir, "initrd.img"))
+		if err := os.WriteFile(conf, []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		ct := ctrtest.Container{ID: "kasa-noseccomp", Runtime: ctrtest.RuntimeKasa, Flags: []string{"--seccomp"},
+			RuntimeConfigPath: conf, Args: []string{"sh", "-c", "grep ^Seccomp: /proc/self/status"}}
+		res, err := c.RunContainer(ctx, ct)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res.ExitCode != 0 || strings.Fields(res.Stdout + " x x")[1] != "0" {
+			t.Fatalf("want Seccomp: 0 inside the container with disable_guest_seccomp: %s", res)
+		}
+		ctrtest.AssertNoLeftovers(t, c, "kasa-noseccomp")
+	})
 	t.Run("missing binary", func(t *testing.T) {
 		start := time.Now()
 		res := run(t, "kasa-nocmd", "", "/no/such/command")
