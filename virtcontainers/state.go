@@ -124,17 +124,22 @@ func CleanupSandbox(ctx context.Context, id string) error {
 			errs = append(errs, err)
 		}
 	}
+	// Whatever else of the sandbox still runs (virtiofsd and its child,
+	// a QEMU that escaped the checks above) is in the pod's cgroup.
+	var cg *podcgroup.Group
+	if st.Cgroup != "" {
+		if g, err := podcgroup.Create(st.Cgroup); err == nil { // opens it
+			cg = g
+			cg.KillAll()
+		}
+	}
 	share := fsshare.Open(id, 0)
 	share.HostDir = st.SharedDir
 	if err := share.Destroy(); err != nil {
 		errs = append(errs, err)
 	}
-	if st.Cgroup != "" {
-		if cg, err := podcgroup.Create(st.Cgroup); err == nil { // opens it
-			if err := cg.Delete(); err != nil {
-				logger.WithError(err).Warn("removing the pod cgroup") // a shim of sandbox_cgroup_only may still be in it
-			}
-		}
+	if err := cg.DeleteWithin(5 * time.Second); err != nil {
+		errs = append(errs, err)
 	}
 	if len(errs) == 0 {
 		if err := removeState(id); err != nil {

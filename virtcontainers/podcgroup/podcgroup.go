@@ -190,6 +190,28 @@ func (g *Group) DeleteWithin(d time.Duration) error {
 	}
 }
 
+// KillAll SIGKILLs every process in the group but the caller: what a dead
+// shim left of its sandbox (QEMU, virtiofsd and the child it sandboxes
+// itself in) is all in the pod's group, whatever it did to its command
+// line or its parent.
+func (g *Group) KillAll() {
+	if g == nil {
+		return
+	}
+	self := os.Getpid()
+	for _, dir := range g.dirs {
+		b, err := os.ReadFile(filepath.Join(dir, "cgroup.procs"))
+		if err != nil {
+			continue
+		}
+		for _, f := range strings.Fields(string(b)) {
+			if pid, err := strconv.Atoi(f); err == nil && pid != self && pid > 0 {
+				_ = syscall.Kill(pid, syscall.SIGKILL)
+			}
+		}
+	}
+}
+
 // Leave moves process pid out of the group, back to where origins (from
 // Origins, taken before it joined) says it was, so that the group can be
 // deleted while pid lives on (the shim with sandbox_cgroup_only).
