@@ -173,9 +173,11 @@ func httpGet(ctx context.Context, url string) (string, error) {
 // between its containers, a read-only hostPath, the pod IP reachable from
 // the host, localhost between containers, DNS and hostname from the CRI
 // config, one /dev/shm and one IPC namespace, and nothing left after
-// stopp/rmp.
-func TestCRIPod(t *testing.T) {
-	c, ctx := startCRIHarness(t, 6*time.Minute, nil)
+// stopp/rmp. On containerd 1.6 and 2.x.
+func TestCRIPod(t *testing.T) { onContainerds(t, testCRIPod) }
+
+func testCRIPod(t *testing.T, ctd containerdUnderTest) {
+	c, ctx := startCRIHarness(t, 6*time.Minute, ctd.opts)
 	emptyDir := t.TempDir()
 	hostPath := t.TempDir()
 	if err := os.WriteFile(filepath.Join(hostPath, "config.txt"), []byte("from the node\n"), 0o644); err != nil {
@@ -354,9 +356,11 @@ func assertNoTaps(t *testing.T) {
 
 // TestCRICrictl walks crictl's pod and container commands through the
 // "kata" handler: runp, create, start, exec, exec -it, logs, attach,
-// inspect, inspectp, stats, stop, rm, stopp, rmp.
-func TestCRICrictl(t *testing.T) {
-	c, ctx := startCRIHarness(t, 5*time.Minute, nil)
+// inspect, inspectp, stats, stop, rm, stopp, rmp. On containerd 1.6 and 2.x.
+func TestCRICrictl(t *testing.T) { onContainerds(t, testCRICrictl) }
+
+func testCRICrictl(t *testing.T, ctd containerdUnderTest) {
+	c, ctx := startCRIHarness(t, 5*time.Minute, ctd.opts)
 	podCfg := ctrtest.PodConfig("crictl")
 	podCfg["log_directory"] = t.TempDir()
 	podID := runPod(t, ctx, c, podCfg)
@@ -490,14 +494,17 @@ const critestFocus = `\[k8s\.io\] (PodSandbox runtime should support basic opera
 // loopback is the guest's); Kata has the same limit.
 const critestSkip = `portforward`
 
-// TestCRITest runs critest's focus set with the "kata" runtime handler.
-func TestCRITest(t *testing.T) {
+// TestCRITest runs critest's focus set with the "kata" runtime handler, on
+// containerd 1.6 and 2.x.
+func TestCRITest(t *testing.T) { onContainerds(t, testCRITest) }
+
+func testCRITest(t *testing.T, ctd containerdUnderTest) {
 	repo, _ := filepath.Abs("../..")
 	critest := filepath.Join(repo, "bin", "critest")
 	if _, err := os.Stat(critest); err != nil {
 		ctrtest.Missing(t, "%s (hack/install-cri-tools.sh bin)", critest)
 	}
-	c, ctx := startCRIHarness(t, 20*time.Minute, nil)
+	c, ctx := startCRIHarness(t, 20*time.Minute, ctd.opts)
 	args := []string{
 		"-runtime-endpoint", "unix://" + c.Address, "-image-endpoint", "unix://" + c.Address,
 		"-runtime-handler", "kata", "-ginkgo.focus", critestFocus, "-ginkgo.skip", critestSkip,
@@ -514,7 +521,7 @@ func TestCRITest(t *testing.T) {
 	if ran[1] == "0" {
 		t.Fatalf("critest ran no spec:\n%s", out)
 	}
-	t.Logf("critest v1.30 with handler kata: ran %s of %s specs: %s passed, %s failed, %s skipped", ran[1], ran[2], passed[1], passed[2], passed[4])
+	t.Logf("critest v1.30 with handler kata on containerd %s: ran %s of %s specs: %s passed, %s failed, %s skipped", c.Release.Text, ran[1], ran[2], passed[1], passed[2], passed[4])
 	ctrtest.AssertNoLeftovers(t, c)
 }
 
@@ -585,9 +592,11 @@ func TestRegisterContainerd(t *testing.T) {
 // TestCRIShimKilled: after a pod's shim is killed with SIGKILL, containerd
 // reports the pod's containers exited, the `shim delete` it runs for the
 // sandbox kills the VM and removes its state and taps (from the persisted
-// state), and removing the pod leaves nothing.
-func TestCRIShimKilled(t *testing.T) {
-	c, ctx := startCRIHarness(t, 4*time.Minute, nil)
+// state), and removing the pod leaves nothing. On containerd 1.6 and 2.x.
+func TestCRIShimKilled(t *testing.T) { onContainerds(t, testCRIShimKilled) }
+
+func testCRIShimKilled(t *testing.T, ctd containerdUnderTest) {
+	c, ctx := startCRIHarness(t, 4*time.Minute, ctd.opts)
 	podCfg := ctrtest.PodConfig("shimkill")
 	podID := runPod(t, ctx, c, podCfg)
 	id := startContainer(t, ctx, c, podID, podCfg, containerConfig("sleeper", ctrtest.BusyboxImage, []string{"sleep", "3600"}))
