@@ -56,6 +56,7 @@ install: build guest-image
 	sed 's#/usr/share/kasa/#$(PREFIX)/share/kasa/#g' configuration/configuration.toml \
 		> $(DESTDIR)$(PREFIX)/share/defaults/kasa/configuration.toml
 	install -D -m 0644 configuration/runtime/containerd-kata.toml $(DESTDIR)$(PREFIX)/share/kasa/containerd-kata.toml
+	install -D -m 0644 configuration/runtime/containerd2-kata.toml $(DESTDIR)$(PREFIX)/share/kasa/containerd2-kata.toml
 	sed 's#/usr/#$(PREFIX)/#g' configuration/runtime/crio-kata.conf > $(DESTDIR)$(PREFIX)/share/kasa/crio-kata.conf
 
 # Registers the RuntimeClass handler "kata" with containerd's CRI plugin

@@ -526,31 +526,76 @@ func testCRITest(t *testing.T, ctd containerdUnderTest) {
 }
 
 // TestRegisterContainerd: hack/register-containerd.sh leaves a containerd
-// whose CRI plugin has the kata handler, keeping what config.toml set.
+// whose CRI plugin has the kata handler, keeping what config.toml set: a
+// version 2 config.toml with Debian's containerd 1.6, a version 3 one
+// (io.containerd.cri.v1.runtime) with containerd 2.x, and none at all, when
+// the containerd on PATH picks the format.
 func TestRegisterContainerd(t *testing.T) {
 	ctrtest.Require(t, "containerd")
 	repo, _ := filepath.Abs("../..")
-	for name, cri := range map[string]bool{"config.toml without CRI": false, "config.toml with CRI": true} {
-		t.Run(name, func(t *testing.T) {
+	ctrd1, _ := exec.LookPath("containerd")
+	ctrd2 := containerd2Path()
+	for _, tc := range []struct {
+		name       string
+		containerd string
+		version    int // of the config.toml before registering; 0: none
+		cri        bool
+	}{
+		{"1.6, config.toml without CRI", ctrd1, 2, false},
+		{"1.6, config.toml with CRI", ctrd1, 2, true},
+		{"1.6, no config.toml", ctrd1, 0, false},
+		{"2.x, config.toml without CRI", ctrd2, 3, false},
+		{"2.x, config.toml with CRI", ctrd2, 3, true},
+		{"2.x, no config.toml", ctrd2, 0, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			rel, err := ctrtest.BinaryRelease(tc.containerd)
+			if err != nil {
+				ctrtest.Missing(t, "containerd at %s (make containerd2): %v", tc.containerd, err)
+			}
 			dir, err := os.MkdirTemp("", "kasa-reg")
 			if err != nil {
 				t.Fatal(err)
 			}
 			defer os.RemoveAll(dir)
-			conf := fmt.Sprintf("version = 2\nroot = %q\nstate = %q\n[grpc]\n  address = %q\n", dir+"/root", dir+"/state", dir+"/c.sock")
-			if cri {
-				conf += "[plugins.\"io.containerd.grpc.v1.cri\"]\n  sandbox_image = \"example.org/pause:kept\"\n" +
-					"[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.runc]\n  runtime_type = \"io.containerd.runc.v2\"\n"
+			// Everything of this containerd in dir; 2.x's NRI off (its
+			// socket is host-wide).
+			private := fmt.Sprintf("root = %q\nstate = %q\n[grpc]\n  address = %q\n", dir+"/root", dir+"/state", dir+"/c.sock")
+			if rel.V2() {
+				private += "[plugins.\"io.containerd.nri.v1.nri\"]\n  disable = true\n"
 			}
-			os.WriteFile(dir+"/config.toml", []byte(conf), 0o644)
+			conf := fmt.Sprintf("version = %d\n%s", tc.version, private)
+			switch {
+			case tc.cri && tc.version == 2:
+				conf += "[plugins.\"io.containerd.grpc.v1.cri\"]\n  max_container_log_line_size = 1234\n" +
+					"[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.runc]\n  runtime_type = \"io.containerd.runc.v2\"\n"
+			case tc.cri:
+				conf += "[plugins.\"io.containerd.cri.v1.runtime\"]\n  max_container_log_line_size = 1234\n" +
+					"[plugins.\"io.containerd.cri.v1.runtime\".containerd.runtimes.runc]\n  runtime_type = \"io.containerd.runc.v2\"\n" +
+					"  [plugins.\"io.containerd.cri.v1.runtime\".containerd.runtimes.runc.options]\n    NoNewKeyring = true\n"
+			}
+			if tc.version != 0 {
+				os.WriteFile(dir+"/config.toml", []byte(conf), 0o644)
+			}
 			for range 2 { // twice: the second run changes nothing
 				cmd := exec.Command(filepath.Join(repo, "hack", "register-containerd.sh"))
-				cmd.Env = append(os.Environ(), "CONTAINERD_DIR="+dir)
+				// Without a config.toml, the containerd on PATH decides.
+				cmd.Env = append(os.Environ(), "CONTAINERD_DIR="+dir, "PATH="+filepath.Dir(tc.containerd)+":"+os.Getenv("PATH"))
 				if out, err := cmd.CombinedOutput(); err != nil {
 					t.Fatalf("register-containerd.sh: %v\n%s", err, out)
 				}
 			}
-			ctd := exec.Command("containerd", "--config", dir+"/config.toml")
+			written, _ := os.ReadFile(dir + "/config.toml")
+			imported, _ := os.ReadFile(dir + "/conf.d/kasa.toml")
+			if want := fmt.Sprintf("version = %d", max(tc.version, map[bool]int{false: 2, true: 3}[rel.V2()])); !strings.Contains(string(written), want) ||
+				rel.V2() != strings.Contains(string(written)+string(imported), "io.containerd.cri.v1.runtime") {
+				t.Errorf("config.toml for containerd %s:\n%s\nconf.d/kasa.toml:\n%s", rel.Text, written, imported)
+			}
+			if tc.version == 0 {
+				// The config.toml the script made, made private.
+				os.WriteFile(dir+"/config.toml", append(written, private...), 0o644)
+			}
+			ctd := exec.Command(tc.containerd, "--config", dir+"/config.toml")
 			ctd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 			if err := ctd.Start(); err != nil {
 				t.Fatal(err)
@@ -558,11 +603,13 @@ func TestRegisterContainerd(t *testing.T) {
 			defer func() { ctd.Process.Kill(); ctd.Wait() }()
 			var info struct {
 				Config struct {
-					SandboxImage string `json:"sandboxImage"`
-					Containerd   struct {
+					MaxContainerLogLineSize int `json:"maxContainerLogLineSize"` // 2.x
+					MaxContainerLogSize     int `json:"maxContainerLogSize"`     // 1.6
+					Containerd              struct {
 						Runtimes map[string]struct {
-							RuntimeType    string   `json:"runtimeType"`
-							PodAnnotations []string `json:"PodAnnotations"`
+							RuntimeType    string         `json:"runtimeType"`
+							PodAnnotations []string       `json:"PodAnnotations"`
+							Options        map[string]any `json:"options"`
 						} `json:"runtimes"`
 					} `json:"containerd"`
 				} `json:"config"`
@@ -578,12 +625,15 @@ func TestRegisterContainerd(t *testing.T) {
 			if err := json.Unmarshal(out, &info); err != nil {
 				t.Fatalf("crictl info: %v\n%s", err, out)
 			}
-			kata := info.Config.Containerd.Runtimes["kata"]
-			if kata.RuntimeType != "io.containerd.kasa.v2" || len(kata.PodAnnotations) == 0 || info.Config.Containerd.Runtimes["runc"].RuntimeType == "" {
-				t.Errorf("runtimes after registering: %+v", info.Config.Containerd.Runtimes)
+			rts := info.Config.Containerd.Runtimes
+			if kata := rts["kata"]; kata.RuntimeType != "io.containerd.kasa.v2" || len(kata.PodAnnotations) == 0 || rts["runc"].RuntimeType == "" {
+				t.Errorf("runtimes after registering: %+v", rts)
 			}
-			if cri && info.Config.SandboxImage != "example.org/pause:kept" {
-				t.Errorf("sandbox_image %q: config.toml's CRI settings were lost", info.Config.SandboxImage)
+			if size := max(info.Config.MaxContainerLogLineSize, info.Config.MaxContainerLogSize); tc.cri && size != 1234 {
+				t.Errorf("max_container_log_line_size %d: config.toml's CRI settings were lost", size)
+			}
+			if tc.cri && rel.V2() && rts["runc"].Options["NoNewKeyring"] != true {
+				t.Errorf("runc options %v: config.toml's runc settings were lost", rts["runc"].Options)
 			}
 		})
 	}
