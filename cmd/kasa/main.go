@@ -47,8 +47,9 @@ options:
 running pods:
   containerd  runtime type io.containerd.kasa.v2 (containerd-shim-kasa-v2 on
               PATH); for CRI, RuntimeClass handler "kata" from
-              /usr/share/kasa/containerd-kata.toml (hack/register-containerd.sh
-              puts it in place)
+              /usr/share/kasa/containerd-kata.toml (containerd 1.x) or
+              containerd2-kata.toml (2.x); hack/register-containerd.sh puts
+              the right one in place
   CRI-O       runtime_type "vm", /usr/share/kasa/crio-kata.conf
   single      ctr run --runtime io.containerd.kasa.v2 IMAGE ID CMD
 `

@@ -8,27 +8,41 @@ import (
 	"github.com/BurntSushi/toml"
 )
 
+// TestContainerdSnippet: containerd-kata.toml (1.6/1.7, config version 2)
+// and containerd2-kata.toml (2.x, version 3) register the kata handler in
+// the CRI plugin of their version.
 func TestContainerdSnippet(t *testing.T) {
-	var cfg struct {
-		Version int
-		Plugins map[string]struct {
-			Containerd struct {
-				Runtimes map[string]struct {
-					RuntimeType    string   `toml:"runtime_type"`
-					PodAnnotations []string `toml:"pod_annotations"`
+	for file, want := range map[string]struct {
+		version int
+		plugin  string
+	}{
+		"containerd-kata.toml":  {2, "io.containerd.grpc.v1.cri"},
+		"containerd2-kata.toml": {3, "io.containerd.cri.v1.runtime"},
+	} {
+		var cfg struct {
+			Version int
+			Plugins map[string]struct {
+				Containerd struct {
+					Runtimes map[string]struct {
+						RuntimeType    string   `toml:"runtime_type"`
+						PodAnnotations []string `toml:"pod_annotations"`
+					}
 				}
 			}
 		}
-	}
-	if _, err := toml.DecodeFile("containerd-kata.toml", &cfg); err != nil {
-		t.Fatal(err)
-	}
-	kata, ok := cfg.Plugins["io.containerd.grpc.v1.cri"].Containerd.Runtimes["kata"]
-	if cfg.Version != 2 || !ok {
-		t.Fatalf("want version 2 and runtimes.kata, got %+v", cfg)
-	}
-	if kata.RuntimeType != "io.containerd.kasa.v2" || len(kata.PodAnnotations) != 1 || kata.PodAnnotations[0] != "io.katacontainers.*" {
-		t.Errorf("runtimes.kata = %+v", kata)
+		if _, err := toml.DecodeFile(file, &cfg); err != nil {
+			t.Fatal(err)
+		}
+		kata, ok := cfg.Plugins[want.plugin].Containerd.Runtimes["kata"]
+		if cfg.Version != want.version || len(cfg.Plugins) != 1 || !ok {
+			t.Fatalf("%s: want version %d and %s's runtimes.kata only, got %+v", file, want.version, want.plugin, cfg)
+		}
+		if kata.RuntimeType != "io.containerd.kasa.v2" || len(kata.PodAnnotations) != 1 || kata.PodAnnotations[0] != "io.katacontainers.*" {
+			t.Errorf("%s: runtimes.kata = %+v", file, kata)
+		}
+		if cfg.Plugins[want.plugin].Containerd.Runtimes["runc"].RuntimeType != "io.containerd.runc.v2" {
+			t.Errorf("%s: runc not restated", file)
+		}
 	}
 }
 

@@ -107,21 +107,48 @@ func (n podNetwork) conflist() []byte {
 	return b
 }
 
-// renderCRI is the CRI plugin's part of config.toml.
+// containerd 2.x's CRI plugins (config version 3): the runtime side
+// (runtimes, CNI, netns and OOM settings), the image side (registry,
+// pinned images such as the sandbox image) and the gRPC server, which
+// keeps io.containerd.grpc.v1.cri for the streaming server.
+const (
+	criGRPCPlugin    = "io.containerd.grpc.v1.cri"
+	criRuntimePlugin = "io.containerd.cri.v1.runtime"
+	criImagesPlugin  = "io.containerd.cri.v1.images"
+)
+
+// renderCRI is the CRI plugin's part of config.toml: one table
+// io.containerd.grpc.v1.cri for containerd 1.x (config version 2), the
+// three plugins above for 2.x (version 3).
 func renderCRI(c *Containerd, opts Options) string {
 	var b strings.Builder
-	const cri = `[plugins."io.containerd.grpc.v1.cri"`
-	fmt.Fprintf(&b, "  %s]\n", cri)
+	grpc := fmt.Sprintf("[plugins.%q", criGRPCPlugin)
+	runtime, images := grpc, grpc
+	if c.Release.V2() {
+		runtime, images = fmt.Sprintf("[plugins.%q", criRuntimePlugin), fmt.Sprintf("[plugins.%q", criImagesPlugin)
+	}
+	fmt.Fprintf(&b, "  %s]\n", grpc)
+	b.WriteString("    stream_server_address = \"127.0.0.1\"\n    stream_server_port = \"0\"\n")
+	if runtime != grpc {
+		fmt.Fprintf(&b, "  %s]\n", runtime)
+	}
 	b.WriteString("    netns_mounts_under_state_dir = true\n")
 	// No CAP_SYS_RESOURCE here: containerd must not raise oom_score_adj.
 	b.WriteString("    restrict_oom_score_adj = true\n")
-	b.WriteString("    stream_server_address = \"127.0.0.1\"\n    stream_server_port = \"0\"\n")
 	if opts.SandboxImage != "" {
-		fmt.Fprintf(&b, "    sandbox_image = %q\n", opts.SandboxImage)
+		if c.Release.V2() {
+			fmt.Fprintf(&b, "  %s.pinned_images]\n    sandbox = %q\n", images, opts.SandboxImage)
+		} else {
+			fmt.Fprintf(&b, "    sandbox_image = %q\n", opts.SandboxImage)
+		}
 	}
-	fmt.Fprintf(&b, "  %s.cni]\n    bin_dir = \"/usr/lib/cni\"\n    conf_dir = %q\n    max_conf_num = 1\n", cri, opts.CNIConfDir)
-	fmt.Fprintf(&b, "  %s.containerd]\n    default_runtime_name = \"runc\"\n", cri)
-	rt := cri + ".containerd.runtimes"
+	binDir := "bin_dir = \"/usr/lib/cni\""
+	if c.Release.V2() {
+		binDir = "bin_dirs = [\"/usr/lib/cni\"]"
+	}
+	fmt.Fprintf(&b, "  %s.cni]\n    %s\n    conf_dir = %q\n    max_conf_num = 1\n", runtime, binDir, opts.CNIConfDir)
+	fmt.Fprintf(&b, "  %s.containerd]\n    default_runtime_name = \"runc\"\n", runtime)
+	rt := runtime + ".containerd.runtimes"
 	fmt.Fprintf(&b, "  %s.runc]\n    runtime_type = %q\n  %s.runc.options]\n    Root = %q\n", rt, RuntimeRunc, rt, c.RuncRoot)
 	fmt.Fprintf(&b, "  %s.kata]\n    runtime_type = %q\n    pod_annotations = [\"io.katacontainers.*\"]\n", rt, RuntimeKasa)
 	if opts.KasaConfigPath != "" {
@@ -129,7 +156,7 @@ func renderCRI(c *Containerd, opts Options) string {
 	}
 	if opts.RegistryMirror != "" {
 		for _, host := range MirroredRegistries {
-			fmt.Fprintf(&b, "  %s.registry.mirrors.%q]\n    endpoint = [%q]\n", cri, host, opts.RegistryMirror)
+			fmt.Fprintf(&b, "  %s.registry.mirrors.%q]\n    endpoint = [%q]\n", images, host, opts.RegistryMirror)
 		}
 	}
 	return b.String()

@@ -88,6 +88,9 @@ type Containerd struct {
 	LogPath   string
 	Config    string // path of the generated config.toml
 	PID       int
+	// Release is the containerd binary's version (`containerd --version`):
+	// it picks the config.toml format.
+	Release Release
 	// StartupTime is from spawning containerd to its first answer to
 	// `ctr version`.
 	StartupTime time.Duration
@@ -148,7 +151,7 @@ func Start(tb testing.TB, opts Options) *Containerd {
 	if err != nil {
 		tb.Fatalf("start containerd: %v", err)
 	}
-	tb.Logf("containerd pid %d answering on %s after %v (namespace %s)", c.PID, c.Address, time.Since(started).Round(time.Millisecond), c.Namespace)
+	tb.Logf("containerd %s pid %d answering on %s after %v (namespace %s)", c.Release.Text, c.PID, c.Address, time.Since(started).Round(time.Millisecond), c.Namespace)
 	tb.Cleanup(func() {
 		if tb.Failed() {
 			tb.Logf("tail of containerd's log %s:\n%s", c.LogPath, c.LogTail(60))
@@ -234,6 +237,10 @@ func (c *Containerd) launch(ctx context.Context, containerd string, opts Options
 		if c.crictl == "" {
 			c.crictl, _ = exec.LookPath("crictl")
 		}
+	}
+	var err error
+	if c.Release, err = BinaryRelease(containerd); err != nil {
+		return err
 	}
 	if opts.CRI && opts.CNIConfDir == "" {
 		opts.CNIConfDir = filepath.Join(c.Dir, "cni")

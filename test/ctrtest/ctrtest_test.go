@@ -199,6 +199,65 @@ func TestRenderConfig(t *testing.T) {
 	}
 }
 
+// TestRenderConfigV3: containerd 2.x gets a version 3 config whose CRI
+// settings are in the plugins 2.x reads them from, and NRI off.
+func TestRenderConfigV3(t *testing.T) {
+	c := &Containerd{Dir: "/run/kasa-test/1", Address: "/run/kasa-test/1/containerd.sock", Root: "/run/kasa-test/1/root",
+		State: "/run/kasa-test/1/state", RuncRoot: "/run/kasa-test/1/runc", Release: Release{Text: "v2.4.2", Major: 2, Minor: 4}}
+	for _, cri := range []bool{false, true} {
+		text := renderConfig(c, Options{CRI: cri, CNIConfDir: "/run/kasa-test/1/cni", KasaConfigPath: "/etc/k.toml",
+			SandboxImage: "localhost/pause:1", RegistryMirror: "http://127.0.0.1:5000"})
+		var cfg struct {
+			Version  int
+			Root     string
+			Disabled []string `toml:"disabled_plugins"`
+			GRPC     struct{ Address string }
+			Plugins  map[string]map[string]any
+		}
+		if _, err := toml.Decode(text, &cfg); err != nil {
+			t.Fatalf("CRI %v: %v\n%s", cri, err, text)
+		}
+		if cfg.Version != 3 || cfg.Root != c.Root || cfg.GRPC.Address != c.Address || cfg.Plugins["io.containerd.nri.v1.nri"]["disable"] != true {
+			t.Errorf("CRI %v:\n%s", cri, text)
+		}
+		for _, p := range []string{criGRPCPlugin, criRuntimePlugin, criImagesPlugin} {
+			if slices.Contains(cfg.Disabled, p) == cri {
+				t.Errorf("CRI %v: disabled plugins %v", cri, cfg.Disabled)
+			}
+		}
+		if !cri {
+			continue
+		}
+		grpc, rt, img := cfg.Plugins[criGRPCPlugin], cfg.Plugins[criRuntimePlugin], cfg.Plugins[criImagesPlugin]
+		rts := rt["containerd"].(map[string]any)["runtimes"].(map[string]any)
+		kata := rts["kata"].(map[string]any)
+		mirrors := img["registry"].(map[string]any)["mirrors"].(map[string]any)
+		if grpc["stream_server_address"] != "127.0.0.1" || grpc["sandbox_image"] != nil || grpc["containerd"] != nil ||
+			rt["restrict_oom_score_adj"] != true || rt["cni"].(map[string]any)["bin_dirs"].([]any)[0] != "/usr/lib/cni" ||
+			kata["runtime_type"] != RuntimeKasa || kata["options"].(map[string]any)["ConfigPath"] != "/etc/k.toml" ||
+			img["pinned_images"].(map[string]any)["sandbox"] != "localhost/pause:1" || len(mirrors) != len(MirroredRegistries) {
+			t.Errorf("CRI config:\n%s", text)
+		}
+	}
+}
+
+func TestParseRelease(t *testing.T) {
+	for in, want := range map[string]Release{
+		"containerd github.com/containerd/containerd 1.6.20~ds1 1.6.20~ds1-1+deb12u3\n": {"1.6.20~ds1", 1, 6},
+		"containerd github.com/containerd/containerd/v2 v2.4.2 kasa-module-build\n":     {"v2.4.2", 2, 4},
+		"containerd github.com/containerd/containerd/v2 2.4.2+unknown\n":                {"2.4.2+unknown", 2, 4},
+	} {
+		if got, err := ParseRelease(in); err != nil || got != want || got.V2() != (want.Major == 2) {
+			t.Errorf("ParseRelease(%q) = %+v, %v; want %+v", in, got, err, want)
+		}
+	}
+	for _, bad := range []string{"", "runc 1.1", "containerd x"} {
+		if r, err := ParseRelease(bad); err == nil {
+			t.Errorf("ParseRelease(%q) = %+v, want an error", bad, r)
+		}
+	}
+}
+
 func TestRunArgs(t *testing.T) {
 	c := &Containerd{Dir: "/d", RuncRoot: "/d/runc", Image: "img", kasaConfig: "/k.toml"}
 	for _, tc := range []struct {
