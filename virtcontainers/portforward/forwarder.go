@@ -85,6 +85,12 @@ func Start(ctx context.Context, cfg Config) (_ *Forwarder, retErr error) {
 	if cfg.NetNS == "" || cfg.Dial == nil {
 		return nil, errors.New("port-forward: need a netns and a dialer")
 	}
+	if same, err := sameNetNS(cfg.NetNS, "/proc/thread-self/ns/net"); err != nil || same {
+		if err == nil {
+			err = errors.New("it is the shim's own, not a pod's")
+		}
+		return nil, fmt.Errorf("port-forward in netns %s: %w", cfg.NetNS, err)
+	}
 	if cfg.MaxConns <= 0 {
 		cfg.MaxConns = DefaultMaxConns
 	}
@@ -140,6 +146,18 @@ func Start(ctx context.Context, cfg Config) (_ *Forwarder, retErr error) {
 		go f.serve(l)
 	}
 	return f, nil
+}
+
+// sameNetNS says whether two paths name one network namespace.
+func sameNetNS(a, b string) (bool, error) {
+	var sa, sb unix.Stat_t
+	if err := unix.Stat(a, &sa); err != nil {
+		return false, err
+	}
+	if err := unix.Stat(b, &sb); err != nil {
+		return false, err
+	}
+	return sa.Dev == sb.Dev && sa.Ino == sb.Ino, nil
 }
 
 // ensureLoopbackUp brings lo up in the current netns, as CNI's loopback

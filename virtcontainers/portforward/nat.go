@@ -21,25 +21,41 @@ const Chain = "KASA-PORTFORWARD"
 
 const jumpComment = "kasa port-forward"
 
-// inNetNS runs fn on a thread of its own that has joined the network
-// namespace at path. The thread is never given back to the Go scheduler
-// (the goroutine ends locked, so the runtime destroys it): no other code
-// can run in the pod's netns by accident.
+// inNetNS runs fn on a locked thread that has joined the network
+// namespace at path, then puts the thread back into its own. Should that
+// fail, the thread stays locked and so is never reused (the runtime ends
+// it with its goroutine). The thread holds no reference to the pod's netns
+// afterwards: it must not keep the netns alive after the pod.
 func inNetNS(path string, fn func() error) error {
 	errc := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread()
+		orig, err := netns.Get()
+		if err != nil {
+			errc <- fmt.Errorf("own netns: %w", err)
+			return
+		}
+		defer orig.Close()
 		ns, err := netns.GetFromPath(path)
 		if err != nil {
+			runtime.UnlockOSThread()
 			errc <- fmt.Errorf("open netns %s: %w", path, err)
 			return
 		}
-		defer ns.Close()
-		if err := netns.Set(ns); err != nil {
+		err = netns.Set(ns)
+		ns.Close()
+		if err != nil {
 			errc <- fmt.Errorf("enter netns %s: %w", path, err)
+			if netns.Set(orig) == nil {
+				runtime.UnlockOSThread()
+			}
 			return
 		}
-		errc <- fn()
+		err = fn()
+		if netns.Set(orig) == nil {
+			runtime.UnlockOSThread()
+		}
+		errc <- err
 	}()
 	return <-errc
 }
