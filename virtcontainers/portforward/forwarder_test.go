@@ -1,3 +1,5 @@
+// Tests named *Integration* need root: they make network namespaces and
+// run iptables in them.
 package portforward
 
 import (
@@ -232,7 +234,7 @@ func startForwarder(t *testing.T, path string, g *fakeGuest, mutate func(*Config
 // Fifty concurrent connections to a served port come back intact, over
 // IPv4 and IPv6; fifty to a closed port are each reset at once; Stop
 // leaves no rule and no listener in the netns.
-func TestForwardConcurrent(t *testing.T) {
+func TestIntegrationForwardConcurrent(t *testing.T) {
 	path := newNetNS(t)
 	open := echoServer(t, "tcp4", "127.0.0.1:0")
 	open6 := echoServer(t, "tcp6", "[::1]:0")
@@ -341,7 +343,7 @@ func TestForwardConcurrent(t *testing.T) {
 }
 
 // A forwarder's shim that died leaves rules; Cleanup removes them, twice.
-func TestCleanupAfterCrash(t *testing.T) {
+func TestIntegrationCleanupAfterCrash(t *testing.T) {
 	path := newNetNS(t)
 	f := startForwarder(t, path, &fakeGuest{}, nil)
 	_ = f
@@ -363,7 +365,7 @@ func TestCleanupAfterCrash(t *testing.T) {
 
 // A guest that never answers holds a client no longer than the handshake
 // timeout; the cap on connections resets the ones beyond it at once.
-func TestHostileGuestBounds(t *testing.T) {
+func TestIntegrationHostileGuestBounds(t *testing.T) {
 	path := newNetNS(t)
 	open := echoServer(t, "tcp4", "127.0.0.1:0")
 	f := startForwarder(t, path, &fakeGuest{stall: true}, func(c *Config) {
@@ -406,7 +408,7 @@ func TestHostileGuestBounds(t *testing.T) {
 }
 
 // A client that dials the listener's own port, unredirected, is reset.
-func TestDirectDialRefused(t *testing.T) {
+func TestIntegrationDirectDialRefused(t *testing.T) {
 	path := newNetNS(t)
 	f := startForwarder(t, path, &fakeGuest{}, nil)
 	c, err := dialIn(path, "tcp4", fmt.Sprintf("127.0.0.1:%d", f.Port()))
