@@ -102,7 +102,7 @@ func TestCRIPortForward(t *testing.T) {
 	podCfg["log_directory"] = t.TempDir()
 	podID := runPod(t, ctx, c, podCfg)
 	startContainer(t, ctx, c, podID, podCfg, containerConfig("web", ctrtest.BusyboxImage,
-		[]string{"sh", "-c", "mkdir -p /www && echo hello-from-the-vm > /www/index.html && httpd -p 127.0.0.1:8080 -h /www && httpd -p [::1]:8081 -h /www && sleep 100000"}))
+		[]string{"sh", "-c", "mkdir -p /www && echo hello-from-the-vm > /www/index.html && dd if=/dev/zero of=/www/big bs=1M count=32 2>/dev/null && httpd -p 127.0.0.1:8080 -h /www && httpd -p [::1]:8081 -h /www && sleep 100000"}))
 
 	get := func(port int) (time.Duration, error) {
 		client := &http.Client{Timeout: 20 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
@@ -166,6 +166,20 @@ func TestCRIPortForward(t *testing.T) {
 		}
 		sort.Slice(seq, func(i, j int) bool { return seq[i] < seq[j] })
 		t.Logf("sequential GETs (new connection each): median %v", seq[5].Round(time.Millisecond))
+	})
+	t.Run("throughput", func(t *testing.T) {
+		start := time.Now()
+		resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/big", local4))
+		if err != nil {
+			t.Fatal(err)
+		}
+		n, err := io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		d := time.Since(start)
+		if err != nil || n != 32<<20 {
+			t.Fatalf("GET /big: %d bytes, %v", n, err)
+		}
+		t.Logf("32 MiB from the guest through crictl port-forward in %v: %.1f MiB/s", d.Round(time.Millisecond), 32/d.Seconds())
 	})
 	t.Run("IPv6 only", func(t *testing.T) {
 		local6, _ := portForward(t, ctx, c, podID, 8081)
