@@ -92,6 +92,9 @@ func dialHybridVsock(ctx context.Context, path string, port uint32) (net.Conn, e
 	if dl, ok := ctx.Deadline(); ok {
 		c.SetDeadline(dl)
 	}
+	// A cancelled ctx ends the handshake too, not only its deadline.
+	stop := context.AfterFunc(ctx, func() { c.SetDeadline(time.Unix(1, 0)) })
+	defer stop()
 	if _, err := fmt.Fprintf(c, "CONNECT %d\n", port); err != nil {
 		c.Close()
 		return nil, err
@@ -106,6 +109,10 @@ func dialHybridVsock(ctx context.Context, path string, port uint32) (net.Conn, e
 	if !strings.HasPrefix(line, "OK ") {
 		c.Close()
 		return nil, fmt.Errorf("hybrid vsock handshake on %s: got %q", path, strings.TrimSpace(line))
+	}
+	if !stop() {
+		c.Close()
+		return nil, fmt.Errorf("hybrid vsock handshake on %s: %w", path, ctx.Err())
 	}
 	c.SetDeadline(time.Time{})
 	return c, nil

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"os"
 	"strconv"
 	"sync"
 	"syscall"
@@ -53,7 +54,13 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 	for {
 		c, err := l.Accept()
 		if err != nil {
-			return err
+			if errors.Is(err, net.ErrClosed) || errors.Is(err, os.ErrClosed) {
+				return err
+			}
+			// EMFILE and the like pass; the service must not end for them.
+			log.G(ctx).WithError(err).Warn("port-forward: accept")
+			time.Sleep(100 * time.Millisecond)
+			continue
 		}
 		select {
 		case s.sem <- struct{}{}:
