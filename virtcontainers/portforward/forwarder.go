@@ -34,8 +34,10 @@ const (
 	// connections of one pod open at once. The VM's vsock carries at most
 	// 1024 streams, the agent's own among them.
 	DefaultMaxConns = 256
-	// DefaultHandshakeTimeout is Config.HandshakeTimeout when unset.
-	DefaultHandshakeTimeout = 10 * time.Second
+	// DefaultHandshakeTimeout is Config.HandshakeTimeout when unset: longer
+	// than the agent gives a connect (20 s, for a server whose accept queue
+	// is full), so that a slow server is not cut short by the host.
+	DefaultHandshakeTimeout = 30 * time.Second
 	// bufSize is each direction's copy buffer.
 	bufSize = 32 << 10
 )

@@ -27,8 +27,11 @@ const (
 	MaxStreams = 512
 	// requestTimeout bounds reading a request after the stream opens.
 	requestTimeout = 10 * time.Second
-	// connectTimeout bounds each connect to localhost.
-	connectTimeout = 5 * time.Second
+	// connectTimeout bounds connecting to localhost, both families
+	// together. A busy server whose accept queue is full drops SYNs and is
+	// reached on a retransmission (1 s, 3 s, 7 s, 15 s): as a plain connect
+	// would, give it time. The host waits longer than this for the answer.
+	connectTimeout = 20 * time.Second
 	// bufSize is the copy buffer of each direction.
 	bufSize = 32 << 10
 )
@@ -44,7 +47,7 @@ type Server struct {
 
 // New returns a server with the default dialer.
 func New() *Server {
-	d := &net.Dialer{Timeout: connectTimeout}
+	var d net.Dialer
 	return &Server{Dial: d.DialContext, sem: make(chan struct{}, MaxStreams)}
 }
 
@@ -110,6 +113,8 @@ func (s *Server) connect(ctx context.Context, req api.PortForwardRequest) (net.C
 	if req.Family == api.PortForwardIPv6 {
 		order[0], order[1] = order[1], order[0]
 	}
+	ctx, cancel := context.WithTimeout(ctx, connectTimeout)
+	defer cancel()
 	port := strconv.Itoa(int(req.Port))
 	status := api.PortForwardUnreachable
 	refused := false

@@ -92,7 +92,10 @@ func TestServeBusy(t *testing.T) {
 	s := New()
 	s.sem = make(chan struct{}, 1)
 	block := make(chan struct{})
+	defer close(block) // before serve's cleanup waits for the first stream
+	entered := make(chan struct{}, 1)
 	s.Dial = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		entered <- struct{}{}
 		<-block
 		return nil, &net.OpError{Op: "dial", Err: io.EOF}
 	}
@@ -103,12 +106,21 @@ func TestServeBusy(t *testing.T) {
 	}
 	defer first.Close()
 	first.Write(api.PortForwardRequest{Family: api.PortForwardIPv4, Port: 1}.Encode())
-	time.Sleep(50 * time.Millisecond)
-	_, r := request(t, sock, api.PortForwardRequest{Family: api.PortForwardIPv4, Port: 2}.Encode())
-	if r.Status != api.PortForwardBusy {
-		t.Errorf("beyond the cap: %+v, want busy", r)
+	<-entered // the first stream holds the only place
+	// Answered before any request: the server does not read one.
+	second, err := net.Dial("unix", sock)
+	if err != nil {
+		t.Fatal(err)
 	}
-	close(block)
+	defer second.Close()
+	second.SetDeadline(time.Now().Add(10 * time.Second))
+	buf := make([]byte, api.PortForwardReplySize)
+	if _, err := io.ReadFull(second, buf); err != nil {
+		t.Fatal(err)
+	}
+	if r, err := api.DecodePortForwardReply(buf); err != nil || r.Status != api.PortForwardBusy {
+		t.Errorf("beyond the cap: %+v, %v; want busy", r, err)
+	}
 }
 
 func TestRequestRoundTrip(t *testing.T) {
