@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"sync"
@@ -15,10 +16,12 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/kasa-runtime/kasa/agent/api"
+	"github.com/kasa-runtime/kasa/agent/client"
 	"github.com/kasa-runtime/kasa/configuration"
 	"github.com/kasa-runtime/kasa/hypervisor"
 	"github.com/kasa-runtime/kasa/virtcontainers/fsshare"
 	"github.com/kasa-runtime/kasa/virtcontainers/podcgroup"
+	"github.com/kasa-runtime/kasa/virtcontainers/portforward"
 )
 
 // cgroupDeleteWait is how long the pod cgroup's removal waits for the
@@ -51,6 +54,9 @@ type Sandbox struct {
 	shared    bool
 	virtiofsd *fsshare.Daemon
 	network   *podNetwork
+	// portForward answers containerd's PortForward dials in the pod's
+	// netns; nil without a netns or a vsock transport.
+	portForward *portforward.Forwarder
 	// cgroup holds the VM, virtiofsd and, with sandbox_cgroup_only, the
 	// shim, which leaves it for shimOrigins at Stop.
 	cgroup      *podcgroup.Group
@@ -184,7 +190,38 @@ func CreateSandbox(ctx context.Context, sc SandboxConfig) (_ *Sandbox, retErr er
 	if err != nil {
 		return nil, fmt.Errorf("sandbox %s: prepare guest: %w", sc.ID, err)
 	}
+	s.portForward = startPortForward(ctx, sc, vm, st)
 	return s, nil
+}
+
+// startPortForward starts the pod's port forwarding (virtcontainers/
+// portforward) when the pod has a netns and the agent is on vsock. It is
+// not essential to the pod: a failure is logged, and the pod runs without.
+func startPortForward(ctx context.Context, sc SandboxConfig, vm *VM, st *sandboxState) *portforward.Forwarder {
+	if sc.NetNS == "" {
+		return nil
+	}
+	if vm.Config.AgentTransport == hypervisor.TransportVirtioSerial {
+		log.G(ctx).Info("port forwarding needs a vsock agent transport; this pod has virtio-serial")
+		return nil
+	}
+	addr := vm.Agent.Address()
+	f, err := portforward.Start(ctx, portforward.Config{
+		NetNS: sc.NetNS,
+		Dial: func(ctx context.Context) (net.Conn, error) {
+			return client.DialVsockPort(ctx, addr, api.PortForwardVsockPort)
+		},
+	})
+	if err != nil {
+		log.G(ctx).WithError(err).Warn("port forwarding unavailable for this pod")
+		return nil
+	}
+	st.PortForwardPort = f.Port()
+	if err := saveState(st); err != nil {
+		log.G(ctx).WithError(err).Warn("persisting sandbox state")
+	}
+	log.G(ctx).WithField("port", f.Port()).WithField("ipv6", f.IPv6()).Debug("port forwarding ready")
+	return f
 }
 
 // ContainerConfig describes a container to create in a sandbox.
@@ -353,6 +390,10 @@ func (s *Sandbox) PID() int { return s.vm.PID() }
 // state, the shared directory's mounts and the persisted state. Idempotent.
 func (s *Sandbox) Stop(ctx context.Context) error {
 	var errs []error
+	// First, so that no forwarded connection outlives the VM's agent.
+	if err := s.portForward.Stop(); err != nil {
+		errs = append(errs, err)
+	}
 	if err := s.vm.Stop(ctx); err != nil {
 		errs = append(errs, err)
 	}

@@ -16,6 +16,7 @@ import (
 	"github.com/kasa-runtime/kasa/virtcontainers/fsshare"
 	"github.com/kasa-runtime/kasa/virtcontainers/network"
 	"github.com/kasa-runtime/kasa/virtcontainers/podcgroup"
+	"github.com/kasa-runtime/kasa/virtcontainers/portforward"
 	"github.com/kasa-runtime/kasa/virtcontainers/vmmuser"
 )
 
@@ -38,6 +39,10 @@ type sandboxState struct {
 	Taps  []tapState `json:"taps,omitempty"`
 	// Cgroup is the pod cgroup the VM and its daemons were placed in.
 	Cgroup string `json:"cgroup,omitempty"`
+	// PortForwardPort is the port-forward listener's port in NetNS. Its nat
+	// rules are removed from NetNS whether or not it is set: a shim may die
+	// between adding them and persisting this.
+	PortForwardPort int `json:"port_forward_port,omitempty"`
 }
 
 type tapState struct {
@@ -116,6 +121,9 @@ func CleanupSandbox(ctx context.Context, id string) error {
 	if err := qemu.KillOrphan(st.VMStateDir, id, vmmUID); err != nil {
 		errs = append(errs, err)
 	} else if err := vmmuser.Release(vmmUID, id); err != nil {
+		errs = append(errs, err)
+	}
+	if err := portforward.Cleanup(st.NetNS); err != nil {
 		errs = append(errs, err)
 	}
 	for _, t := range st.Taps {

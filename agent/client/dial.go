@@ -91,6 +91,9 @@ func dialHybridVsock(ctx context.Context, path string, port uint32) (net.Conn, e
 	if dl, ok := ctx.Deadline(); ok {
 		c.SetDeadline(dl)
 	}
+	// A cancelled ctx ends the handshake too, not only its deadline.
+	stop := context.AfterFunc(ctx, func() { c.SetDeadline(time.Unix(1, 0)) })
+	defer stop()
 	if _, err := fmt.Fprintf(c, "CONNECT %d\n", port); err != nil {
 		c.Close()
 		return nil, err
@@ -116,9 +119,63 @@ func dialHybridVsock(ctx context.Context, path string, port uint32) (net.Conn, e
 		c.Close()
 		return nil, fmt.Errorf("hybrid vsock handshake on %s: got %q", path, strings.TrimSpace(line))
 	}
+	if !stop() {
+		c.Close()
+		return nil, fmt.Errorf("hybrid vsock handshake on %s: %w", path, ctx.Err())
+	}
 	c.SetDeadline(time.Time{})
 	return c, nil
 }
 
 // maxHandshakeLine bounds the hybrid vsock handshake's answer line.
 const maxHandshakeLine = 64
+
+// DialVsockPort opens one stream to another AF_VSOCK port of the guest whose
+// agent is at agentAddr (hvsock:// or vsock://), through the same channel:
+// for a guest service beside the agent, such as port forwarding. It tries
+// once; ctx bounds the handshake. A virtio-serial agent has no such ports.
+func DialVsockPort(ctx context.Context, agentAddr string, port uint32) (net.Conn, error) {
+	scheme, rest, ok := strings.Cut(agentAddr, "://")
+	if !ok {
+		return nil, fmt.Errorf("agent address %q: want scheme://...", agentAddr)
+	}
+	switch scheme {
+	case "hvsock":
+		path, _, err := splitPort(rest)
+		if err != nil {
+			return nil, fmt.Errorf("agent address %q: %w", agentAddr, err)
+		}
+		return dialHybridVsock(ctx, path, port)
+	case "vsock":
+		u, err := url.Parse(agentAddr)
+		if err != nil {
+			return nil, fmt.Errorf("agent address %q: %w", agentAddr, err)
+		}
+		cid, err := strconv.ParseUint(u.Hostname(), 10, 32)
+		if err != nil {
+			return nil, fmt.Errorf("agent address %q: want vsock://CID:PORT", agentAddr)
+		}
+		type result struct {
+			c   net.Conn
+			err error
+		}
+		done := make(chan result, 1)
+		go func() {
+			c, err := vsock.Dial(uint32(cid), port, nil)
+			done <- result{c, err}
+		}()
+		select {
+		case r := <-done:
+			return r.c, r.err
+		case <-ctx.Done():
+			go func() {
+				if r := <-done; r.c != nil {
+					r.c.Close()
+				}
+			}()
+			return nil, ctx.Err()
+		}
+	default:
+		return nil, fmt.Errorf("agent address %q: %s has no vsock ports besides the agent's", agentAddr, scheme)
+	}
+}

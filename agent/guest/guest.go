@@ -19,6 +19,7 @@ import (
 
 	"github.com/kasa-runtime/kasa/agent/api"
 	"github.com/kasa-runtime/kasa/agent/internal/pid1"
+	"github.com/kasa-runtime/kasa/agent/internal/portforward"
 	"github.com/kasa-runtime/kasa/agent/internal/server"
 	"github.com/kasa-runtime/kasa/agent/internal/transport"
 	"github.com/kasa-runtime/kasa/agent/internal/vsockecho"
@@ -87,6 +88,7 @@ func run(ctx context.Context) error {
 		return err
 	}
 	startVsockEcho(ctx)
+	startPortForward(ctx)
 	svc := server.New(func(reason string) {
 		// Give the ttrpc reply to DestroySandbox time to leave the guest.
 		time.Sleep(50 * time.Millisecond)
@@ -135,6 +137,22 @@ func startVsockEcho(ctx context.Context) {
 	}
 	log.G(ctx).WithField("port", port).Info("vsock echo service listening")
 	go vsockecho.Serve(ctx, l)
+}
+
+// startPortForward runs the port-forward service on its vsock port
+// (agent/internal/portforward). Without a vsock device there is none, and
+// the host's forwarder has nothing to reach.
+func startPortForward(ctx context.Context) {
+	if !transport.HasVsockDevice() {
+		return
+	}
+	l, err := vsock.Listen(api.PortForwardVsockPort, nil)
+	if err != nil {
+		log.G(ctx).WithError(err).Warn("port-forward service not started")
+		return
+	}
+	log.G(ctx).WithField("port", api.PortForwardVsockPort).Info("port-forward service listening")
+	go portforward.New().Serve(ctx, l)
 }
 
 // uptime is the guest's /proc/uptime, for boot timing on the console.

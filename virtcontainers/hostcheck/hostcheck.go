@@ -51,6 +51,7 @@ func Run(ctx context.Context, cfg *configuration.Config) []Result {
 	out = append(out, checkVhostVsock(), checkTransport(ctx, cfg))
 	out = append(out, checkCgroups())
 	out = append(out, checkTapTC(ctx))
+	out = append(out, checkPortForward(ctx, cfg))
 	return out
 }
 
@@ -184,5 +185,33 @@ func checkTapTC(ctx context.Context) Result {
 	}
 	r.Status = Pass
 	r.Detail = "tap device, ingress qdisc and mirred redirect work"
+	return r
+}
+
+// checkPortForward does in a throwaway network namespace what a pod's port
+// forwarding needs (virtcontainers/portforward): iptables and ip6tables
+// with a nat REDIRECT. Without them pods run, but without port forwarding.
+func checkPortForward(ctx context.Context, cfg *configuration.Config) Result {
+	r := Result{Name: "port forwarding", Status: Warn}
+	if t, _ := virtcontainers.SelectTransport(cfg.Agent.Transport); t == hypervisor.TransportVirtioSerial {
+		r.Status = Info
+		r.Detail = "unavailable with agent.kata.transport = \"virtio-serial\""
+		return r
+	}
+	script := "PATH=$PATH:/usr/sbin:/sbin; ip link set lo up && " +
+		"iptables -w 5 -t nat -A OUTPUT -o lo -d 127.0.0.1/32 -p tcp ! --dport 1 -j REDIRECT --to-ports 1 && " +
+		"ip6tables -w 5 -t nat -A OUTPUT -o lo -d ::1/128 -p tcp ! --dport 1 -j REDIRECT --to-ports 1"
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	var stderr bytes.Buffer
+	cmd := exec.CommandContext(ctx, "unshare", "--net", "sh", "-c", script)
+	cmd.Stderr = &stderr
+	if err := cmd.Run(); err != nil {
+		r.Detail = strings.TrimSpace(fmt.Sprintf("%v: %s", err, stderr.String()))
+		r.Remedy = "install iptables (apt-get install iptables) with the nat table (nf_nat, xt_REDIRECT or nft_redir) available; pods run without port forwarding until then"
+		return r
+	}
+	r.Status = Pass
+	r.Detail = "iptables and ip6tables nat REDIRECT work in a pod's netns"
 	return r
 }
