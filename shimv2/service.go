@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 	"sync"
 	"syscall"
 	"time"
@@ -157,10 +156,11 @@ func (s *service) pid() uint32 {
 // container in it. A failure leaves nothing behind.
 func (s *service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *taskAPI.CreateTaskResponse, retErr error) {
 	ctx = log.WithLogger(ctx, log.G(ctx).WithField("container", r.ID))
-	spec, err := readBundleSpec(r.Bundle)
+	b, err := readBundle(r.Bundle)
 	if err != nil {
 		return nil, errGRPC(fmt.Errorf("%w: %v", errdefs.ErrInvalidArgument, err))
 	}
+	spec := b.spec
 	if r.Checkpoint != "" || r.ParentCheckpoint != "" {
 		return nil, errGRPC(fmt.Errorf("restore from checkpoint: %w", errdefs.ErrNotImplemented))
 	}
@@ -201,7 +201,7 @@ func (s *service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 		mounts = append(mounts, mount.Mount{Type: m.Type, Source: m.Source, Options: m.Options})
 	}
 	err = sb.CreateContainer(ctx, virtcontainers.ContainerConfig{
-		ID: r.ID, Spec: spec, Rootfs: mounts, BundleRootfs: filepath.Join(r.Bundle, "rootfs"),
+		ID: r.ID, Spec: spec, Rootfs: mounts, BundleRootfs: b.rootfs,
 		Terminal: r.Terminal, Stdin: r.Stdin != "", PodSandbox: isPodSandbox(spec),
 	})
 	if err != nil {
