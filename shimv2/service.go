@@ -101,8 +101,18 @@ func newService(ctx context.Context, publisher shim.Publisher, sd shutdown.Servi
 	return s
 }
 
-// forward publishes events in order.
+// forward publishes events in order. A nil publisher means there is no
+// event sink: CRI-O starts shims with an empty TTRPC_ADDRESS (it asks for
+// State instead of listening), so every publish would fail, be retried by
+// containerd's publisher and logged each time. The events are dropped
+// then, and one line says so.
 func (s *service) forward(publisher shim.Publisher) {
+	if publisher == nil {
+		log.G(s.ctx).Info("no event sink (TTRPC_ADDRESS is empty, as CRI-O leaves it): task events are not published")
+		for range s.events {
+		}
+		return
+	}
 	for e := range s.events {
 		if err := publisher.Publish(s.ctx, e.topic, e.ev); err != nil {
 			log.G(s.ctx).WithError(err).WithField("topic", e.topic).Warn("publish event")

@@ -4,6 +4,7 @@ package main
 
 import (
 	"context"
+	"os"
 
 	"github.com/containerd/containerd/runtime/v2/shim"
 
@@ -11,5 +12,8 @@ import (
 )
 
 func main() {
+	if shimv2.PrintVersion(os.Args[0], os.Args[1:], os.Stdout) {
+		return
+	}
 	shim.RunManager(context.Background(), shimv2.NewManager(), shimv2.BinaryOpts)
 }
