@@ -20,6 +20,7 @@ import (
 	"github.com/containerd/typeurl/v2"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/emptypb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/kasa-runtime/kasa/agent/agenttest"
@@ -396,5 +397,63 @@ func TestRecentIDsAndRateLimit(t *testing.T) {
 	}
 	if ok, dropped := l.allow(now.Add(unknownIDWarnEvery)); !ok || dropped != 100 {
 		t.Errorf("next warning: %v, %d dropped; want true, 100", ok, dropped)
+	}
+}
+
+// The exit of the sandbox container's init stops the VM before the exit is
+// reported: CRI-O's StopPodSandbox only kills the sandbox container (its
+// Delete comes at RemovePodSandbox), and a stopped pod must hold no VM.
+func TestSandboxExitStopsVM(t *testing.T) {
+	f := newFakeShim(t)
+	ctx := context.Background()
+	killed := make(chan struct{})
+	var once sync.Once
+	f.a.Handle("SignalProcess", func(ctx context.Context, _ proto.Message) (proto.Message, error) {
+		once.Do(func() { close(killed) })
+		return &emptypb.Empty{}, nil
+	})
+	f.a.Handle("WaitProcess", func(ctx context.Context, _ proto.Message) (proto.Message, error) {
+		select {
+		case <-killed:
+			return &api.WaitProcessResponse{ExitStatus: 128 + int32(syscall.SIGKILL), ExitedAt: timestamppb.Now()}, nil
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-f.a.Done():
+			return nil, context.Canceled
+		}
+	})
+	const pod = "pod6"
+	f.startPod(t, pod)
+	f.s.mu.Lock()
+	sb := f.s.sandbox
+	f.s.mu.Unlock()
+	if _, err := f.s.Kill(ctx, &taskAPI.KillRequest{ID: pod, Signal: uint32(syscall.SIGKILL)}); err != nil {
+		t.Fatal(err)
+	}
+	w, err := within(t, "Wait", func() (*taskAPI.WaitResponse, error) {
+		wctx, cancel := context.WithTimeout(ctx, bound)
+		defer cancel()
+		return f.s.Wait(wctx, &taskAPI.WaitRequest{ID: pod})
+	})
+	if err != nil || w.ExitStatus != 128+uint32(syscall.SIGKILL) {
+		t.Fatalf("Wait: %v, %v; want the guest's 137", w, err)
+	}
+	select {
+	case <-sb.Done():
+	default:
+		t.Fatal("the sandbox container exited and its VM still runs")
+	}
+	if _, err := os.Stat(filepath.Join(virtcontainers.SandboxStateRoot, pod)); !os.IsNotExist(err) {
+		t.Errorf("sandbox state left after the sandbox container exited: %v", err)
+	}
+	st, err := f.s.State(ctx, &taskAPI.StateRequest{ID: pod})
+	if err != nil || st.Status != task.Status_STOPPED || st.ExitStatus != 128+uint32(syscall.SIGKILL) {
+		t.Errorf("State of the stopped sandbox: %v, %v", st, err)
+	}
+	if _, err := f.s.Delete(ctx, &taskAPI.DeleteRequest{ID: pod}); err != nil {
+		t.Fatalf("Delete after the VM stopped: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(virtcontainers.SandboxStateRoot, pod)); !os.IsNotExist(err) {
+		t.Errorf("sandbox state back after Delete: %v", err)
 	}
 }

@@ -65,6 +65,9 @@ type service struct {
 	// vmKilled is set when Kill stopped the VM because the agent did not
 	// answer a SIGKILL of the sandbox: its processes then exit as killed.
 	vmKilled bool
+	// sandboxExiting is set when the sandbox container's init exited and
+	// its VM is being stopped for it.
+	sandboxExiting bool
 
 	// unknownIDs rate-limits the warnings about ids the guest made up.
 	unknownIDs rateLimit
@@ -343,19 +346,40 @@ func (s *service) watchSandbox(sb *virtcontainers.Sandbox) {
 	}
 	s.mu.Lock()
 	status := uint32(vmDeathExitStatus)
-	if s.vmKilled {
-		status = 128 + uint32(syscall.SIGKILL)
+	if s.vmKilled || s.sandboxExiting {
+		status = 128 + uint32(syscall.SIGKILL) // killed with their pod
 	}
+	sandboxExiting := s.sandboxExiting
 	s.mu.Unlock()
-	log.G(s.ctx).WithField("sandbox", sb.ID).Errorf("sandbox VM exited (%s): reporting its %d container(s) dead", sb.ExitReason(), len(cs))
+	if sandboxExiting {
+		log.G(s.ctx).WithField("sandbox", sb.ID).Infof("sandbox VM stopped after its sandbox container exited (%s)", sb.ExitReason())
+	} else {
+		log.G(s.ctx).WithField("sandbox", sb.ID).Errorf("sandbox VM exited (%s): reporting its %d container(s) dead", sb.ExitReason(), len(cs))
+	}
 	now := time.Now()
 	for _, c := range cs {
 		for _, p := range c.all() {
+			if sandboxExiting && p.isInit() && c.id == sb.ID {
+				continue // waitExit reports it with the guest's status
+			}
 			if p.setExited(status, now) {
 				s.publishExit(p)
 			}
 		}
 	}
+}
+
+// endsSandbox reports whether the exit of container id's init ends the
+// VM: id is the sandbox's own container. It also tells watchSandbox that
+// this exit is reported by waitExit, with the guest's status.
+func (s *service) endsSandbox(id string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.sandbox == nil || id != s.sandboxID {
+		return false
+	}
+	s.sandboxExiting = true
+	return true
 }
 
 // forwardOOM publishes the guest's OOM kills. The container id comes from
@@ -453,6 +477,16 @@ func (s *service) waitExit(sb *virtcontainers.Sandbox, p *process) {
 	}
 	if !p.io.waitOutputs(drainTimeout) {
 		log.G(s.ctx).WithField("container", p.containerID).WithField("exec", p.execID).Warn("output still open after exit; not waiting longer")
+	}
+	if p.isInit() && s.endsSandbox(p.containerID) {
+		// The sandbox container's init is the pod's life: once it exited
+		// (CRI-O's StopPodSandbox kills it and deletes it only at
+		// RemovePodSandbox; containerd deletes it at once) the VM has
+		// nothing left to run, so it stops before the exit is reported
+		// and a stopped pod holds no VM.
+		if err := s.stopSandbox(s.ctx); err != nil {
+			log.G(s.ctx).WithError(err).WithField("sandbox", p.containerID).Warn("stopping the VM of an exited sandbox container")
+		}
 	}
 	if p.setExited(uint32(status), at) {
 		s.publishExit(p)

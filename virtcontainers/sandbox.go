@@ -55,6 +55,12 @@ type Sandbox struct {
 	mu         sync.Mutex
 	containers map[string]struct{}
 	state      *sandboxState
+	// stopped is set once Stop began: the VM, the share and the persisted
+	// state are going or gone, and containers are only forgotten.
+	stopped bool
+	// stopMu serialises Stops (the sandbox container's exit, its Delete,
+	// a Shutdown may each ask).
+	stopMu sync.Mutex
 }
 
 // shareWithGuest sets up the configured shared-directory transport: the
@@ -279,9 +285,17 @@ func (s *Sandbox) shareContainer(cc ContainerConfig, undo *cleanup) (*specs.Spec
 func (s *Sandbox) RemoveContainer(ctx context.Context, id string) error {
 	s.mu.Lock()
 	_, ok := s.containers[id]
+	if ok && s.stopped {
+		// Stop took the VM, the share and the state with it.
+		delete(s.containers, id)
+	}
+	stopped := s.stopped
 	s.mu.Unlock()
 	if !ok {
 		return fmt.Errorf("container %s: %w", id, errdefs.ErrNotFound)
+	}
+	if stopped {
+		return nil
 	}
 	var errs []error
 	if err := s.agent.RemoveContainer(ctx, id, 10); err != nil && !errdefs.IsNotFound(err) && !s.vmGone() {
@@ -310,6 +324,10 @@ func (s *Sandbox) Containers() []string {
 
 func (s *Sandbox) persistContainers() {
 	s.mu.Lock()
+	if s.stopped {
+		s.mu.Unlock() // its state is removed: writing it would bring it back
+		return
+	}
 	s.state.Containers = s.state.Containers[:0]
 	for id := range s.containers {
 		s.state.Containers = append(s.state.Containers, id)
@@ -342,6 +360,11 @@ func (s *Sandbox) PID() int { return s.vm.PID() }
 // Stop powers the VM off and removes everything the sandbox made: the VM's
 // state, the shared directory's mounts and the persisted state. Idempotent.
 func (s *Sandbox) Stop(ctx context.Context) error {
+	s.stopMu.Lock()
+	defer s.stopMu.Unlock()
+	s.mu.Lock()
+	s.stopped = true
+	s.mu.Unlock()
 	var errs []error
 	if err := s.vm.Stop(ctx); err != nil {
 		errs = append(errs, err)
