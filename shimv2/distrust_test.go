@@ -100,6 +100,10 @@ func newFakeShim(t *testing.T) *fakeShim {
 			return nil, context.Canceled
 		}
 	})
+	oldReaper, oldReap := startReaper, reapOrphans
+	startReaper = func(string) (*os.File, error) { return nil, nil }
+	reapOrphans = func(context.Context) ([]string, error) { return nil, nil }
+	t.Cleanup(func() { startReaper, reapOrphans = oldReaper, oldReap })
 	createSandbox = func(ctx context.Context, sc virtcontainers.SandboxConfig) (*virtcontainers.Sandbox, error) {
 		return virtcontainers.SandboxWithAgentForTest(ctx, sc.ID, a.Addr, dir, shortTimeouts, newStandInVM(a.Addr))
 	}
@@ -286,6 +290,9 @@ func TestBootHoldsNoLock(t *testing.T) {
 				t.Fatal("Create succeeded although its boot was cancelled")
 			}
 			// The shim is usable again: a new boot works.
+			oldReaper := startReaper
+			startReaper = func(string) (*os.File, error) { return nil, nil }
+			t.Cleanup(func() { startReaper = oldReaper })
 			createSandbox = func(ctx context.Context, sc virtcontainers.SandboxConfig) (*virtcontainers.Sandbox, error) {
 				return virtcontainers.SandboxWithAgentForTest(ctx, sc.ID, f.a.Addr, f.dir, shortTimeouts, newStandInVM(f.a.Addr))
 			}

@@ -38,8 +38,12 @@ const (
 	vmDeathExitStatus = 255
 )
 
-// createSandbox boots a sandbox's VM; a variable for tests.
-var createSandbox = virtcontainers.CreateSandbox
+// createSandbox boots a sandbox's VM, and reapOrphans cleans up after
+// dead shims; variables for tests.
+var (
+	createSandbox = virtcontainers.CreateSandbox
+	reapOrphans   = virtcontainers.ReapOrphans
+)
 
 // service is the Task API of one shim, i.e. of one sandbox.
 //
@@ -50,6 +54,9 @@ type service struct {
 	ctx      context.Context
 	shutdown shutdown.Service
 	events   chan event
+	// eventsMu orders publishes with the close of events at shutdown.
+	eventsMu     sync.Mutex
+	eventsClosed bool
 
 	mu         sync.Mutex
 	sandbox    *virtcontainers.Sandbox
@@ -68,6 +75,10 @@ type service struct {
 	// sandboxExiting is set when the sandbox container's init exited and
 	// its VM is being stopped for it.
 	sandboxExiting bool
+
+	// reaper is the write end of the pipe the sandbox's reaper watches:
+	// held, never written, until the shim exits (reaper.go).
+	reaper *os.File
 
 	// unknownIDs rate-limits the warnings about ids the guest made up.
 	unknownIDs rateLimit
@@ -100,7 +111,13 @@ func (s *service) RegisterTTRPC(server *ttrpc.Server) error {
 func newService(ctx context.Context, publisher shim.Publisher, sd shutdown.Service) *service {
 	s := &service{ctx: ctx, shutdown: sd, events: make(chan event, 256), containers: map[string]*container{}, creating: map[string]*creation{}}
 	go s.forward(publisher)
-	sd.RegisterCallback(func(context.Context) error { close(s.events); return nil })
+	sd.RegisterCallback(func(context.Context) error {
+		s.eventsMu.Lock()
+		defer s.eventsMu.Unlock()
+		s.eventsClosed = true
+		close(s.events)
+		return nil
+	})
 	return s
 }
 
@@ -125,7 +142,11 @@ func (s *service) forward(publisher shim.Publisher) {
 }
 
 func (s *service) publish(topic string, ev interface{}) {
-	defer func() { recover() }() // events closed during shutdown
+	s.eventsMu.Lock()
+	defer s.eventsMu.Unlock()
+	if s.eventsClosed { // shut down: nobody forwards any more
+		return
+	}
 	s.events <- event{topic, ev}
 }
 
@@ -277,7 +298,30 @@ func (s *service) ensureSandbox(ctx context.Context, r *taskAPI.CreateTaskReques
 		}
 		b := &boot{id: r.ID, done: make(chan struct{})}
 		s.boot = b
+		needReaper := s.reaper == nil
 		s.mu.Unlock()
+
+		// Before the VM exists: whatever a dead shim leaves, its reaper
+		// cleans up; and what dead shims left before, this one does.
+		reap := reapOrphans
+		go func() {
+			if _, err := reap(context.WithoutCancel(ctx)); err != nil {
+				log.G(ctx).WithError(err).Warn("reaping sandboxes of dead shims")
+			}
+		}()
+		if needReaper {
+			w, err := startReaper(r.ID)
+			if err != nil {
+				s.mu.Lock()
+				s.boot = nil
+				s.mu.Unlock()
+				close(b.done)
+				return fmt.Errorf("sandbox %s: %w", r.ID, err)
+			}
+			s.mu.Lock()
+			s.reaper = w
+			s.mu.Unlock()
+		}
 
 		cfg, err := loadConfig(ctx, r, spec)
 		var sb *virtcontainers.Sandbox

@@ -3,6 +3,7 @@ package shimv2
 import (
 	"context"
 	"errors"
+	"io"
 	"strings"
 	"testing"
 	"time"
@@ -93,6 +94,9 @@ func TestPrintVersion(t *testing.T) {
 	} {
 		var b strings.Builder
 		got := PrintVersion("/usr/bin/containerd-shim-kasa-v2", tc.args, &b)
+		if _, handled := OwnCommand(append([]string{"/usr/bin/containerd-shim-kasa-v2"}, tc.args...), io.Discard); handled != got {
+			t.Errorf("%v: OwnCommand handled = %v", tc.args, handled)
+		}
 		if got != tc.want {
 			t.Errorf("%v: answered %v", tc.args, got)
 		}

@@ -104,7 +104,8 @@ func CreateSandbox(ctx context.Context, sc SandboxConfig) (_ *Sandbox, retErr er
 	}
 	undo.add("remove shared directory", share.Destroy)
 
-	st := &sandboxState{ID: sc.ID, Hypervisor: string(sc.Config.HypervisorName), SharedDir: share.HostDir, CreatedAt: time.Now().UTC()}
+	st := &sandboxState{ID: sc.ID, Hypervisor: string(sc.Config.HypervisorName), SharedDir: share.HostDir, CreatedAt: time.Now().UTC(),
+		OwnerPID: os.Getpid(), OwnerStart: procStartTime(os.Getpid())}
 	st.VMStateDir = VMConfigFor(sc.ID, sc.Config).StateDir
 	// Persist before the VM exists, so a crash during boot is cleanable too.
 	if err := saveState(st); err != nil {

@@ -38,6 +38,12 @@ type sandboxState struct {
 	Taps  []tapState `json:"taps,omitempty"`
 	// Cgroup is the pod cgroup the VM and its daemons were placed in.
 	Cgroup string `json:"cgroup,omitempty"`
+	// OwnerPID and OwnerStart (its start time in clock ticks since boot)
+	// name the process that made the sandbox and removes it: once it is
+	// gone with the state still here, the sandbox is an orphan
+	// (ReapOrphans).
+	OwnerPID   int    `json:"owner_pid,omitempty"`
+	OwnerStart uint64 `json:"owner_start,omitempty"`
 }
 
 type tapState struct {
@@ -104,6 +110,11 @@ func CleanupSandbox(ctx context.Context, id string) error {
 		return err
 	}
 	logger := log.G(ctx).WithField("sandbox", id)
+	unlock, err := lockCleanups()
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	st, err := loadState(id)
 	if err != nil {
 		if !errors.Is(err, os.ErrNotExist) {

@@ -12,8 +12,8 @@ import (
 )
 
 func main() {
-	if shimv2.PrintVersion(os.Args[0], os.Args[1:], os.Stdout) {
-		return
+	if code, ok := shimv2.OwnCommand(os.Args, os.Stdout); ok {
+		os.Exit(code)
 	}
 	shim.RunManager(context.Background(), shimv2.NewManager(), shimv2.BinaryOpts)
 }
