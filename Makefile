@@ -79,13 +79,15 @@ test-unit:
 	$(GO) test -count=1 -skip Integration ./...
 
 # CI=true turns a missing prerequisite into a failure instead of a skip.
+# The CRI-O tests take crio and pinns from ../shared/cri-o beside the clone
+# (CRI-O is neither in Debian nor on the Go proxy).
 # crictl and critest (cri-tools v1.30.0), built from the Go module proxy.
 cri-tools:
 	hack/install-cri-tools.sh bin
 
 test-integration: build guest-image cri-tools
 	KASA_TEST_KERNEL=$(CURDIR)/$(GUEST)/vmlinuz $(GO) test -count=1 -run Integration -v ./agent/... ./hypervisor/... ./virtcontainers/...
-	KASA_TEST_GUEST_DIR=$(CURDIR)/$(GUEST) $(GO) test -count=1 -tags integration -timeout 30m -v ./test/integration/...
+	KASA_TEST_GUEST_DIR=$(CURDIR)/$(GUEST) KASA_TEST_CRIO_DIR=$(CURDIR)/../shared/cri-o $(GO) test -count=1 -tags integration -timeout 60m -v ./test/integration/...
 
 generate:
 	hack/install-deps.sh --with-protoc
