@@ -64,6 +64,8 @@ type CRIO struct {
 	// of the host's): not CRI-O's doing.
 	baseMounts   map[string]bool
 	placeholders []string
+	argv         []string
+	rootMounted  bool
 	cmd          *exec.Cmd
 	exited       chan struct{}
 	stopOnce     sync.Once
@@ -140,7 +142,7 @@ func LaunchCRIO(ctx context.Context, opts CRIOOptions) (_ *CRIO, retErr error) {
 	c := &CRIO{
 		Dir: dir, Address: filepath.Join(dir, "crio.sock"), LogPath: filepath.Join(dir, "crio.log"),
 		RuntimePath: kata.RuntimePath, RuntimeConfigPath: kata.RuntimeConfigPath,
-		crictl: opts.Crictl, net: newPodNetwork(), exited: make(chan struct{}),
+		crictl: opts.Crictl, net: newPodNetwork(),
 	}
 	defer func() {
 		if retErr != nil {
@@ -179,42 +181,70 @@ func LaunchCRIO(ctx context.Context, opts CRIOOptions) (_ *CRIO, retErr error) {
 			return nil, err
 		}
 	}
-	logFile, err := os.OpenFile(c.LogPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
-	if err != nil {
+	// Container storage on a tmpfs of the instance, where overlay works
+	// whatever the host's root file system is; mounted here, not in
+	// CRI-O's namespace, so that it outlives a restart of CRI-O.
+	if err := syscall.Mount("kasa-crio", filepath.Join(dir, "root"), "tmpfs", 0, "mode=0700"); err != nil {
+		return nil, fmt.Errorf("tmpfs for CRI-O's storage: %w", err)
+	}
+	c.rootMounted = true
+	c.argv = []string{"unshare", "--mount", "--propagation", "private", "--", "sh", "-c",
+		`mount --bind "$1" "$2" && mount --bind "$3" "$4" && shift 4 && exec "$@"`, "sh",
+		opts.Shim, kata.RuntimePath, opts.KasaConfig, kata.RuntimeConfigPath,
+		crio, "--config", filepath.Join(dir, "crio.conf"), "--config-dir", filepath.Join(dir, "crio.conf.d"),
+		"--registries-conf", filepath.Join(dir, "registries.conf"), "--registries-conf-dir", filepath.Join(dir, "registries.conf.d")}
+	if err := c.start(ctx); err != nil {
 		return nil, err
 	}
-	// A mount namespace of CRI-O's own (and so of its shims, pinns and
-	// VMs): the shim and configuration under test at the drop-in's paths,
-	// and container storage on a tmpfs, where overlay works whatever the
-	// host's root file system is.
-	script := `mount --bind "$1" "$2" && mount --bind "$3" "$4" && mount -t tmpfs -o mode=0700 kasa-crio "$5" && shift 5 && exec "$@"`
-	c.cmd = exec.Command("unshare", "--mount", "--propagation", "private", "--", "sh", "-c", script, "sh",
-		opts.Shim, kata.RuntimePath, opts.KasaConfig, kata.RuntimeConfigPath, filepath.Join(dir, "root"),
-		crio, "--config", filepath.Join(dir, "crio.conf"), "--config-dir", filepath.Join(dir, "crio.conf.d"),
-		"--registries-conf", filepath.Join(dir, "registries.conf"), "--registries-conf-dir", filepath.Join(dir, "registries.conf.d"))
-	c.cmd.Dir = dir
-	c.cmd.Env = append(os.Environ(), "CONTAINERS_STORAGE_CONF="+filepath.Join(dir, "storage.conf"))
+	return c, nil
+}
+
+// start runs CRI-O in a mount namespace of its own (and so of its shims,
+// pinns and VMs) where the shim and configuration under test are at the
+// drop-in's paths, and waits until it answers.
+func (c *CRIO) start(ctx context.Context) error {
+	logFile, err := os.OpenFile(c.LogPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return err
+	}
+	c.exited = make(chan struct{})
+	c.cmd = exec.Command(c.argv[0], c.argv[1:]...)
+	c.cmd.Dir = c.Dir
+	c.cmd.Env = append(os.Environ(), "CONTAINERS_STORAGE_CONF="+filepath.Join(c.Dir, "storage.conf"))
 	c.cmd.Stdout, c.cmd.Stderr = logFile, logFile
 	c.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	if err := c.cmd.Start(); err != nil {
 		logFile.Close()
 		close(c.exited)
-		return nil, err
+		return err
 	}
-	c.PID = c.cmd.Process.Pid // sh, then crio itself (exec)
+	c.PID = c.cmd.Process.Pid // unshare, then sh, then crio itself (exec)
+	cmd, exited := c.cmd, c.exited
 	go func() {
-		c.cmd.Wait()
+		cmd.Wait()
 		logFile.Close()
-		close(c.exited)
+		close(exited)
 	}()
 	if err := c.waitReady(ctx, time.Minute); err != nil {
-		return nil, fmt.Errorf("%w\ntail of %s:\n%s", err, c.LogPath, c.LogTail(40))
+		return fmt.Errorf("%w\ntail of %s:\n%s", err, c.LogPath, c.LogTail(40))
 	}
 	c.baseMounts = map[string]bool{}
 	for id := range c.mounts() {
 		c.baseMounts[id] = true
 	}
-	return c, nil
+	return nil
+}
+
+// Restart stops CRI-O (SIGTERM, as systemd does; pods keep running) and
+// starts it again on the same storage and state.
+func (c *CRIO) Restart(ctx context.Context) error {
+	c.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-c.exited:
+	case <-time.After(30 * time.Second):
+		return fmt.Errorf("CRI-O did not exit within 30s of SIGTERM")
+	}
+	return c.start(ctx)
 }
 
 // placeholder makes p exist as an empty file, for a bind mount on it, if
@@ -330,7 +360,7 @@ func (c *CRIO) waitReady(ctx context.Context, timeout time.Duration) error {
 func (c *CRIO) Stop() error {
 	c.stopOnce.Do(func() {
 		var errs []error
-		if c.cmd != nil && c.cmd.Process != nil {
+		if c.cmd != nil && c.cmd.Process != nil && c.exited != nil {
 			select {
 			case <-c.exited:
 			default:
@@ -363,6 +393,11 @@ func (c *CRIO) Stop() error {
 				time.Sleep(100 * time.Millisecond)
 			}
 			if err != nil {
+				errs = append(errs, err)
+			}
+		}
+		if c.rootMounted {
+			if err := unmountUnder(filepath.Join(c.Dir, "root")); err != nil {
 				errs = append(errs, err)
 			}
 		}

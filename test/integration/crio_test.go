@@ -196,8 +196,8 @@ func TestCRIOPod(t *testing.T) {
 
 // TestCRIOShimKilled: CRI-O never runs `shim delete`. After kill -9 of a
 // pod's shim, QEMU dies with it (its parent-death signal) and the
-// sandbox's reaper removes its state and mounts; removing the pod leaves
-// nothing.
+// sandbox's reaper removes its state and mounts at once; removing the pod
+// (after a CRI-O restart, see below) leaves nothing.
 func TestCRIOShimKilled(t *testing.T) {
 	c, ctx := startCRIOHarness(t, 4*time.Minute)
 	podCfg := ctrtest.PodConfig("crioshimkill")
@@ -214,7 +214,29 @@ func TestCRIOShimKilled(t *testing.T) {
 	killed := time.Now()
 	waitVMGone(t, ctx, c, podID, 20*time.Second, "kill -9 of the shim")
 	t.Logf("QEMU, state and mounts gone %v after the shim's kill -9", time.Since(killed).Round(time.Millisecond))
-	crictl(t, ctx, c, "rmp", "--force", podID)
+	// CRI-O keeps one ttrpc client per container and never redials it: a
+	// dead shim's pod cannot be stopped by the CRI-O that started it
+	// ("ttrpc: closed"), whatever the runtime; a restarted CRI-O can.
+	res, err := c.Crictl(ctx, "rmp", "--force", podID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.ExitCode != 0 {
+		if !strings.Contains(res.Stderr, "ttrpc: closed") {
+			t.Fatalf("rmp after the shim's death: %s", res)
+		}
+		t.Logf("rmp before a CRI-O restart: exit %d, ttrpc: closed; restarting CRI-O", res.ExitCode)
+		if err := c.Restart(ctx); err != nil {
+			t.Fatal(err)
+		}
+		// The harness's CRI-O pins namespaces inside its own mount
+		// namespace, which its restart ends: the restarted CRI-O cannot
+		// restore the pod and removes it itself.
+		res, err := c.Crictl(ctx, "rmp", "--force", podID)
+		if err != nil || res.ExitCode != 0 && !strings.Contains(res.Stderr, "not found") {
+			t.Fatalf("rmp after CRI-O's restart: %v %s", err, res)
+		}
+	}
 	c.AssertNoLeftovers(t, podID, id)
 	assertNoTaps(t)
 }
