@@ -36,11 +36,17 @@ func procStartTime(pid int) uint64 {
 // ownerGone reports whether the state's owner process is known to have
 // ended. A state with no owner recorded is never taken as orphaned.
 func ownerGone(st *sandboxState) bool {
-	if st.OwnerPID <= 0 {
-		return false
+	if st.OwnerPID <= 0 || st.OwnerPIDNS != pidNamespace() {
+		return false // unknown, or a pid of another pid namespace
 	}
 	start := procStartTime(st.OwnerPID)
 	return start == 0 || start != st.OwnerStart
+}
+
+// pidNamespace names this process's pid namespace (its /proc link).
+func pidNamespace() string {
+	ns, _ := os.Readlink("/proc/self/ns/pid")
+	return ns
 }
 
 // HasState reports whether sandbox id still has persisted state, i.e.

@@ -34,9 +34,10 @@ func TestReapOrphans(t *testing.T) {
 	}
 	self := os.Getpid()
 	for _, st := range []*sandboxState{
-		{ID: "orphan", OwnerPID: dead.Process.Pid, OwnerStart: 12345},
-		{ID: "recycled", OwnerPID: self, OwnerStart: procStartTime(self) + 1}, // same pid, another process
-		{ID: "alive", OwnerPID: self, OwnerStart: procStartTime(self)},
+		{ID: "orphan", OwnerPID: dead.Process.Pid, OwnerStart: 12345, OwnerPIDNS: pidNamespace()},
+		{ID: "recycled", OwnerPID: self, OwnerStart: procStartTime(self) + 1, OwnerPIDNS: pidNamespace()}, // same pid, another process
+		{ID: "alive", OwnerPID: self, OwnerStart: procStartTime(self), OwnerPIDNS: pidNamespace()},
+		{ID: "elsewhere", OwnerPID: dead.Process.Pid, OwnerStart: 12345, OwnerPIDNS: "pid:[1]"}, // another pid namespace's
 		{ID: "unknown"},
 	} {
 		st.VMStateDir = filepath.Join(VMStateRoot, st.ID)
@@ -61,7 +62,7 @@ func TestReapOrphans(t *testing.T) {
 	if !slices.Equal(reaped, []string{"orphan", "recycled"}) {
 		t.Errorf("reaped %v, want orphan and recycled", reaped)
 	}
-	for id, want := range map[string]bool{"orphan": false, "recycled": false, "alive": true, "unknown": true} {
+	for id, want := range map[string]bool{"orphan": false, "recycled": false, "alive": true, "elsewhere": true, "unknown": true} {
 		if HasState(id) != want {
 			t.Errorf("%s: state kept = %v, want %v", id, !want, want)
 		}

@@ -105,7 +105,7 @@ func CreateSandbox(ctx context.Context, sc SandboxConfig) (_ *Sandbox, retErr er
 	undo.add("remove shared directory", share.Destroy)
 
 	st := &sandboxState{ID: sc.ID, Hypervisor: string(sc.Config.HypervisorName), SharedDir: share.HostDir, CreatedAt: time.Now().UTC(),
-		OwnerPID: os.Getpid(), OwnerStart: procStartTime(os.Getpid())}
+		OwnerPID: os.Getpid(), OwnerStart: procStartTime(os.Getpid()), OwnerPIDNS: pidNamespace()}
 	st.VMStateDir = VMConfigFor(sc.ID, sc.Config).StateDir
 	// Persist before the VM exists, so a crash during boot is cleanable too.
 	if err := saveState(st); err != nil {

@@ -44,6 +44,7 @@ type sandboxState struct {
 	// (ReapOrphans).
 	OwnerPID   int    `json:"owner_pid,omitempty"`
 	OwnerStart uint64 `json:"owner_start,omitempty"`
+	OwnerPIDNS string `json:"owner_pidns,omitempty"`
 }
 
 type tapState struct {

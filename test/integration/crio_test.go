@@ -183,6 +183,11 @@ func TestCRIOPod(t *testing.T) {
 		}
 	})
 
+	// CRI-O gives each container what is left of the request's deadline
+	// (crictl's 120s) to stop after SIGTERM, which httpd and sleep as PID 1
+	// ignore: stop them first with a short grace period, as the kubelet
+	// would with terminationGracePeriodSeconds: 1.
+	crictl(t, ctx, c, "stop", "--timeout", "1", web, tool)
 	start := time.Now()
 	crictl(t, ctx, c, "stopp", podID)
 	t.Logf("stopp took %v", time.Since(start).Round(time.Millisecond))
