@@ -464,3 +464,40 @@ func TestSandboxExitStopsVM(t *testing.T) {
 		t.Errorf("sandbox state back after Delete: %v", err)
 	}
 }
+
+// A container killed before it started ends by the signal, as runc's
+// created init does: CRI-O stops a created container with Kill and Wait.
+// For the sandbox container that also stops the VM.
+func TestKillOfCreatedContainer(t *testing.T) {
+	f := newFakeShim(t)
+	ctx := context.Background()
+	const pod = "pod7"
+	if _, err := f.s.Create(ctx, &taskAPI.CreateTaskRequest{ID: pod, Bundle: f.bundle(t, pod, pod, true)}); err != nil {
+		t.Fatal(err)
+	}
+	f.s.mu.Lock()
+	sb := f.s.sandbox
+	f.s.mu.Unlock()
+	if _, err := f.s.Kill(ctx, &taskAPI.KillRequest{ID: pod, Signal: uint32(syscall.SIGTERM)}); err != nil {
+		t.Fatal(err)
+	}
+	w, err := within(t, "Wait", func() (*taskAPI.WaitResponse, error) {
+		wctx, cancel := context.WithTimeout(ctx, bound)
+		defer cancel()
+		return f.s.Wait(wctx, &taskAPI.WaitRequest{ID: pod})
+	})
+	if err != nil || w.ExitStatus != 128+uint32(syscall.SIGTERM) {
+		t.Fatalf("Wait of a created container after SIGTERM: %v, %v; want 143", w, err)
+	}
+	select {
+	case <-sb.Done():
+	default:
+		t.Error("the killed sandbox container's VM still runs")
+	}
+	if _, err := f.s.Start(ctx, &taskAPI.StartRequest{ID: pod}); err == nil {
+		t.Error("a killed container started")
+	}
+	if _, err := f.s.Delete(ctx, &taskAPI.DeleteRequest{ID: pod}); err != nil {
+		t.Fatal(err)
+	}
+}

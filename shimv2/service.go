@@ -749,8 +749,24 @@ func (s *service) Kill(ctx context.Context, r *taskAPI.KillRequest) (*emptypb.Em
 	if err != nil {
 		return nil, errGRPC(err)
 	}
-	if st, _, _ := p.snapshot(); st == task.Status_STOPPED {
+	st, _, _ := p.snapshot()
+	if st == task.Status_STOPPED {
 		return nil, errGRPC(fmt.Errorf("process %s: %w", p.execID, errdefs.ErrNotFound))
+	}
+	if sig := syscall.Signal(r.Signal); st == task.Status_CREATED && terminating[sig] {
+		// Never started: nothing in the guest runs it yet, nor waits for
+		// it. As runc's created init would, it ends by the signal (CRI-O
+		// stops a created container with Kill and Wait); Delete removes it
+		// from the guest.
+		if p.isInit() && s.endsSandbox(r.ID) {
+			if err := s.stopSandbox(ctx); err != nil {
+				log.G(ctx).WithError(err).WithField("sandbox", r.ID).Warn("stopping the VM of a killed sandbox container")
+			}
+		}
+		if p.setExited(128+uint32(sig), time.Now()) {
+			s.publishExit(p)
+		}
+		return &emptypb.Empty{}, nil
 	}
 	sb, _ := s.sandboxOf(r.ID)
 	err = sb.Signal(ctx, r.ID, p.execID, syscall.Signal(r.Signal), r.All)
@@ -765,6 +781,12 @@ func (s *service) Kill(ctx context.Context, r *taskAPI.KillRequest) (*emptypb.Em
 		return &emptypb.Empty{}, nil
 	}
 	return &emptypb.Empty{}, errGRPC(err)
+}
+
+// terminating are the signals whose default action ends a process: what
+// ends one that never started.
+var terminating = map[syscall.Signal]bool{
+	syscall.SIGKILL: true, syscall.SIGTERM: true, syscall.SIGINT: true, syscall.SIGHUP: true, syscall.SIGQUIT: true,
 }
 
 // agentSilent reports whether err says the agent did not answer in time,
