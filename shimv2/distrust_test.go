@@ -110,7 +110,7 @@ func newFakeShim(t *testing.T) *fakeShim {
 	ctx, cancel := context.WithCancel(context.Background())
 	ctx, sd := shutdown.WithShutdown(ctx)
 	rec := &recorder{}
-	s := newService(ctx, rec, sd)
+	s := newService(ctx, rec, false, sd)
 	t.Cleanup(func() {
 		// Stop the sandbox left, unless the service lock is stuck (the
 		// failure TestBootHoldsNoLock looks for): then fail, not hang.

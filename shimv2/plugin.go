@@ -34,11 +34,8 @@ func init() {
 			if err != nil {
 				return nil, err
 			}
-			var publisher shim.Publisher = pp.(shim.Publisher)
-			if os.Getenv(ttrpcAddressEnv) == "" {
-				publisher = nil // no event sink: see forward
-			}
-			return newService(ic.Context, publisher, ss.(shutdown.Service)), nil
+			// No event sink without an address: see forward.
+			return newService(ic.Context, pp.(shim.Publisher), os.Getenv(ttrpcAddressEnv) == "", ss.(shutdown.Service)), nil
 		},
 	})
 }

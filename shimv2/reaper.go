@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"os/signal"
 	"syscall"
 
 	"github.com/containerd/log"
@@ -58,6 +59,9 @@ func startReaperProcess(id string) (*os.File, error) {
 // runReaper is the reaper: it waits for the shim to end, then cleans up
 // what it left of sandbox id.
 func runReaper(id string) int {
+	// Its stderr is the shim's log, a FIFO whose reader (containerd,
+	// CRI-O) may be gone by now: a write must fail, not kill it.
+	signal.Ignore(syscall.SIGPIPE)
 	alive := os.NewFile(3, "shim")
 	_, _ = io.Copy(io.Discard, alive) // EOF: the shim exited, one way or another
 	ctx := log.WithLogger(context.Background(), log.L.WithField("sandbox", id).WithField("reaper", os.Getpid()))

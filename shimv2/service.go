@@ -57,6 +57,8 @@ type service struct {
 	// eventsMu orders publishes with the close of events at shutdown.
 	eventsMu     sync.Mutex
 	eventsClosed bool
+	// noEventSink: nobody listens for events (CRI-O).
+	noEventSink bool
 
 	mu         sync.Mutex
 	sandbox    *virtcontainers.Sandbox
@@ -108,8 +110,9 @@ func (s *service) RegisterTTRPC(server *ttrpc.Server) error {
 	return nil
 }
 
-func newService(ctx context.Context, publisher shim.Publisher, sd shutdown.Service) *service {
-	s := &service{ctx: ctx, shutdown: sd, events: make(chan event, 256), containers: map[string]*container{}, creating: map[string]*creation{}}
+func newService(ctx context.Context, publisher shim.Publisher, noEventSink bool, sd shutdown.Service) *service {
+	s := &service{ctx: ctx, shutdown: sd, events: make(chan event, 256), noEventSink: noEventSink,
+		containers: map[string]*container{}, creating: map[string]*creation{}}
 	go s.forward(publisher)
 	sd.RegisterCallback(func(context.Context) error {
 		s.eventsMu.Lock()
@@ -121,16 +124,17 @@ func newService(ctx context.Context, publisher shim.Publisher, sd shutdown.Servi
 	return s
 }
 
-// forward publishes events in order. A nil publisher means there is no
-// event sink: CRI-O starts shims with an empty TTRPC_ADDRESS (it asks for
+// forward publishes events in order. noEventSink means there is none: CRI-O starts shims with an empty TTRPC_ADDRESS (it asks for
 // State instead of listening), so every publish would fail, be retried by
 // containerd's publisher and logged each time. The events are dropped
 // then, and one line says so.
 func (s *service) forward(publisher shim.Publisher) {
-	if publisher == nil {
+	if s.noEventSink {
 		log.G(s.ctx).Info("no event sink (TTRPC_ADDRESS is empty, as CRI-O leaves it): task events are not published")
 		for range s.events {
 		}
+		// The shim library waits for its publisher to close at exit.
+		publisher.Close()
 		return
 	}
 	for e := range s.events {

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	eventstypes "github.com/containerd/containerd/api/events"
+	"github.com/containerd/containerd/events"
 	"github.com/containerd/containerd/pkg/shutdown"
 
 	"github.com/containerd/containerd/api/types/task"
@@ -110,11 +111,31 @@ func TestPrintVersion(t *testing.T) {
 // and neither block the service nor survive its shutdown.
 func TestNoEventSink(t *testing.T) {
 	ctx, sd := shutdown.WithShutdown(context.Background())
-	s := newService(ctx, nil, sd)
+	pub := &closeRecorder{closed: make(chan struct{})}
+	s := newService(ctx, pub, true, sd)
 	for i := 0; i < 1000; i++ { // more than the channel holds
 		s.publish("/tasks/exit", &eventstypes.TaskExit{ContainerID: "c"})
 	}
 	sd.Shutdown()
 	<-sd.Done()
 	s.publish("/tasks/exit", &eventstypes.TaskExit{ContainerID: "c"}) // after shutdown: dropped
+	select {
+	case <-pub.closed: // the shim library waits for it at exit
+	case <-time.After(5 * time.Second):
+		t.Fatal("the publisher was not closed")
+	}
+	if pub.published != 0 {
+		t.Errorf("%d events published without a sink", pub.published)
+	}
 }
+
+type closeRecorder struct {
+	published int
+	closed    chan struct{}
+}
+
+func (r *closeRecorder) Publish(context.Context, string, events.Event) error {
+	r.published++
+	return nil
+}
+func (r *closeRecorder) Close() error { close(r.closed); return nil }

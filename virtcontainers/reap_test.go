@@ -72,3 +72,27 @@ func TestReapOrphans(t *testing.T) {
 		}
 	}
 }
+
+// A sandbox whose pod network namespace is gone (its manager removed it)
+// is cleaned up all the same: its taps went with the namespace.
+func TestCleanupWithoutNetNS(t *testing.T) {
+	testRoots(t)
+	gone := filepath.Join(t.TempDir(), "netns-gone")
+	if err := os.WriteFile(gone, nil, 0o600); err != nil { // what an unmounted pin leaves
+		t.Fatal(err)
+	}
+	st := &sandboxState{ID: "nonet", NetNS: gone, Taps: []tapState{{Name: "tap0_kasa", Index: 7, VethIndex: 3}},
+		VMStateDir: filepath.Join(VMStateRoot, "nonet"), SharedDir: filepath.Join(fsshare.Root, "nonet")}
+	if err := saveState(st); err != nil {
+		t.Fatal(err)
+	}
+	if netnsExists(gone) || !netnsExists("/proc/self/ns/net") {
+		t.Fatal("netnsExists cannot tell a namespace from a plain file")
+	}
+	if err := CleanupSandbox(context.Background(), "nonet"); err != nil {
+		t.Fatal(err)
+	}
+	if HasState("nonet") {
+		t.Error("state kept")
+	}
+}

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/containerd/log"
+	"golang.org/x/sys/unix"
 
 	"github.com/kasa-runtime/kasa/hypervisor/qemu"
 	"github.com/kasa-runtime/kasa/virtcontainers/fsshare"
@@ -130,7 +131,14 @@ func CleanupSandbox(ctx context.Context, id string) error {
 	} else if err := vmmuser.Release(vmmUID, id); err != nil {
 		errs = append(errs, err)
 	}
-	for _, t := range st.Taps {
+	taps := st.Taps
+	if len(taps) > 0 && !netnsExists(st.NetNS) {
+		// The pod's network namespace is gone, and its taps and filters
+		// with it (a manager removes it at RemovePodSandbox).
+		logger.WithField("netns", st.NetNS).Debug("pod network namespace gone: no taps to remove")
+		taps = nil
+	}
+	for _, t := range taps {
 		mac, _ := net.ParseMAC(t.VethMAC)
 		if err := network.ExistingTap(st.NetNS, t.Name, t.Kind, t.Index, t.VethIndex, mac).Detach(); err != nil {
 			errs = append(errs, err)
@@ -158,4 +166,14 @@ func CleanupSandbox(ctx context.Context, id string) error {
 	}
 	logger.Info("sandbox cleaned up")
 	return nil
+}
+
+// netnsExists reports whether path still names a network namespace: a
+// pinned one is an nsfs file (bind mount), a /proc one a live process's.
+func netnsExists(path string) bool {
+	if path == "" {
+		return false
+	}
+	var st unix.Statfs_t
+	return unix.Statfs(path, &st) == nil && st.Type == unix.NSFS_MAGIC
 }
