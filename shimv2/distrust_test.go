@@ -204,10 +204,11 @@ func TestSilentAgentDoesNotWedgeShim(t *testing.T) {
 	if err != nil || st.Status != task.Status_RUNNING {
 		t.Fatalf("State against a silent agent: %v, %v", st, err)
 	}
-	if _, err := within(t, "Kill SIGTERM", func() (any, error) {
-		return f.s.Kill(ctx, &taskAPI.KillRequest{ID: pod, Signal: uint32(syscall.SIGTERM)})
+	// (A SIGTERM of the pod's sandbox container is sent as SIGKILL.)
+	if _, err := within(t, "Kill SIGUSR1", func() (any, error) {
+		return f.s.Kill(ctx, &taskAPI.KillRequest{ID: pod, Signal: uint32(syscall.SIGUSR1)})
 	}); err == nil {
-		t.Errorf("SIGTERM through a silent agent reported success")
+		t.Errorf("SIGUSR1 through a silent agent reported success")
 	}
 	if _, err := within(t, "Kill SIGKILL", func() (any, error) {
 		return f.s.Kill(ctx, &taskAPI.KillRequest{ID: pod, Signal: uint32(syscall.SIGKILL)})
@@ -415,8 +416,9 @@ func TestSandboxExitStopsVM(t *testing.T) {
 	ctx := context.Background()
 	killed := make(chan struct{})
 	var once sync.Once
-	f.a.Handle("SignalProcess", func(ctx context.Context, _ proto.Message) (proto.Message, error) {
-		once.Do(func() { close(killed) })
+	var got uint32
+	f.a.Handle("SignalProcess", func(ctx context.Context, req proto.Message) (proto.Message, error) {
+		once.Do(func() { got = req.(*api.SignalProcessRequest).GetSignal(); close(killed) })
 		return &emptypb.Empty{}, nil
 	})
 	f.a.Handle("WaitProcess", func(ctx context.Context, _ proto.Message) (proto.Message, error) {
@@ -434,7 +436,9 @@ func TestSandboxExitStopsVM(t *testing.T) {
 	f.s.mu.Lock()
 	sb := f.s.sandbox
 	f.s.mu.Unlock()
-	if _, err := f.s.Kill(ctx, &taskAPI.KillRequest{ID: pod, Signal: uint32(syscall.SIGKILL)}); err != nil {
+	// SIGTERM, as CRI-O's StopPodSandbox sends: the pause gets SIGKILL,
+	// which it cannot miss while it starts.
+	if _, err := f.s.Kill(ctx, &taskAPI.KillRequest{ID: pod, Signal: uint32(syscall.SIGTERM)}); err != nil {
 		t.Fatal(err)
 	}
 	w, err := within(t, "Wait", func() (*taskAPI.WaitResponse, error) {
@@ -444,6 +448,9 @@ func TestSandboxExitStopsVM(t *testing.T) {
 	})
 	if err != nil || w.ExitStatus != 128+uint32(syscall.SIGKILL) {
 		t.Fatalf("Wait: %v, %v; want the guest's 137", w, err)
+	}
+	if got != uint32(syscall.SIGKILL) {
+		t.Errorf("the sandbox's pause got signal %d for a SIGTERM, want SIGKILL", got)
 	}
 	select {
 	case <-sb.Done():
@@ -486,8 +493,9 @@ func TestKillOfCreatedContainer(t *testing.T) {
 		defer cancel()
 		return f.s.Wait(wctx, &taskAPI.WaitRequest{ID: pod})
 	})
-	if err != nil || w.ExitStatus != 128+uint32(syscall.SIGTERM) {
-		t.Fatalf("Wait of a created container after SIGTERM: %v, %v; want 143", w, err)
+	// The pod's sandbox container gets SIGKILL for any ending signal.
+	if err != nil || w.ExitStatus != 128+uint32(syscall.SIGKILL) {
+		t.Fatalf("Wait of a created sandbox container after SIGTERM: %v, %v; want 137", w, err)
 	}
 	select {
 	case <-sb.Done():

@@ -749,9 +749,18 @@ func (s *service) Kill(ctx context.Context, r *taskAPI.KillRequest) (*emptypb.Em
 	if (r.ExecID == "" || r.ExecID == r.ID) && s.cancelCreate(r.ID) {
 		return &emptypb.Empty{}, nil
 	}
-	_, p, err := s.getProcess(r.ID, r.ExecID)
+	c, p, err := s.getProcess(r.ID, r.ExecID)
 	if err != nil {
 		return nil, errGRPC(err)
+	}
+	if sig := syscall.Signal(r.Signal); p.isInit() && isPodSandbox(c.spec) && terminating[sig] && sig != syscall.SIGKILL {
+		// The pod's sandbox container runs the agent's pause, which holds
+		// no state: any signal meant to end it is sent as SIGKILL. As PID
+		// 1 of its namespace the pause misses a SIGTERM that comes before
+		// it installed its handler, which under emulation takes a while:
+		// CRI-O's StopPodSandbox right after RunPodSandbox (critest does)
+		// then waited out its whole timeout.
+		r.Signal = uint32(syscall.SIGKILL)
 	}
 	st, _, _ := p.snapshot()
 	if st == task.Status_STOPPED {
