@@ -298,9 +298,6 @@ container_attach_socket_dir = %s
 # Kasa's handler from the drop-in; no runc handler (it would need conmon).
 default_runtime = "kata"
 log_level = %q
-# hostPort by the CNI portmap plugin of the test network, as under
-# containerd: CRI-O's own hostport manager needs nft.
-disable_hostport_mapping = true
 
 [crio.image]
 pause_image = %q

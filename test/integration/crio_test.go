@@ -246,6 +246,14 @@ func TestCRIOShimKilled(t *testing.T) {
 	assertNoTaps(t)
 }
 
+// crioCritestSkip: critest checks a hostPort at http://127.0.0.1:<port>.
+// Under containerd the CNI portmap plugin maps it (it sets route_localnet
+// and masquerades localhost); CRI-O maps hostPorts itself with DNAT rules
+// that do neither, so a node without route_localnet (kube-proxy sets it)
+// drops the packets as martians, whatever the runtime. The pod-IP and
+// container-port specs run.
+const crioCritestSkip = `port mapping with host port and container port`
+
 // TestCRIOCRITest runs critest's focus set (TestCRITest's) under CRI-O with
 // the kata handler.
 func TestCRIOCRITest(t *testing.T) {
@@ -257,7 +265,7 @@ func TestCRIOCRITest(t *testing.T) {
 	c, ctx := startCRIOHarness(t, 25*time.Minute)
 	args := []string{
 		"-runtime-endpoint", "unix://" + c.Address, "-image-endpoint", "unix://" + c.Address,
-		"-runtime-handler", "kata", "-ginkgo.focus", critestFocus, "-ginkgo.skip", critestSkip,
+		"-runtime-handler", "kata", "-ginkgo.focus", critestFocus, "-ginkgo.skip", critestSkip + "|" + crioCritestSkip,
 		"-ginkgo.no-color", "-ginkgo.v",
 	}
 	cmd := exec.CommandContext(ctx, critest, args...)
