@@ -57,6 +57,10 @@ type tapState struct {
 	VethMAC string `json:"veth_mac,omitempty"`
 }
 
+// cgroupEmptyWait bounds the wait for a dead sandbox's processes to leave
+// its pod cgroup.
+const cgroupEmptyWait = 5 * time.Second
+
 func stateDir(id string) string { return filepath.Join(SandboxStateRoot, id) }
 
 // saveState writes the state atomically (write, fsync, rename).
@@ -151,7 +155,13 @@ func CleanupSandbox(ctx context.Context, id string) error {
 	}
 	if st.Cgroup != "" {
 		if cg, err := podcgroup.Create(st.Cgroup); err == nil { // opens it
-			if err := cg.Delete(); err != nil {
+			// The VMM and virtiofsd die with their shim, but a moment
+			// after it: a reaper that saw the shim go may come first.
+			err := cg.Delete()
+			for deadline := time.Now().Add(cgroupEmptyWait); err != nil && time.Now().Before(deadline); err = cg.Delete() {
+				time.Sleep(50 * time.Millisecond)
+			}
+			if err != nil {
 				logger.WithError(err).Warn("removing the pod cgroup") // a shim of sandbox_cgroup_only may still be in it
 			}
 		}
