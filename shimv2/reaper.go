@@ -46,14 +46,42 @@ func startReaperProcess(id string) (*os.File, error) {
 	cmd.ExtraFiles = []*os.File{r}
 	cmd.Stderr = os.Stderr // the shim's log
 	cmd.Dir = "/"
-	// Its own session: signals to the shim's process group miss it.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	if err := cmd.Start(); err != nil {
+	// It detaches (reaperDetachedEnv) and this first process exits at
+	// once: the reaper is no descendant of the shim, which a pod cgroup
+	// taking the shim and its descendants (sandbox_cgroup_only) would
+	// otherwise take too.
+	if err := cmd.Run(); err != nil {
 		w.Close()
 		return nil, fmt.Errorf("start the sandbox's reaper: %w", err)
 	}
-	go cmd.Wait()
 	return w, nil
+}
+
+// reaperDetachedEnv marks the reaper's second process, the one that waits.
+const reaperDetachedEnv = "KASA_REAPER_DETACHED"
+
+// detachReaper starts the waiting reaper as a new process with the same
+// pipe, and returns: its parent exits, so that it is no descendant of the
+// shim.
+func detachReaper(id string) int {
+	self, err := os.Executable()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "reaper of %s: %v\n", id, err)
+		return 1
+	}
+	cmd := exec.Command(self, reapCommand, id)
+	cmd.ExtraFiles = []*os.File{os.NewFile(3, "shim")}
+	cmd.Stderr = os.Stderr
+	cmd.Dir = "/"
+	cmd.Env = append(os.Environ(), reaperDetachedEnv+"=1")
+	// Its own session: signals to the shim's process group miss it.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		fmt.Fprintf(os.Stderr, "reaper of %s: %v\n", id, err)
+		return 1
+	}
+	return 0
 }
 
 // runReaper is the reaper: it waits for the shim to end, then cleans up
@@ -88,6 +116,9 @@ func OwnCommand(args []string, stdout io.Writer) (code int, handled bool) {
 		return 0, true
 	}
 	if len(args) == 3 && args[1] == reapCommand {
+		if os.Getenv(reaperDetachedEnv) == "" {
+			return detachReaper(args[2]), true
+		}
 		return runReaper(args[2]), true
 	}
 	return 0, false
