@@ -90,6 +90,8 @@ fuzz:
 	hack/fuzz.sh $(or $(FUZZTIME),5m)
 
 # CI=true turns a missing prerequisite into a failure instead of a skip.
+# The CRI-O tests take crio and pinns from ../shared/cri-o beside the clone
+# (CRI-O is neither in Debian nor on the Go proxy).
 # crictl and critest (cri-tools v1.30.0), built from the Go module proxy.
 cri-tools:
 	hack/install-cri-tools.sh bin
@@ -102,7 +104,7 @@ containerd2:
 
 test-integration: build guest-image cri-tools containerd2
 	KASA_TEST_KERNEL=$(CURDIR)/$(GUEST)/vmlinuz $(GO) test -count=1 -run Integration -v ./agent/... ./hypervisor/... ./virtcontainers/...
-	KASA_TEST_GUEST_DIR=$(CURDIR)/$(GUEST) KASA_TEST_CONTAINERD2=$(CURDIR)/bin/containerd2/containerd $(GO) test -count=1 -tags integration -timeout 45m -v ./test/integration/...
+	KASA_TEST_GUEST_DIR=$(CURDIR)/$(GUEST) KASA_TEST_CONTAINERD2=$(CURDIR)/bin/containerd2/containerd KASA_TEST_CRIO_DIR=$(CURDIR)/../shared/cri-o $(GO) test -count=1 -tags integration -timeout 60m -v ./test/integration/...
 
 soak: build guest-image cri-tools
 	KASA_SOAK=10m KASA_TEST_GUEST_DIR=$(CURDIR)/$(GUEST) $(GO) test -count=1 -tags integration -timeout 30m -run TestCRIExecSoak -v ./test/integration/

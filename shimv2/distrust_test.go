@@ -20,6 +20,7 @@ import (
 	"github.com/containerd/typeurl/v2"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/emptypb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/kasa-runtime/kasa/agent/agenttest"
@@ -99,13 +100,17 @@ func newFakeShim(t *testing.T) *fakeShim {
 			return nil, context.Canceled
 		}
 	})
+	oldReaper, oldReap := startReaper, reapOrphans
+	startReaper = func(string) (*os.File, error) { return nil, nil }
+	reapOrphans = func(context.Context) ([]string, error) { return nil, nil }
+	t.Cleanup(func() { startReaper, reapOrphans = oldReaper, oldReap })
 	createSandbox = func(ctx context.Context, sc virtcontainers.SandboxConfig) (*virtcontainers.Sandbox, error) {
 		return virtcontainers.SandboxWithAgentForTest(ctx, sc.ID, a.Addr, dir, shortTimeouts, newStandInVM(a.Addr))
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	ctx, sd := shutdown.WithShutdown(ctx)
 	rec := &recorder{}
-	s := newService(ctx, rec, sd)
+	s := newService(ctx, rec, false, sd)
 	t.Cleanup(func() {
 		// Stop the sandbox left, unless the service lock is stuck (the
 		// failure TestBootHoldsNoLock looks for): then fail, not hang.
@@ -201,10 +206,11 @@ func TestSilentAgentDoesNotWedgeShim(t *testing.T) {
 	if err != nil || st.Status != task.Status_RUNNING {
 		t.Fatalf("State against a silent agent: %v, %v", st, err)
 	}
-	if _, err := within(t, "Kill SIGTERM", func() (any, error) {
-		return f.s.Kill(ctx, &taskAPI.KillRequest{ID: pod, Signal: uint32(syscall.SIGTERM)})
+	// (A SIGTERM of the pod's sandbox container is sent as SIGKILL.)
+	if _, err := within(t, "Kill SIGUSR1", func() (any, error) {
+		return f.s.Kill(ctx, &taskAPI.KillRequest{ID: pod, Signal: uint32(syscall.SIGUSR1)})
 	}); err == nil {
-		t.Errorf("SIGTERM through a silent agent reported success")
+		t.Errorf("SIGUSR1 through a silent agent reported success")
 	}
 	if _, err := within(t, "Kill SIGKILL", func() (any, error) {
 		return f.s.Kill(ctx, &taskAPI.KillRequest{ID: pod, Signal: uint32(syscall.SIGKILL)})
@@ -287,6 +293,9 @@ func TestBootHoldsNoLock(t *testing.T) {
 				t.Fatal("Create succeeded although its boot was cancelled")
 			}
 			// The shim is usable again: a new boot works.
+			oldReaper := startReaper
+			startReaper = func(string) (*os.File, error) { return nil, nil }
+			t.Cleanup(func() { startReaper = oldReaper })
 			createSandbox = func(ctx context.Context, sc virtcontainers.SandboxConfig) (*virtcontainers.Sandbox, error) {
 				return virtcontainers.SandboxWithAgentForTest(ctx, sc.ID, f.a.Addr, f.dir, shortTimeouts, newStandInVM(f.a.Addr))
 			}
@@ -398,5 +407,107 @@ func TestRecentIDsAndRateLimit(t *testing.T) {
 	}
 	if ok, dropped := l.allow(now.Add(unknownIDWarnEvery)); !ok || dropped != 100 {
 		t.Errorf("next warning: %v, %d dropped; want true, 100", ok, dropped)
+	}
+}
+
+// The exit of the sandbox container's init stops the VM before the exit is
+// reported: CRI-O's StopPodSandbox only kills the sandbox container (its
+// Delete comes at RemovePodSandbox), and a stopped pod must hold no VM.
+func TestSandboxExitStopsVM(t *testing.T) {
+	f := newFakeShim(t)
+	ctx := context.Background()
+	killed := make(chan struct{})
+	var once sync.Once
+	var got uint32
+	f.a.Handle("SignalProcess", func(ctx context.Context, req proto.Message) (proto.Message, error) {
+		once.Do(func() { got = req.(*api.SignalProcessRequest).GetSignal(); close(killed) })
+		return &emptypb.Empty{}, nil
+	})
+	f.a.Handle("WaitProcess", func(ctx context.Context, _ proto.Message) (proto.Message, error) {
+		select {
+		case <-killed:
+			return &api.WaitProcessResponse{ExitStatus: 128 + int32(syscall.SIGKILL), ExitedAt: timestamppb.Now()}, nil
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-f.a.Done():
+			return nil, context.Canceled
+		}
+	})
+	const pod = "pod6"
+	f.startPod(t, pod)
+	f.s.mu.Lock()
+	sb := f.s.sandbox
+	f.s.mu.Unlock()
+	// SIGTERM, as CRI-O's StopPodSandbox sends: the pause gets SIGKILL,
+	// which it cannot miss while it starts.
+	if _, err := f.s.Kill(ctx, &taskAPI.KillRequest{ID: pod, Signal: uint32(syscall.SIGTERM)}); err != nil {
+		t.Fatal(err)
+	}
+	w, err := within(t, "Wait", func() (*taskAPI.WaitResponse, error) {
+		wctx, cancel := context.WithTimeout(ctx, bound)
+		defer cancel()
+		return f.s.Wait(wctx, &taskAPI.WaitRequest{ID: pod})
+	})
+	if err != nil || w.ExitStatus != 128+uint32(syscall.SIGKILL) {
+		t.Fatalf("Wait: %v, %v; want the guest's 137", w, err)
+	}
+	if got != uint32(syscall.SIGKILL) {
+		t.Errorf("the sandbox's pause got signal %d for a SIGTERM, want SIGKILL", got)
+	}
+	select {
+	case <-sb.Done():
+	default:
+		t.Fatal("the sandbox container exited and its VM still runs")
+	}
+	if _, err := os.Stat(filepath.Join(virtcontainers.SandboxStateRoot, pod)); !os.IsNotExist(err) {
+		t.Errorf("sandbox state left after the sandbox container exited: %v", err)
+	}
+	st, err := f.s.State(ctx, &taskAPI.StateRequest{ID: pod})
+	if err != nil || st.Status != task.Status_STOPPED || st.ExitStatus != 128+uint32(syscall.SIGKILL) {
+		t.Errorf("State of the stopped sandbox: %v, %v", st, err)
+	}
+	if _, err := f.s.Delete(ctx, &taskAPI.DeleteRequest{ID: pod}); err != nil {
+		t.Fatalf("Delete after the VM stopped: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(virtcontainers.SandboxStateRoot, pod)); !os.IsNotExist(err) {
+		t.Errorf("sandbox state back after Delete: %v", err)
+	}
+}
+
+// A container killed before it started ends by the signal, as runc's
+// created init does: CRI-O stops a created container with Kill and Wait.
+// For the sandbox container that also stops the VM.
+func TestKillOfCreatedContainer(t *testing.T) {
+	f := newFakeShim(t)
+	ctx := context.Background()
+	const pod = "pod7"
+	if _, err := f.s.Create(ctx, &taskAPI.CreateTaskRequest{ID: pod, Bundle: f.bundle(t, pod, pod, true)}); err != nil {
+		t.Fatal(err)
+	}
+	f.s.mu.Lock()
+	sb := f.s.sandbox
+	f.s.mu.Unlock()
+	if _, err := f.s.Kill(ctx, &taskAPI.KillRequest{ID: pod, Signal: uint32(syscall.SIGTERM)}); err != nil {
+		t.Fatal(err)
+	}
+	w, err := within(t, "Wait", func() (*taskAPI.WaitResponse, error) {
+		wctx, cancel := context.WithTimeout(ctx, bound)
+		defer cancel()
+		return f.s.Wait(wctx, &taskAPI.WaitRequest{ID: pod})
+	})
+	// The pod's sandbox container gets SIGKILL for any ending signal.
+	if err != nil || w.ExitStatus != 128+uint32(syscall.SIGKILL) {
+		t.Fatalf("Wait of a created sandbox container after SIGTERM: %v, %v; want 137", w, err)
+	}
+	select {
+	case <-sb.Done():
+	default:
+		t.Error("the killed sandbox container's VM still runs")
+	}
+	if _, err := f.s.Start(ctx, &taskAPI.StartRequest{ID: pod}); err == nil {
+		t.Error("a killed container started")
+	}
+	if _, err := f.s.Delete(ctx, &taskAPI.DeleteRequest{ID: pod}); err != nil {
+		t.Fatal(err)
 	}
 }

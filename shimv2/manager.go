@@ -5,11 +5,9 @@ package shimv2
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"syscall"
 	"time"
 
@@ -75,18 +73,6 @@ func isPodSandbox(s *specs.Spec) bool {
 		return false
 	}
 	return s.Annotations[annCRIContainerType] == "sandbox" || s.Annotations[annCRIOContainerTyp] == "sandbox"
-}
-
-func readBundleSpec(bundle string) (*specs.Spec, error) {
-	b, err := os.ReadFile(filepath.Join(bundle, "config.json"))
-	if err != nil {
-		return nil, err
-	}
-	var s specs.Spec
-	if err := json.Unmarshal(b, &s); err != nil {
-		return nil, fmt.Errorf("bundle %s: config.json: %w", bundle, err)
-	}
-	return &s, nil
 }
 
 // Start runs `shim start`: it returns the address of the shim that serves

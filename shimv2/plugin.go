@@ -1,6 +1,8 @@
 package shimv2
 
 import (
+	"os"
+
 	"github.com/containerd/containerd/pkg/shutdown"
 	"github.com/containerd/containerd/plugin"
 	"github.com/containerd/containerd/runtime/v2/shim"
@@ -13,6 +15,10 @@ func BinaryOpts(c *shim.Config) {
 	c.NoReaper = true
 	c.NoSubreaper = true
 }
+
+// ttrpcAddressEnv names containerd's event service for the shim; CRI-O
+// leaves it empty.
+const ttrpcAddressEnv = "TTRPC_ADDRESS"
 
 func init() {
 	plugin.Register(&plugin.Registration{
@@ -28,7 +34,8 @@ func init() {
 			if err != nil {
 				return nil, err
 			}
-			return newService(ic.Context, pp.(shim.Publisher), ss.(shutdown.Service)), nil
+			// No event sink without an address: see forward.
+			return newService(ic.Context, pp.(shim.Publisher), os.Getenv(ttrpcAddressEnv) == "", ss.(shutdown.Service)), nil
 		},
 	})
 }

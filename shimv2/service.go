@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 	"sync"
 	"syscall"
 	"time"
@@ -40,8 +39,12 @@ const (
 	vmDeathExitStatus = 255
 )
 
-// createSandbox boots a sandbox's VM; a variable for tests.
-var createSandbox = virtcontainers.CreateSandbox
+// createSandbox boots a sandbox's VM, and reapOrphans cleans up after
+// dead shims; variables for tests.
+var (
+	createSandbox = virtcontainers.CreateSandbox
+	reapOrphans   = virtcontainers.ReapOrphans
+)
 
 // service is the Task API of one shim, i.e. of one sandbox.
 //
@@ -52,6 +55,11 @@ type service struct {
 	ctx      context.Context
 	shutdown shutdown.Service
 	events   chan event
+	// eventsMu orders publishes with the close of events at shutdown.
+	eventsMu     sync.Mutex
+	eventsClosed bool
+	// noEventSink: nobody listens for events (CRI-O).
+	noEventSink bool
 
 	mu         sync.Mutex
 	sandbox    *virtcontainers.Sandbox
@@ -67,6 +75,13 @@ type service struct {
 	// vmKilled is set when Kill stopped the VM because the agent did not
 	// answer a SIGKILL of the sandbox: its processes then exit as killed.
 	vmKilled bool
+	// sandboxExiting is set when the sandbox container's init exited and
+	// its VM is being stopped for it.
+	sandboxExiting bool
+
+	// reaper is the write end of the pipe the sandbox's reaper watches:
+	// held, never written, until the shim exits (reaper.go).
+	reaper *os.File
 
 	// unknownIDs rate-limits the warnings about ids the guest made up.
 	unknownIDs rateLimit
@@ -96,16 +111,34 @@ func (s *service) RegisterTTRPC(server *ttrpc.Server) error {
 	return nil
 }
 
-func newService(ctx context.Context, publisher shim.Publisher, sd shutdown.Service) *service {
+func newService(ctx context.Context, publisher shim.Publisher, noEventSink bool, sd shutdown.Service) *service {
 	limitGuestProvokedLogs(logrus.StandardLogger())
-	s := &service{ctx: ctx, shutdown: sd, events: make(chan event, 256), containers: map[string]*container{}, creating: map[string]*creation{}}
+	s := &service{ctx: ctx, shutdown: sd, events: make(chan event, 256), noEventSink: noEventSink,
+		containers: map[string]*container{}, creating: map[string]*creation{}}
 	go s.forward(publisher)
-	sd.RegisterCallback(func(context.Context) error { close(s.events); return nil })
+	sd.RegisterCallback(func(context.Context) error {
+		s.eventsMu.Lock()
+		defer s.eventsMu.Unlock()
+		s.eventsClosed = true
+		close(s.events)
+		return nil
+	})
 	return s
 }
 
-// forward publishes events in order.
+// forward publishes events in order. noEventSink means there is none: CRI-O starts shims with an empty TTRPC_ADDRESS (it asks for
+// State instead of listening), so every publish would fail, be retried by
+// containerd's publisher and logged each time. The events are dropped
+// then, and one line says so.
 func (s *service) forward(publisher shim.Publisher) {
+	if s.noEventSink {
+		log.G(s.ctx).Info("no event sink (TTRPC_ADDRESS is empty, as CRI-O leaves it): task events are not published")
+		for range s.events {
+		}
+		// The shim library waits for its publisher to close at exit.
+		publisher.Close()
+		return
+	}
 	for e := range s.events {
 		if err := publisher.Publish(s.ctx, e.topic, e.ev); err != nil {
 			log.G(s.ctx).WithError(err).WithField("topic", e.topic).Warn("publish event")
@@ -115,7 +148,11 @@ func (s *service) forward(publisher shim.Publisher) {
 }
 
 func (s *service) publish(topic string, ev interface{}) {
-	defer func() { recover() }() // events closed during shutdown
+	s.eventsMu.Lock()
+	defer s.eventsMu.Unlock()
+	if s.eventsClosed { // shut down: nobody forwards any more
+		return
+	}
 	s.events <- event{topic, ev}
 }
 
@@ -159,10 +196,11 @@ func (s *service) pid() uint32 {
 // container in it. A failure leaves nothing behind.
 func (s *service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *taskAPI.CreateTaskResponse, retErr error) {
 	ctx = log.WithLogger(ctx, log.G(ctx).WithField("container", r.ID))
-	spec, err := readBundleSpec(r.Bundle)
+	b, err := readBundle(r.Bundle)
 	if err != nil {
 		return nil, errGRPC(fmt.Errorf("%w: %v", errdefs.ErrInvalidArgument, err))
 	}
+	spec := b.spec
 	if r.Checkpoint != "" || r.ParentCheckpoint != "" {
 		return nil, errGRPC(fmt.Errorf("restore from checkpoint: %w", errdefs.ErrNotImplemented))
 	}
@@ -203,7 +241,7 @@ func (s *service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 		mounts = append(mounts, mount.Mount{Type: m.Type, Source: m.Source, Options: m.Options})
 	}
 	err = sb.CreateContainer(ctx, virtcontainers.ContainerConfig{
-		ID: r.ID, Spec: spec, Rootfs: mounts, BundleRootfs: filepath.Join(r.Bundle, "rootfs"),
+		ID: r.ID, Spec: spec, Rootfs: mounts, BundleRootfs: b.rootfs,
 		Terminal: r.Terminal, Stdin: r.Stdin != "", PodSandbox: isPodSandbox(spec),
 	})
 	if err != nil {
@@ -266,7 +304,30 @@ func (s *service) ensureSandbox(ctx context.Context, r *taskAPI.CreateTaskReques
 		}
 		b := &boot{id: r.ID, done: make(chan struct{})}
 		s.boot = b
+		needReaper := s.reaper == nil
 		s.mu.Unlock()
+
+		// Before the VM exists: whatever a dead shim leaves, its reaper
+		// cleans up; and what dead shims left before, this one does.
+		reap := reapOrphans
+		go func() {
+			if _, err := reap(context.WithoutCancel(ctx)); err != nil {
+				log.G(ctx).WithError(err).Warn("reaping sandboxes of dead shims")
+			}
+		}()
+		if needReaper {
+			w, err := startReaper(r.ID)
+			if err != nil {
+				s.mu.Lock()
+				s.boot = nil
+				s.mu.Unlock()
+				close(b.done)
+				return fmt.Errorf("sandbox %s: %w", r.ID, err)
+			}
+			s.mu.Lock()
+			s.reaper = w
+			s.mu.Unlock()
+		}
 
 		cfg, err := loadConfig(ctx, r, spec)
 		if err == nil {
@@ -338,19 +399,40 @@ func (s *service) watchSandbox(sb *virtcontainers.Sandbox) {
 	}
 	s.mu.Lock()
 	status := uint32(vmDeathExitStatus)
-	if s.vmKilled {
-		status = 128 + uint32(syscall.SIGKILL)
+	if s.vmKilled || s.sandboxExiting {
+		status = 128 + uint32(syscall.SIGKILL) // killed with their pod
 	}
+	sandboxExiting := s.sandboxExiting
 	s.mu.Unlock()
-	log.G(s.ctx).WithField("sandbox", sb.ID).Errorf("sandbox VM exited (%s): reporting its %d container(s) dead", sb.ExitReason(), len(cs))
+	if sandboxExiting {
+		log.G(s.ctx).WithField("sandbox", sb.ID).Infof("sandbox VM stopped after its sandbox container exited (%s)", sb.ExitReason())
+	} else {
+		log.G(s.ctx).WithField("sandbox", sb.ID).Errorf("sandbox VM exited (%s): reporting its %d container(s) dead", sb.ExitReason(), len(cs))
+	}
 	now := time.Now()
 	for _, c := range cs {
 		for _, p := range c.all() {
+			if sandboxExiting && p.isInit() && c.id == sb.ID {
+				continue // waitExit reports it with the guest's status
+			}
 			if p.setExited(status, now) {
 				s.publishExit(p)
 			}
 		}
 	}
+}
+
+// endsSandbox reports whether the exit of container id's init ends the
+// VM: id is the sandbox's own container. It also tells watchSandbox that
+// this exit is reported by waitExit, with the guest's status.
+func (s *service) endsSandbox(id string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.sandbox == nil || id != s.sandboxID {
+		return false
+	}
+	s.sandboxExiting = true
+	return true
 }
 
 // forwardOOM publishes the guest's OOM kills. The container id comes from
@@ -448,6 +530,16 @@ func (s *service) waitExit(sb *virtcontainers.Sandbox, p *process) {
 	}
 	if !p.io.waitOutputs(drainTimeout) {
 		log.G(s.ctx).WithField("container", p.containerID).WithField("exec", p.execID).Warn("output still open after exit; not waiting longer")
+	}
+	if p.isInit() && s.endsSandbox(p.containerID) {
+		// The sandbox container's init is the pod's life: once it exited
+		// (CRI-O's StopPodSandbox kills it and deletes it only at
+		// RemovePodSandbox; containerd deletes it at once) the VM has
+		// nothing left to run, so it stops before the exit is reported
+		// and a stopped pod holds no VM.
+		if err := s.stopSandbox(s.ctx); err != nil {
+			log.G(s.ctx).WithError(err).WithField("sandbox", p.containerID).Warn("stopping the VM of an exited sandbox container")
+		}
 	}
 	if p.setExited(uint32(status), at) {
 		s.publishExit(p)
@@ -662,12 +754,37 @@ func (s *service) Kill(ctx context.Context, r *taskAPI.KillRequest) (*emptypb.Em
 	if (r.ExecID == "" || r.ExecID == r.ID) && s.cancelCreate(r.ID) {
 		return &emptypb.Empty{}, nil
 	}
-	_, p, err := s.getProcess(r.ID, r.ExecID)
+	c, p, err := s.getProcess(r.ID, r.ExecID)
 	if err != nil {
 		return nil, errGRPC(err)
 	}
-	if st, _, _ := p.snapshot(); st == task.Status_STOPPED {
+	if sig := syscall.Signal(r.Signal); p.isInit() && isPodSandbox(c.spec) && terminating[sig] && sig != syscall.SIGKILL {
+		// The pod's sandbox container runs the agent's pause, which holds
+		// no state: any signal meant to end it is sent as SIGKILL. As PID
+		// 1 of its namespace the pause misses a SIGTERM that comes before
+		// it installed its handler, which under emulation takes a while:
+		// CRI-O's StopPodSandbox right after RunPodSandbox (critest does)
+		// then waited out its whole timeout.
+		r.Signal = uint32(syscall.SIGKILL)
+	}
+	st, _, _ := p.snapshot()
+	if st == task.Status_STOPPED {
 		return nil, errGRPC(fmt.Errorf("process %s: %w", p.execID, errdefs.ErrNotFound))
+	}
+	if sig := syscall.Signal(r.Signal); st == task.Status_CREATED && terminating[sig] {
+		// Never started: nothing in the guest runs it yet, nor waits for
+		// it. As runc's created init would, it ends by the signal (CRI-O
+		// stops a created container with Kill and Wait); Delete removes it
+		// from the guest.
+		if p.isInit() && s.endsSandbox(r.ID) {
+			if err := s.stopSandbox(ctx); err != nil {
+				log.G(ctx).WithError(err).WithField("sandbox", r.ID).Warn("stopping the VM of a killed sandbox container")
+			}
+		}
+		if p.setExited(128+uint32(sig), time.Now()) {
+			s.publishExit(p)
+		}
+		return &emptypb.Empty{}, nil
 	}
 	sb, _ := s.sandboxOf(r.ID)
 	err = sb.Signal(ctx, r.ID, p.execID, syscall.Signal(r.Signal), r.All)
@@ -682,6 +799,12 @@ func (s *service) Kill(ctx context.Context, r *taskAPI.KillRequest) (*emptypb.Em
 		return &emptypb.Empty{}, nil
 	}
 	return &emptypb.Empty{}, errGRPC(err)
+}
+
+// terminating are the signals whose default action ends a process: what
+// ends one that never started.
+var terminating = map[syscall.Signal]bool{
+	syscall.SIGKILL: true, syscall.SIGTERM: true, syscall.SIGINT: true, syscall.SIGHUP: true, syscall.SIGQUIT: true,
 }
 
 // agentSilent reports whether err says the agent did not answer in time,

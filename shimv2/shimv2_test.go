@@ -3,8 +3,14 @@ package shimv2
 import (
 	"context"
 	"errors"
+	"io"
+	"strings"
 	"testing"
 	"time"
+
+	eventstypes "github.com/containerd/containerd/api/events"
+	"github.com/containerd/containerd/events"
+	"github.com/containerd/containerd/pkg/shutdown"
 
 	"github.com/containerd/containerd/api/types/task"
 	"github.com/containerd/containerd/errdefs"
@@ -74,3 +80,62 @@ func TestCgroupMetrics(t *testing.T) {
 		t.Fatalf("nil stats gave %+v", empty)
 	}
 }
+
+func TestPrintVersion(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want bool
+	}{
+		{[]string{"--version"}, true},
+		{[]string{"-v"}, true},
+		{[]string{"-version"}, true},
+		{[]string{"-namespace", "k8s.io", "-id", "c1", "start"}, false},
+		{[]string{"-id", "x", "--", "--version"}, false},
+		{nil, false},
+	} {
+		var b strings.Builder
+		got := PrintVersion("/usr/bin/containerd-shim-kasa-v2", tc.args, &b)
+		if _, handled := OwnCommand(append([]string{"/usr/bin/containerd-shim-kasa-v2"}, tc.args...), io.Discard); handled != got {
+			t.Errorf("%v: OwnCommand handled = %v", tc.args, handled)
+		}
+		if got != tc.want {
+			t.Errorf("%v: answered %v", tc.args, got)
+		}
+		if got && (!strings.HasPrefix(b.String(), "containerd-shim-kasa-v2 (Kasa) version ") || !strings.Contains(b.String(), RuntimeType)) {
+			t.Errorf("%v: %q", tc.args, b.String())
+		}
+	}
+}
+
+// Without an event sink (CRI-O's empty TTRPC_ADDRESS) events are dropped,
+// and neither block the service nor survive its shutdown.
+func TestNoEventSink(t *testing.T) {
+	ctx, sd := shutdown.WithShutdown(context.Background())
+	pub := &closeRecorder{closed: make(chan struct{})}
+	s := newService(ctx, pub, true, sd)
+	for i := 0; i < 1000; i++ { // more than the channel holds
+		s.publish("/tasks/exit", &eventstypes.TaskExit{ContainerID: "c"})
+	}
+	sd.Shutdown()
+	<-sd.Done()
+	s.publish("/tasks/exit", &eventstypes.TaskExit{ContainerID: "c"}) // after shutdown: dropped
+	select {
+	case <-pub.closed: // the shim library waits for it at exit
+	case <-time.After(5 * time.Second):
+		t.Fatal("the publisher was not closed")
+	}
+	if pub.published != 0 {
+		t.Errorf("%d events published without a sink", pub.published)
+	}
+}
+
+type closeRecorder struct {
+	published int
+	closed    chan struct{}
+}
+
+func (r *closeRecorder) Publish(context.Context, string, events.Event) error {
+	r.published++
+	return nil
+}
+func (r *closeRecorder) Close() error { close(r.closed); return nil }

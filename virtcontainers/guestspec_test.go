@@ -135,3 +135,41 @@ func TestPodSandboxSpec(t *testing.T) {
 		t.Error("nil spec accepted")
 	}
 }
+
+// CRI-O names the pod's namespaces by the files pinns bind-mounted them on;
+// for a workload container they are the sandbox container's, as
+// containerd's /proc paths are.
+func TestGuestSpecPinnedNamespaces(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		ns   []specs.LinuxNamespace
+		want string
+	}{
+		{"CRI-O pinned ipc, uts; own pid", []specs.LinuxNamespace{
+			{Type: specs.PIDNamespace}, {Type: specs.IPCNamespace, Path: "/var/run/ipcns/9f2c"},
+			{Type: specs.UTSNamespace, Path: "/var/run/utsns/9f2c"}, {Type: specs.NetworkNamespace, Path: "/var/run/netns/9f2c"},
+		}, "ipc,uts"},
+		{"CRI-O shared pid (the infra's /proc path)", []specs.LinuxNamespace{
+			{Type: specs.PIDNamespace, Path: "/proc/777/ns/pid"}, {Type: specs.IPCNamespace, Path: "/var/run/crio/ns/ipcns/9f2c"},
+		}, "pid,ipc"},
+		{"containerd", []specs.LinuxNamespace{
+			{Type: specs.IPCNamespace, Path: "/proc/42/ns/ipc"}, {Type: specs.UTSNamespace, Path: "/proc/42/ns/uts"},
+		}, "ipc,uts"},
+	} {
+		in := hostSpec()
+		in.Mounts = in.Mounts[:1]
+		in.Linux.Namespaces = tc.ns
+		out, sandboxNS, err := guestSpec(in, "/r", nil)
+		if err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		if got := strings.Join(sandboxNS, ","); got != tc.want {
+			t.Errorf("%s: sandbox namespaces = %s, want %s", tc.name, got, tc.want)
+		}
+		for _, n := range out.Linux.Namespaces {
+			if n.Path != "" || n.Type == specs.NetworkNamespace {
+				t.Errorf("%s: kept %+v", tc.name, n)
+			}
+		}
+	}
+}

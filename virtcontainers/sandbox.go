@@ -67,6 +67,12 @@ type Sandbox struct {
 	mu         sync.Mutex
 	containers map[string]struct{}
 	state      *sandboxState
+	// stopped is set once Stop began: the VM, the share and the persisted
+	// state are going or gone, and containers are only forgotten.
+	stopped bool
+	// stopMu serialises Stops (the sandbox container's exit, its Delete,
+	// a Shutdown may each ask).
+	stopMu sync.Mutex
 }
 
 // shareWithGuest sets up the configured shared-directory transport: the
@@ -110,7 +116,8 @@ func CreateSandbox(ctx context.Context, sc SandboxConfig) (_ *Sandbox, retErr er
 	}
 	undo.add("remove shared directory", share.Destroy)
 
-	st := &sandboxState{ID: sc.ID, Hypervisor: string(sc.Config.HypervisorName), SharedDir: share.HostDir, CreatedAt: time.Now().UTC()}
+	st := &sandboxState{ID: sc.ID, Hypervisor: string(sc.Config.HypervisorName), SharedDir: share.HostDir, CreatedAt: time.Now().UTC(),
+		OwnerPID: os.Getpid(), OwnerStart: procStartTime(os.Getpid()), OwnerPIDNS: pidNamespace()}
 	st.VMStateDir = VMConfigFor(sc.ID, sc.Config).StateDir
 	// Persist before the VM exists, so a crash during boot is cleanable too.
 	if err := saveState(st); err != nil {
@@ -326,9 +333,17 @@ func (s *Sandbox) shareContainer(cc ContainerConfig, undo *cleanup) (*specs.Spec
 func (s *Sandbox) RemoveContainer(ctx context.Context, id string) error {
 	s.mu.Lock()
 	_, ok := s.containers[id]
+	if ok && s.stopped {
+		// Stop took the VM, the share and the state with it.
+		delete(s.containers, id)
+	}
+	stopped := s.stopped
 	s.mu.Unlock()
 	if !ok {
 		return fmt.Errorf("container %s: %w", id, errdefs.ErrNotFound)
+	}
+	if stopped {
+		return nil
 	}
 	var errs []error
 	if err := s.agent.RemoveContainer(ctx, id, 10); err != nil && !errdefs.IsNotFound(err) && !s.vmGone() {
@@ -357,6 +372,10 @@ func (s *Sandbox) Containers() []string {
 
 func (s *Sandbox) persistContainers() {
 	s.mu.Lock()
+	if s.stopped {
+		s.mu.Unlock() // its state is removed: writing it would bring it back
+		return
+	}
 	s.state.Containers = s.state.Containers[:0]
 	for id := range s.containers {
 		s.state.Containers = append(s.state.Containers, id)
@@ -389,6 +408,11 @@ func (s *Sandbox) PID() int { return s.vm.PID() }
 // Stop powers the VM off and removes everything the sandbox made: the VM's
 // state, the shared directory's mounts and the persisted state. Idempotent.
 func (s *Sandbox) Stop(ctx context.Context) error {
+	s.stopMu.Lock()
+	defer s.stopMu.Unlock()
+	s.mu.Lock()
+	s.stopped = true
+	s.mu.Unlock()
 	var errs []error
 	// First, so that no forwarded connection outlives the VM's agent.
 	if err := s.portForward.Stop(); err != nil {

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/containerd/log"
+	"golang.org/x/sys/unix"
 
 	"github.com/kasa-runtime/kasa/hypervisor/qemu"
 	"github.com/kasa-runtime/kasa/virtcontainers/fsshare"
@@ -43,6 +44,13 @@ type sandboxState struct {
 	// rules are removed from NetNS whether or not it is set: a shim may die
 	// between adding them and persisting this.
 	PortForwardPort int `json:"port_forward_port,omitempty"`
+	// OwnerPID and OwnerStart (its start time in clock ticks since boot)
+	// name the process that made the sandbox and removes it: once it is
+	// gone with the state still here, the sandbox is an orphan
+	// (ReapOrphans).
+	OwnerPID   int    `json:"owner_pid,omitempty"`
+	OwnerStart uint64 `json:"owner_start,omitempty"`
+	OwnerPIDNS string `json:"owner_pidns,omitempty"`
 }
 
 type tapState struct {
@@ -53,6 +61,10 @@ type tapState struct {
 	// VethMAC is the veth's own MAC, which macvtap replaced.
 	VethMAC string `json:"veth_mac,omitempty"`
 }
+
+// cgroupEmptyWait bounds the wait for a dead sandbox's processes to leave
+// its pod cgroup.
+const cgroupEmptyWait = 5 * time.Second
 
 func stateDir(id string) string { return filepath.Join(SandboxStateRoot, id) }
 
@@ -109,6 +121,11 @@ func CleanupSandbox(ctx context.Context, id string) error {
 		return err
 	}
 	logger := log.G(ctx).WithField("sandbox", id)
+	unlock, err := lockCleanups()
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	st, err := loadState(id)
 	if err != nil {
 		if !errors.Is(err, os.ErrNotExist) {
@@ -126,7 +143,14 @@ func CleanupSandbox(ctx context.Context, id string) error {
 	if err := portforward.Cleanup(st.NetNS); err != nil {
 		errs = append(errs, err)
 	}
-	for _, t := range st.Taps {
+	taps := st.Taps
+	if len(taps) > 0 && !netnsExists(st.NetNS) {
+		// The pod's network namespace is gone, and its taps and filters
+		// with it (a manager removes it at RemovePodSandbox).
+		logger.WithField("netns", st.NetNS).Debug("pod network namespace gone: no taps to remove")
+		taps = nil
+	}
+	for _, t := range taps {
 		mac, _ := net.ParseMAC(t.VethMAC)
 		if err := network.ExistingTap(st.NetNS, t.Name, t.Kind, t.Index, t.VethIndex, mac).Detach(); err != nil {
 			errs = append(errs, err)
@@ -146,7 +170,7 @@ func CleanupSandbox(ctx context.Context, id string) error {
 	if err := share.Destroy(); err != nil {
 		errs = append(errs, err)
 	}
-	if err := cg.DeleteWithin(5 * time.Second); err != nil {
+	if err := cg.DeleteWithin(cgroupEmptyWait); err != nil {
 		errs = append(errs, err)
 	}
 	if len(errs) == 0 {
@@ -159,4 +183,14 @@ func CleanupSandbox(ctx context.Context, id string) error {
 	}
 	logger.Info("sandbox cleaned up")
 	return nil
+}
+
+// netnsExists reports whether path still names a network namespace: a
+// pinned one is an nsfs file (bind mount), a /proc one a live process's.
+func netnsExists(path string) bool {
+	if path == "" {
+		return false
+	}
+	var st unix.Statfs_t
+	return unix.Statfs(path, &st) == nil && st.Type == unix.NSFS_MAGIC
 }

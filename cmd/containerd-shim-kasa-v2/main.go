@@ -4,6 +4,7 @@ package main
 
 import (
 	"context"
+	"os"
 
 	"github.com/containerd/containerd/runtime/v2/shim"
 
@@ -11,5 +12,8 @@ import (
 )
 
 func main() {
+	if code, ok := shimv2.OwnCommand(os.Args, os.Stdout); ok {
+		os.Exit(code)
+	}
 	shim.RunManager(context.Background(), shimv2.NewManager(), shimv2.BinaryOpts)
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/kasa-runtime/kasa/agent/api"
 	"github.com/kasa-runtime/kasa/configuration"
 	"github.com/kasa-runtime/kasa/version"
+	"github.com/kasa-runtime/kasa/virtcontainers"
 	"github.com/kasa-runtime/kasa/virtcontainers/hostcheck"
 )
 
@@ -36,6 +37,9 @@ commands:
             node (PSS of QEMU, virtiofsd and the runtime; QEMU's CPU) and
             print a RuntimeClass "kata" whose overhead.podFixed says so (needs
             root; kubectl apply -f the output)
+  reap      remove what dead shims left: the VM, mounts, taps, cgroup and
+            state of every sandbox whose shim is gone (needs root; each
+            shim's reaper and the next shim do it too)
   version   print the runtime and agent API versions
 
 options:
@@ -93,6 +97,16 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return selftest(*configPath, stdout, stderr)
 	case "runtimeclass":
 		return runtimeclass(*configPath, stdout, stderr)
+	case "reap":
+		reaped, err := virtcontainers.ReapOrphans(context.Background())
+		for _, id := range reaped {
+			fmt.Fprintf(stdout, "reaped sandbox %s\n", id)
+		}
+		if err != nil {
+			fmt.Fprintf(stderr, "kasa: %v\n", err)
+			return 1
+		}
+		return 0
 	case "help":
 		fmt.Fprint(stdout, usage)
 		return 0

@@ -51,8 +51,9 @@ func TestCRIOSnippet(t *testing.T) {
 		Crio struct {
 			Runtime struct {
 				Runtimes map[string]struct {
-					RuntimePath string `toml:"runtime_path"`
-					RuntimeType string `toml:"runtime_type"`
+					RuntimePath        string   `toml:"runtime_path"`
+					RuntimeType        string   `toml:"runtime_type"`
+					AllowedAnnotations []string `toml:"allowed_annotations"`
 				}
 			}
 		}
@@ -63,5 +64,11 @@ func TestCRIOSnippet(t *testing.T) {
 	kata := cfg.Crio.Runtime.Runtimes["kata"]
 	if kata.RuntimeType != "vm" || kata.RuntimePath != "/usr/bin/containerd-shim-kasa-v2" {
 		t.Errorf("crio runtimes.kata = %+v", kata)
+	}
+	// CRI-O ignores the whole handler when an entry is not one of its own
+	// annotation names ("invalid allowed_annotation"); pod annotations
+	// reach the shim without any.
+	if len(kata.AllowedAnnotations) != 0 {
+		t.Errorf("allowed_annotations = %v: CRI-O would ignore the handler", kata.AllowedAnnotations)
 	}
 }

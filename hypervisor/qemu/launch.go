@@ -14,6 +14,7 @@ import (
 
 	"github.com/kasa-runtime/kasa/hypervisor"
 	"github.com/kasa-runtime/kasa/hypervisor/vsock"
+	"github.com/kasa-runtime/kasa/internal/parentdeath"
 )
 
 // KVMDevice is the accelerator device an unprivileged QEMU is given access
@@ -125,7 +126,11 @@ func (q *QEMU) launch(logger *log.Entry, cu *cleanup) (_ *launched, retErr error
 		attr.Cloneflags = syscall.CLONE_NEWNET | syscall.CLONE_NEWIPC | syscall.CLONE_NEWUTS
 	}
 	cmd.SysProcAttr = attr
-	if err := cmd.Start(); err != nil {
+	// The VM must not outlive its shim, however the shim dies: QEMU gets
+	// SIGKILL when the shim does (PR_SET_PDEATHSIG, set after the identity
+	// change so that it survives it), started from a thread that lives as
+	// long as the shim.
+	if err := parentdeath.Start(cmd); err != nil {
 		logR.Close()
 		return nil, fmt.Errorf("starting %s: %w", cfg.Path, err)
 	}

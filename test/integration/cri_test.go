@@ -65,8 +65,16 @@ func startCRIHarness(t *testing.T, timeout time.Duration, mutate func(*ctrtest.O
 	return c, ctx
 }
 
+// criEndpoint is a CRI runtime the tests drive with crictl: a private
+// containerd (*ctrtest.Containerd) or CRI-O (*ctrtest.CRIO).
+type criEndpoint interface {
+	Crictl(ctx context.Context, args ...string) (ctrtest.Result, error)
+	CrictlOK(ctx context.Context, args ...string) (string, error)
+	WriteJSON(name string, v any) (string, error)
+}
+
 // crictl runs crictl and fails the test if it fails.
-func crictl(t *testing.T, ctx context.Context, c *ctrtest.Containerd, args ...string) string {
+func crictl(t *testing.T, ctx context.Context, c criEndpoint, args ...string) string {
 	t.Helper()
 	out, err := c.CrictlOK(ctx, args...)
 	if err != nil {
@@ -76,7 +84,7 @@ func crictl(t *testing.T, ctx context.Context, c *ctrtest.Containerd, args ...st
 }
 
 // runPod runs a pod with the "kata" handler from cfg and returns its id.
-func runPod(t *testing.T, ctx context.Context, c *ctrtest.Containerd, cfg map[string]any) string {
+func runPod(t *testing.T, ctx context.Context, c criEndpoint, cfg map[string]any) string {
 	t.Helper()
 	name := cfg["metadata"].(map[string]any)["name"].(string)
 	p, err := c.WriteJSON(name+"-pod.json", cfg)
@@ -91,7 +99,7 @@ func runPod(t *testing.T, ctx context.Context, c *ctrtest.Containerd, cfg map[st
 
 // startContainer creates and starts a container in pod podID and returns
 // its id.
-func startContainer(t *testing.T, ctx context.Context, c *ctrtest.Containerd, podID string, podCfg, cfg map[string]any) string {
+func startContainer(t *testing.T, ctx context.Context, c criEndpoint, podID string, podCfg, cfg map[string]any) string {
 	t.Helper()
 	name := cfg["metadata"].(map[string]any)["name"].(string)
 	// As the kubelet does, the container gets the pod's namespace options.
@@ -128,7 +136,7 @@ func containerConfig(name, image string, args []string, mounts ...map[string]any
 }
 
 // podIP is the pod's IP from crictl inspectp.
-func podIP(t *testing.T, ctx context.Context, c *ctrtest.Containerd, podID string) string {
+func podIP(t *testing.T, ctx context.Context, c criEndpoint, podID string) string {
 	t.Helper()
 	var st struct {
 		Status struct {

@@ -13,6 +13,7 @@ import (
 	"syscall"
 
 	"github.com/kasa-runtime/kasa/agent/api"
+	"github.com/kasa-runtime/kasa/internal/parentdeath"
 )
 
 // daemonFlavor is which virtiofsd a binary is: they take different options.
@@ -147,7 +148,7 @@ func (s *Share) StartVirtioFSD(ctx context.Context, daemon, socket string, place
 	}
 	defer out.Close()
 	cmd.Stdout, cmd.Stderr = out, out
-	if err := cmd.Start(); err != nil {
+	if err := parentdeath.Start(cmd); err != nil { // dies with the shim, whichever thread started it
 		return nil, nil, fmt.Errorf("start virtiofsd %s: %w", daemon, err)
 	}
 	d := &Daemon{cmd: cmd, log: logPath, done: make(chan struct{})}
