@@ -22,6 +22,7 @@ LDFLAGS := -X github.com/kasa-runtime/kasa/version.Version=$(VERSION) -X github.
 # It links libseccomp statically, so deps (apt packages) come before it.
 STATIC := CGO_ENABLED=1 $(GO) build -trimpath -tags netgo,osusergo,seccomp -ldflags '$(LDFLAGS) -s -w -extldflags -static'
 KERNEL_SOURCE ?= minimal
+KASA_TEST_CRIO_DIR ?= $(CURDIR)/../shared/cri-o
 GUEST := build/guest
 
 export PATH := $(CURDIR)/bin:$(PATH)
@@ -90,8 +91,8 @@ fuzz:
 	hack/fuzz.sh $(or $(FUZZTIME),5m)
 
 # CI=true turns a missing prerequisite into a failure instead of a skip.
-# The CRI-O tests take crio and pinns from ../shared/cri-o beside the clone
-# (CRI-O is neither in Debian nor on the Go proxy).
+# The CRI-O tests take crio and pinns from KASA_TEST_CRIO_DIR (CRI-O is neither
+# in Debian nor on the Go proxy; the project's CI places a build beside the clone).
 # crictl and critest (cri-tools v1.30.0), built from the Go module proxy.
 cri-tools:
 	hack/install-cri-tools.sh bin
@@ -104,7 +105,7 @@ containerd2:
 
 test-integration: build guest-image cri-tools containerd2
 	KASA_TEST_KERNEL=$(CURDIR)/$(GUEST)/vmlinuz $(GO) test -count=1 -run Integration -v ./agent/... ./hypervisor/... ./virtcontainers/...
-	KASA_TEST_GUEST_DIR=$(CURDIR)/$(GUEST) KASA_TEST_CONTAINERD2=$(CURDIR)/bin/containerd2/containerd KASA_TEST_CRIO_DIR=$(CURDIR)/../shared/cri-o $(GO) test -count=1 -tags integration -timeout 60m -v ./test/integration/...
+	KASA_TEST_GUEST_DIR=$(CURDIR)/$(GUEST) KASA_TEST_CONTAINERD2=$(CURDIR)/bin/containerd2/containerd KASA_TEST_CRIO_DIR=$(KASA_TEST_CRIO_DIR) $(GO) test -count=1 -tags integration -timeout 60m -v ./test/integration/...
 
 soak: build guest-image cri-tools
 	KASA_SOAK=10m KASA_TEST_GUEST_DIR=$(CURDIR)/$(GUEST) $(GO) test -count=1 -tags integration -timeout 30m -run TestCRIExecSoak -v ./test/integration/
