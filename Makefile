@@ -33,10 +33,10 @@ all: build guest-image
 
 build: bin/kasa bin/kasa-agent bin/containerd-shim-kasa-v2
 
-bin/kasa: FORCE
+bin/kasa: FORCE deps
 	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $@ ./cmd/kasa
 
-bin/containerd-shim-kasa-v2: FORCE
+bin/containerd-shim-kasa-v2: FORCE deps
 	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $@ ./cmd/containerd-shim-kasa-v2
 
 bin/kasa-agent: FORCE deps
@@ -69,7 +69,7 @@ install-containerd-config:
 
 # The README's main command: install, check the host, then a pod in its own
 # VM through containerd's CRI (handler kata, CNI bridge), beside runc.
-demo: install cri-tools
+demo: deps install cri-tools
 	@echo "== kasa check"
 	$(PREFIX)/bin/kasa check || true
 	@echo "== a pod in a VM through containerd's CRI"
