@@ -3,8 +3,6 @@ package main
 import (
 	"bufio"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"fmt"
 	"io"
 	"os"
@@ -32,9 +30,7 @@ func runtimeclass(path string, stdout, stderr io.Writer) int {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	var b [4]byte
-	rand.Read(b[:])
-	id := "runtimeclass-" + hex.EncodeToString(b[:])
+	id := throwawayID("runtimeclass")
 	fmt.Fprintf(stderr, "kasa: measuring an idle sandbox (%d vCPU, %d MiB guest) for %s...\n",
 		cfg.Hypervisor.DefaultVCPUs, cfg.Hypervisor.DefaultMemory, 2*runtimeClassSettle)
 	sb, err := virtcontainers.CreateSandbox(ctx, virtcontainers.SandboxConfig{ID: id, Config: cfg, Hostname: "measure"})

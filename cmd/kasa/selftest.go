@@ -27,9 +27,7 @@ func selftest(path string, stdout, stderr io.Writer) int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
-	var b [4]byte
-	rand.Read(b[:])
-	id := "selftest-" + hex.EncodeToString(b[:])
+	id := throwawayID("selftest")
 	fmt.Fprintf(stdout, "[1/3] booting VM %s (%s, %s, %d vCPU, %d MiB) from %s\n", id, cfg.HypervisorName,
 		cfg.Hypervisor.MachineType, cfg.Hypervisor.DefaultVCPUs, cfg.Hypervisor.DefaultMemory, describeSource(cfg))
 	start := time.Now()
@@ -63,4 +61,11 @@ func selftest(path string, stdout, stderr io.Writer) int {
 	}
 	fmt.Fprintf(stdout, "      stopped; state removed. Total %s\n", time.Since(start).Round(time.Millisecond))
 	return 0
+}
+
+// throwawayID names a sandbox the command makes and removes itself.
+func throwawayID(prefix string) string {
+	var b [4]byte
+	rand.Read(b[:])
+	return prefix + "-" + hex.EncodeToString(b[:])
 }
