@@ -198,6 +198,10 @@ type RuntimeConfig struct {
 	// true, Kasa to false: the profile is a protection, turned off only
 	// explicitly).
 	DisableGuestSeccomp bool `toml:"disable_guest_seccomp"`
+	// MaxConcurrentBoots is how many VMs may boot at once on the node,
+	// across every shim; the others queue (virtcontainers/admission). 0
+	// derives it from the host's CPUs and accelerator (Kasa's own key).
+	MaxConcurrentBoots int `toml:"max_concurrent_boots"`
 }
 
 // KernelParamsList splits KernelParams into single parameters.

@@ -25,6 +25,8 @@ const (
 	maxMSize9P            = 1 << 20
 	minDialTimeoutSeconds = 1
 	maxDialTimeoutSeconds = 600
+	// maxConcurrentBoots bounds runtime.max_concurrent_boots.
+	maxConcurrentBoots = 1024
 )
 
 // FieldError is one bad configuration value. errors.As finds it in the
@@ -152,6 +154,7 @@ func (c *Config) Validate() error {
 	if r.DisableNewNetns && r.InterNetworkingModel != NetNone {
 		v.fail("runtime.disable_new_netns", true, `requires runtime.internetworking_model = "none"`, nil)
 	}
+	v.intRange("runtime.max_concurrent_boots", r.MaxConcurrentBoots, 0, maxConcurrentBoots)
 	return errors.Join(v.errs...)
 }
 

@@ -20,6 +20,7 @@ import (
 	"github.com/kasa-runtime/kasa/hypervisor"
 	"github.com/kasa-runtime/kasa/hypervisor/qemu"
 	"github.com/kasa-runtime/kasa/hypervisor/vsock"
+	"github.com/kasa-runtime/kasa/virtcontainers/admission"
 	"github.com/kasa-runtime/kasa/virtcontainers/vmmuser"
 )
 
@@ -168,10 +169,18 @@ func startVM(ctx context.Context, id string, cfg *configuration.Config, shared *
 	if err := hv.CreateVM(ctx, vm.Config); err != nil {
 		return nil, fmt.Errorf("sandbox %s: create VM: %w", id, err)
 	}
+	slot, err := admitBoot(ctx, id, cfg, hv)
+	if err != nil {
+		return nil, err
+	}
+	defer slot.Release() // after the agent answered, or the failed VM is gone
 	start := time.Now()
+	clock := admission.NewRunClock()
 	if err := hv.StartVM(ctx); err != nil {
 		return nil, fmt.Errorf("sandbox %s: start VM: %w", id, err)
 	}
+	clock.Watch(hv.PID())
+	clock.Watch(os.Getpid()) // the shim relays the agent's answer
 	defer func() {
 		if retErr != nil {
 			stopCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
@@ -182,7 +191,7 @@ func startVM(ctx context.Context, id string, cfg *configuration.Config, shared *
 		}
 	}()
 
-	agent, err := vm.dialAgent(ctx, cfg.Agent.DialTimeout)
+	agent, err := vm.dialAgent(ctx, clock, cfg.Agent.DialTimeout)
 	if err != nil {
 		return nil, err
 	}
@@ -191,10 +200,12 @@ func startVM(ctx context.Context, id string, cfg *configuration.Config, shared *
 	return vm, nil
 }
 
-// dialAgent connects and checks the agent, giving up when the VM dies or the
-// timeout passes; the error then carries the end of the guest console.
-func (vm *VM) dialAgent(ctx context.Context, timeout time.Duration) (*client.Client, error) {
-	dctx, cancel := context.WithTimeout(ctx, timeout)
+// dialAgent connects and checks the agent, giving up when the VM dies or
+// has used timeout of run time (clock: the time it could run since its
+// admission, not the time it waited for a host CPU); the error then
+// carries the end of the guest console.
+func (vm *VM) dialAgent(ctx context.Context, clock *admission.RunClock, timeout time.Duration) (*client.Client, error) {
+	dctx, cancel := admission.WithRunTimeout(ctx, clock, timeout, maxWallFactor*timeout)
 	defer cancel()
 	go func() {
 		select {
@@ -224,8 +235,9 @@ func (vm *VM) dialAgent(ctx context.Context, timeout time.Duration) (*client.Cli
 		return nil, fmt.Errorf("sandbox %s: VM exited before its agent answered (%s)%s", vm.ID, exitReason(vm.hv.ExitError()), vm.consoleTail())
 	default:
 	}
-	if errors.Is(dctx.Err(), context.DeadlineExceeded) && ctx.Err() == nil {
-		return nil, fmt.Errorf("sandbox %s: agent did not answer within %s (agent.kata.dial_timeout): %w%s", vm.ID, timeout, err, vm.consoleTail())
+	var rt *admission.RunTimeoutError
+	if errors.As(context.Cause(dctx), &rt) && ctx.Err() == nil {
+		return nil, fmt.Errorf("sandbox %s: the VM started but its agent did not answer within %s (agent.kata.dial_timeout): %v: %w%s", vm.ID, timeout, rt, err, vm.consoleTail())
 	}
 	return nil, fmt.Errorf("sandbox %s: reach agent: %w", vm.ID, err)
 }
