@@ -7,7 +7,7 @@
 #   make generate      regenerates agent/api from agent.proto (protoc)
 #   make bench-boot    boot phase timings, Kasa agent beside a trivial /init
 #   make bench-run     ctr run --rm hello-world, Kasa beside runc
-#   make bench-pod     CRI pod-ready latency, a burst, memory per idle pod, Kasa beside runc
+#   make bench-pod     CRI pod-ready latency, bursts of 10 and 20 pods, memory per idle pod, Kasa beside runc
 #   make bench-vsock   agent RPC latency and stream throughput, vhost-user-vsock beside virtio-serial
 #   make fuzz          every Go fuzz target for FUZZTIME each (default 5m; make test runs 10s each)
 #   make soak          the CRI exec soak for 10 minutes (make test runs 2)
@@ -126,8 +126,9 @@ bench-run: build guest-image
 	printf '[hypervisor.qemu]\nkernel = "%s"\ninitrd = "%s"\n' $(CURDIR)/$(GUEST)/vmlinuz $(CURDIR)/$(GUEST)/initrd.img > build/bench-kasa.toml
 	$(GO) run ./test/bench/run -kasa-config $(CURDIR)/build/bench-kasa.toml $(BENCH_RUN_FLAGS)
 
-# CRI pods through crictl: pod-ready latency, a burst, memory per idle pod;
-# the kata handler (this build) beside runc, same containerd.
+# CRI pods through crictl: pod-ready latency, bursts of pods started at once,
+# memory per idle pod; the kata handler (this build) beside runc, same
+# containerd. BENCH_POD_FLAGS=-bursts=10,20,50 adds a burst of 50.
 bench-pod: build guest-image cri-tools
 	printf '[hypervisor.qemu]\nkernel = "%s"\ninitrd = "%s"\n' $(CURDIR)/$(GUEST)/vmlinuz $(CURDIR)/$(GUEST)/initrd.img > build/bench-kasa.toml
 	$(GO) run ./test/bench/pod -shim-dir bin -kasa-config $(CURDIR)/build/bench-kasa.toml $(BENCH_POD_FLAGS)

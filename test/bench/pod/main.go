@@ -1,15 +1,20 @@
 // Command pod measures CRI pods with the "kata" handler (Kasa) beside runc,
 // same containerd, same images, one run: the pod-ready latency
 // (RunPodSandbox, CreateContainer, StartContainer, then ExecSync `true`
-// answered; median and p90 of -n pods, one at a time), a burst of -burst
-// pods created at once (time until all are ready), and the host memory per
+// answered; median and p90 of -n pods, one at a time), bursts of -bursts
+// pods created at once (time until all are ready, and when the first and
+// the median pod were), and the host memory per
 // idle pod (PSS from /proc/PID/smaps_rollup of the pod's host processes:
 // QEMU + shim for Kasa, shim + pause + container for runc; mean of -idle
 // pods).
 //
 // Usage:
 //
-//	go run ./test/bench/pod [-n 10] [-burst 10] [-idle 3] [-kasa-config FILE] [-shim-dir DIR] [-crictl PATH]
+//	go run ./test/bench/pod [-n 10] [-bursts 10,20] [-idle 3] [-kasa-config FILE] [-shim-dir DIR] [-crictl PATH]
+//
+// A burst of 50 (-bursts 10,20,50) takes a few minutes under TCG on two
+// CPUs. Other work on the host makes every figure noisy: compare runc and
+// kata from the same run.
 //
 // It needs root, containerd, runc, the CNI plugins and crictl (make
 // cri-tools).
@@ -33,7 +38,8 @@ import (
 )
 
 type config struct {
-	n, burst, idle        int
+	n, idle               int
+	bursts                []int
 	kasaConfig, shimDir   string
 	crictl                string
 	timeout               time.Duration
@@ -44,13 +50,21 @@ type config struct {
 func main() {
 	var cfg config
 	flag.IntVar(&cfg.n, "n", 10, "pods measured one at a time, per handler")
-	flag.IntVar(&cfg.burst, "burst", 10, "pods created at once, per handler (0: skip)")
+	bursts := flag.String("bursts", "10,20", "sizes of the bursts of pods created at once, per handler, comma-separated (\"\": none)")
 	flag.IntVar(&cfg.idle, "idle", 3, "idle pods whose memory is measured, per handler (0: skip)")
 	flag.StringVar(&cfg.kasaConfig, "kasa-config", "", "Kasa configuration file (the shim's ConfigPath option)")
 	flag.StringVar(&cfg.shimDir, "shim-dir", "", "directory put first on containerd's PATH (e.g. ./bin)")
 	flag.StringVar(&cfg.crictl, "crictl", "bin/crictl", "crictl binary")
 	flag.DurationVar(&cfg.timeout, "timeout", 20*time.Minute, "limit for the whole run")
 	flag.Parse()
+	for _, f := range strings.FieldsFunc(*bursts, func(r rune) bool { return r == ',' }) {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || n < 1 {
+			fmt.Fprintf(os.Stderr, "bench-pod: -bursts: %q is not a pod count\n", f)
+			os.Exit(2)
+		}
+		cfg.bursts = append(cfg.bursts, n)
+	}
 	cfg.handlers = []string{"runc", "kata"}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -90,13 +104,13 @@ func run(ctx context.Context, cfg config) error {
 	if _, err := c.CrictlOK(ctx, "pull", ctrtest.PauseImage); err != nil {
 		return err
 	}
-	fmt.Printf("bench-pod: %d pods one at a time, a burst of %d, %d idle pods; handlers %v\n", cfg.n, cfg.burst, cfg.idle, cfg.handlers)
+	fmt.Printf("bench-pod: %d pods one at a time, bursts of %v, %d idle pods; handlers %v\n", cfg.n, cfg.bursts, cfg.idle, cfg.handlers)
+	fmt.Println("(the host's other load makes every figure noisy: compare runc and kata of this run)")
 
 	type result struct {
 		ready     []time.Duration
 		phases    map[string][]time.Duration
-		burst     time.Duration
-		burstErr  error
+		bursts    []burstRun
 		pssKiB    []int64
 		pssDetail string
 	}
@@ -119,9 +133,10 @@ func run(ctx context.Context, cfg config) error {
 			}
 			fmt.Printf("  %-5s pod %2d ready in %v\n", h, i+1, p.ready.Round(time.Millisecond))
 		}
-		if cfg.burst > 0 {
-			r.burst, r.burstErr = b.burst(ctx, h, cfg.burst)
-			fmt.Printf("  %-5s burst of %d ready in %v (%v)\n", h, cfg.burst, r.burst.Round(time.Millisecond), r.burstErr)
+		for _, n := range cfg.bursts {
+			br := b.burst(ctx, h, n)
+			r.bursts = append(r.bursts, br)
+			fmt.Printf("  %-5s burst of %d: %s\n", h, n, br)
 		}
 		if cfg.idle > 0 {
 			r.pssKiB, r.pssDetail, err = b.idleMemory(ctx, h, cfg.idle)
@@ -141,10 +156,13 @@ func run(ctx context.Context, cfg config) error {
 	if k, rc := results["kata"], results["runc"]; k != nil && rc != nil && pct(rc.ready, 50) > 0 {
 		fmt.Printf("kata/runc median ratio: %.1fx\n", float64(pct(k.ready, 50))/float64(pct(rc.ready, 50)))
 	}
-	if cfg.burst > 0 {
-		fmt.Printf("\nburst: %d pods created at once, until all answered ExecSync\n", cfg.burst)
+	for i, n := range cfg.bursts {
+		fmt.Printf("\nburst: %d pods created at once; until all answered ExecSync (first / median / last pod ready)\n", n)
 		for _, h := range cfg.handlers {
-			fmt.Printf("%-6s %10v %v\n", h, results[h].burst.Round(time.Millisecond), errText(results[h].burstErr))
+			fmt.Printf("%-6s %s\n", h, results[h].bursts[i])
+		}
+		if k, rc := results["kata"], results["runc"]; k != nil && rc != nil && rc.bursts[i].all > 0 && k.bursts[i].failed == 0 {
+			fmt.Printf("kata/runc ratio: %.1fx\n", float64(k.bursts[i].all)/float64(rc.bursts[i].all))
 		}
 	}
 	if cfg.idle > 0 {
@@ -222,30 +240,54 @@ func (b *bench) pod(ctx context.Context, handler, name string) (podRun, error) {
 	return r, err
 }
 
-// burst starts n pods at once and returns the time until the last is ready.
-func (b *bench) burst(ctx context.Context, handler string, n int) (time.Duration, error) {
+// burstRun is one burst: when its pods were ready, and which failed.
+type burstRun struct {
+	n      int
+	all    time.Duration   // until the last pod was ready (or failed)
+	ready  []time.Duration // each ready pod, from the burst's start
+	failed int
+	err    error // the first failure
+}
+
+func (r burstRun) String() string {
+	s := fmt.Sprintf("%10v   (%v / %v / %v)", r.all.Round(time.Millisecond), pct(r.ready, 0), pct(r.ready, 50), pct(r.ready, 100))
+	if r.failed > 0 {
+		s += fmt.Sprintf("   %d of %d failed, first: %v", r.failed, r.n, r.err)
+	}
+	return s
+}
+
+// burst starts n pods at once and measures until the last is ready.
+func (b *bench) burst(ctx context.Context, handler string, n int) burstRun {
 	var wg sync.WaitGroup
 	runs := make([]podRun, n)
 	errs := make([]error, n)
+	done := make([]time.Duration, n)
 	t0 := time.Now()
 	for i := range n {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			runs[i], errs[i] = b.start(ctx, handler, fmt.Sprintf("burst%d", i))
+			runs[i], errs[i] = b.start(ctx, handler, fmt.Sprintf("burst%d-%d", n, i))
+			done[i] = time.Since(t0)
 		}()
 	}
 	wg.Wait()
-	d := time.Since(t0)
-	for _, r := range runs {
-		b.remove(ctx, r.id)
+	r := burstRun{n: n, all: time.Since(t0)}
+	for _, p := range runs {
+		b.remove(ctx, p.id)
 	}
-	for _, err := range errs {
+	for i, err := range errs {
 		if err != nil {
-			return d, err
+			if r.failed == 0 {
+				r.err = err
+			}
+			r.failed++
+			continue
 		}
+		r.ready = append(r.ready, done[i])
 	}
-	return d, nil
+	return r
 }
 
 // idleMemory starts n pods, lets them settle, and sums the PSS of each
@@ -389,11 +431,4 @@ func mean(v []int64) int64 {
 		sum += x
 	}
 	return sum / int64(len(v))
-}
-
-func errText(err error) string {
-	if err == nil {
-		return ""
-	}
-	return "error: " + err.Error()
 }
