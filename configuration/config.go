@@ -152,7 +152,9 @@ type HypervisorConfig struct {
 // AgentConfig is the [agent.kata] table.
 type AgentConfig struct {
 	// DialTimeout bounds how long the shim waits for the agent to answer
-	// after boot. The file holds whole seconds (dial_timeout).
+	// after boot, in the VM's run time from its admission (time it waited
+	// for a host CPU is not counted, up to 4x in wall time). The file holds
+	// whole seconds (dial_timeout).
 	DialTimeout time.Duration
 	// DebugConsoleEnabled would start a shell on a guest console for
 	// `kasa exec`; not implemented yet, so Validate refuses true.
