@@ -32,8 +32,25 @@ func New(h *netlink.Handle) *Config {
 	return &Config{h: h}
 }
 
+// dumpRetries bounds how often a netlink dump is redone when the kernel
+// reports it interrupted by a concurrent change (NLM_F_DUMP_INTR): while
+// an interface comes up the kernel adds its IPv6 addresses and routes, and
+// on a slow guest a dump often overlaps that.
+const dumpRetries = 10
+
+// redump runs a netlink dump again while the kernel reports it
+// interrupted, so callers never act on a partial list.
+func redump[T any](dump func() (T, error)) (T, error) {
+	for i := 0; ; i++ {
+		v, err := dump()
+		if !errors.Is(err, netlink.ErrDumpInterrupted) || i == dumpRetries {
+			return v, err
+		}
+	}
+}
+
 func (c *Config) linkIndexer() (byName func(string) (int, bool), byIndex func(int) string, err error) {
-	links, err := c.h.LinkList()
+	links, err := redump(c.h.LinkList)
 	if err != nil {
 		return nil, nil, fmt.Errorf("list links: %w", err)
 	}
@@ -63,7 +80,7 @@ func (c *Config) ensureLoopbackUp() error {
 }
 
 func (c *Config) linkByMAC(mac net.HardwareAddr) (netlink.Link, error) {
-	links, err := c.h.LinkList()
+	links, err := redump(c.h.LinkList)
 	if err != nil {
 		return nil, fmt.Errorf("list links: %w", err)
 	}
@@ -76,7 +93,7 @@ func (c *Config) linkByMAC(mac net.HardwareAddr) (netlink.Link, error) {
 }
 
 func (c *Config) describe(l netlink.Link) (*api.Interface, error) {
-	addrs, err := c.h.AddrList(l, netlink.FAMILY_ALL)
+	addrs, err := redump(func() ([]netlink.Addr, error) { return c.h.AddrList(l, netlink.FAMILY_ALL) })
 	if err != nil {
 		return nil, fmt.Errorf("list addresses of %s: %w", l.Attrs().Name, err)
 	}
@@ -186,7 +203,7 @@ func (c *Config) setFlags(link netlink.Link, flags uint32) error {
 func addrKey(a *net.IPNet) string { return a.String() }
 
 func (c *Config) replaceAddrs(link netlink.Link, want []*netlink.Addr) error {
-	have, err := c.h.AddrList(link, netlink.FAMILY_ALL)
+	have, err := redump(func() ([]netlink.Addr, error) { return c.h.AddrList(link, netlink.FAMILY_ALL) })
 	if err != nil {
 		return fmt.Errorf("list addresses: %w", err)
 	}
@@ -215,7 +232,7 @@ func (c *Config) replaceAddrs(link netlink.Link, want []*netlink.Addr) error {
 
 // ListInterfaces describes every interface of the guest, lo included.
 func (c *Config) ListInterfaces() ([]*api.Interface, error) {
-	links, err := c.h.LinkList()
+	links, err := redump(c.h.LinkList)
 	if err != nil {
 		return nil, fmt.Errorf("list links: %w", err)
 	}
@@ -236,7 +253,7 @@ func (c *Config) ListRoutes() ([]*api.Route, error) {
 	if err != nil {
 		return nil, err
 	}
-	rs, err := c.h.RouteList(nil, netlink.FAMILY_ALL)
+	rs, err := redump(func() ([]netlink.Route, error) { return c.h.RouteList(nil, netlink.FAMILY_ALL) })
 	if err != nil {
 		return nil, fmt.Errorf("list routes: %w", err)
 	}
@@ -287,7 +304,7 @@ func (c *Config) UpdateRoutes(routes []*api.Route) ([]*api.Route, error) {
 		want = append(want, nr)
 	}
 	loIndex, _ := byName("lo")
-	have, err := c.h.RouteList(nil, netlink.FAMILY_ALL)
+	have, err := redump(func() ([]netlink.Route, error) { return c.h.RouteList(nil, netlink.FAMILY_ALL) })
 	if err != nil {
 		return nil, fmt.Errorf("list routes: %w", err)
 	}
