@@ -10,11 +10,12 @@
 //
 // Usage:
 //
-//	go run ./test/bench/pod [-n 10] [-bursts 10,20] [-idle 3] [-kasa-config FILE] [-shim-dir DIR] [-crictl PATH]
+//	go run ./test/bench/pod [-n 10] [-bursts 10,20] [-boot-slots 1,2,4] [-idle 3] [-kasa-config FILE] [-shim-dir DIR] [-crictl PATH]
 //
 // A burst of 50 (-bursts 10,20,50) takes a few minutes under TCG on two
 // CPUs. Other work on the host makes every figure noisy: compare runc and
-// kata from the same run.
+// kata from the same run. -boot-slots repeats the kata bursts with each
+// value of runtime.max_concurrent_boots, to choose it for a host.
 //
 // It needs root, containerd, runc, the CNI plugins and crictl (make
 // cri-tools).
@@ -39,7 +40,7 @@ import (
 
 type config struct {
 	n, idle               int
-	bursts                []int
+	bursts, bootSlots     []int
 	kasaConfig, shimDir   string
 	crictl                string
 	timeout               time.Duration
@@ -51,20 +52,15 @@ func main() {
 	var cfg config
 	flag.IntVar(&cfg.n, "n", 10, "pods measured one at a time, per handler")
 	bursts := flag.String("bursts", "10,20", "sizes of the bursts of pods created at once, per handler, comma-separated (\"\": none)")
+	bootSlots := flag.String("boot-slots", "", "also run the kata bursts with runtime.max_concurrent_boots set to each of these values, comma-separated (rewrites -kasa-config meanwhile)")
 	flag.IntVar(&cfg.idle, "idle", 3, "idle pods whose memory is measured, per handler (0: skip)")
 	flag.StringVar(&cfg.kasaConfig, "kasa-config", "", "Kasa configuration file (the shim's ConfigPath option)")
 	flag.StringVar(&cfg.shimDir, "shim-dir", "", "directory put first on containerd's PATH (e.g. ./bin)")
 	flag.StringVar(&cfg.crictl, "crictl", "bin/crictl", "crictl binary")
 	flag.DurationVar(&cfg.timeout, "timeout", 20*time.Minute, "limit for the whole run")
 	flag.Parse()
-	for _, f := range strings.FieldsFunc(*bursts, func(r rune) bool { return r == ',' }) {
-		n, err := strconv.Atoi(strings.TrimSpace(f))
-		if err != nil || n < 1 {
-			fmt.Fprintf(os.Stderr, "bench-pod: -bursts: %q is not a pod count\n", f)
-			os.Exit(2)
-		}
-		cfg.bursts = append(cfg.bursts, n)
-	}
+	cfg.bursts = counts("bursts", *bursts)
+	cfg.bootSlots = counts("boot-slots", *bootSlots)
 	cfg.handlers = []string{"runc", "kata"}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -74,6 +70,20 @@ func main() {
 		fmt.Fprintln(os.Stderr, "bench-pod:", err)
 		os.Exit(1)
 	}
+}
+
+// counts parses a comma-separated list of positive integers, or exits.
+func counts(name, list string) []int {
+	var out []int
+	for _, f := range strings.FieldsFunc(list, func(r rune) bool { return r == ',' }) {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || n < 1 {
+			fmt.Fprintf(os.Stderr, "bench-pod: -%s: %q is not a positive count\n", name, f)
+			os.Exit(2)
+		}
+		out = append(out, n)
+	}
+	return out
 }
 
 func run(ctx context.Context, cfg config) error {
@@ -115,6 +125,7 @@ func run(ctx context.Context, cfg config) error {
 		pssDetail string
 	}
 	results := map[string]*result{}
+	var sweep map[int][]burstRun
 	for _, h := range cfg.handlers {
 		r := &result{phases: map[string][]time.Duration{}}
 		results[h] = r
@@ -137,6 +148,11 @@ func run(ctx context.Context, cfg config) error {
 			br := b.burst(ctx, h, n)
 			r.bursts = append(r.bursts, br)
 			fmt.Printf("  %-5s burst of %d: %s\n", h, n, br)
+		}
+		if h == "kata" && len(cfg.bootSlots) > 0 {
+			if sweep, err = b.slotSweep(ctx, cfg); err != nil {
+				return err
+			}
 		}
 		if cfg.idle > 0 {
 			r.pssKiB, r.pssDetail, err = b.idleMemory(ctx, h, cfg.idle)
@@ -164,6 +180,9 @@ func run(ctx context.Context, cfg config) error {
 		if k, rc := results["kata"], results["runc"]; k != nil && rc != nil && rc.bursts[i].all > 0 && k.bursts[i].failed == 0 {
 			fmt.Printf("kata/runc ratio: %.1fx\n", float64(k.bursts[i].all)/float64(rc.bursts[i].all))
 		}
+	}
+	if sweep != nil {
+		printSlotSweep(cfg, sweep)
 	}
 	if cfg.idle > 0 {
 		fmt.Printf("\nhost memory per idle pod (PSS, one sleeping busybox container; %d pods)\n", cfg.idle)
