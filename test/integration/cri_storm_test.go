@@ -4,7 +4,6 @@ package integration
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -68,7 +67,7 @@ func TestCRIStorm(t *testing.T) {
 		p := &pods[i]
 		if p.id != "" {
 			ids = append(ids, p.id)
-			p.netns = criPodNetns(ctx, c, p.id)
+			p.netns = podNetNS(t, ctx, c, p.id)
 		}
 		if p.ctr != "" {
 			ids = append(ids, p.ctr)
@@ -190,31 +189,6 @@ func runpAsKubelet(ctx context.Context, c *ctrtest.Containerd, podPath string, l
 	}
 }
 
-// criPodNetns is the network namespace path of a pod, from crictl inspectp.
-func criPodNetns(ctx context.Context, c *ctrtest.Containerd, podID string) string {
-	out, err := c.CrictlOK(ctx, "inspectp", podID)
-	if err != nil {
-		return ""
-	}
-	var st struct {
-		Info struct {
-			RuntimeSpec struct {
-				Linux struct {
-					Namespaces []struct{ Type, Path string } `json:"namespaces"`
-				} `json:"linux"`
-			} `json:"runtimeSpec"`
-		} `json:"info"`
-	}
-	if json.Unmarshal([]byte(out), &st) != nil {
-		return ""
-	}
-	for _, ns := range st.Info.RuntimeSpec.Linux.Namespaces {
-		if ns.Type == "network" {
-			return ns.Path
-		}
-	}
-	return ""
-}
 
 // quantile is the p-th percentile of ds (0 when empty).
 func quantile(ds []time.Duration, p int) time.Duration {

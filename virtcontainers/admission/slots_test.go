@@ -167,10 +167,9 @@ func TestSlotsAcrossProcesses(t *testing.T) {
 	}
 }
 
-// TestAcquireCancel: a waiter whose context ends gets a WaitError wrapping
-// the context's error, and leaves the queue.
-func TestAcquireCancel(t *testing.T) {
-	dir := t.TempDir()
+// oneSlotHeld returns one slot under dir, held.
+func oneSlotHeld(t *testing.T, dir string) (*Slots, *Slot) {
+	t.Helper()
 	s, err := New(dir, 1)
 	if err != nil {
 		t.Fatal(err)
@@ -179,10 +178,18 @@ func TestAcquireCancel(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return s, held
+}
+
+// TestAcquireCancel: a waiter whose context ends gets a WaitError wrapping
+// the context's error, and leaves the queue.
+func TestAcquireCancel(t *testing.T) {
+	dir := t.TempDir()
+	s, held := oneSlotHeld(t, dir)
 	defer held.Release()
 	ctx, cancel := context.WithTimeout(context.Background(), 3*pollInterval)
 	defer cancel()
-	_, err = s.Acquire(ctx)
+	_, err := s.Acquire(ctx)
 	var we *WaitError
 	if !errors.As(err, &we) || !errors.Is(err, context.DeadlineExceeded) || we.N != 1 {
 		t.Fatalf("Acquire = %v, want a WaitError with N 1 wrapping DeadlineExceeded", err)
@@ -199,14 +206,7 @@ func TestAcquireCancel(t *testing.T) {
 // and a dead waiter's ticket is skipped and removed.
 func TestQueueOrder(t *testing.T) {
 	dir := t.TempDir()
-	s, err := New(dir, 1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	held, err := s.Acquire(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
+	s, held := oneSlotHeld(t, dir)
 	// A ticket ahead of everyone, left by a waiter that died (unlocked).
 	dead := filepath.Join(dir, "queue", fmt.Sprintf("%020d-%010d", 1, 1))
 	if err := os.WriteFile(dead, nil, 0o600); err != nil {
