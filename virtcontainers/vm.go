@@ -196,7 +196,8 @@ func startVM(ctx context.Context, id string, cfg *configuration.Config, shared *
 		return nil, err
 	}
 	vm.Agent = agent
-	log.G(ctx).WithField("elapsed", time.Since(start).Round(time.Millisecond)).Info("agent answered")
+	_, _, starved := clock.Elapsed()
+	log.G(ctx).WithFields(log.Fields{"elapsed": time.Since(start).Round(time.Millisecond), "cpu_wait": starved.Round(time.Millisecond)}).Info("agent answered")
 	return vm, nil
 }
 
