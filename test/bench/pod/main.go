@@ -191,7 +191,7 @@ func run(ctx context.Context, cfg config) error {
 			fmt.Printf("%-6s %8.1f MiB   %s\n", h, float64(mean(r.pssKiB))/1024, r.pssDetail)
 		}
 	}
-	if left := ctrtest.WaitNoLeftovers(ctx, 15*time.Second, c); len(left) > 0 {
+	if left := ctrtest.WaitNoLeftovers(ctx, 15*time.Second, c, b.removed...); len(left) > 0 {
 		return fmt.Errorf("left behind:\n  %s", strings.Join(left, "\n  "))
 	}
 	return nil
@@ -199,6 +199,11 @@ func run(ctx context.Context, cfg config) error {
 
 type bench struct {
 	c *ctrtest.Containerd
+
+	mu sync.Mutex
+	// removed are the pods this run made and removed: the leftover check
+	// looks for what is theirs only, as other work may share the host.
+	removed []string
 }
 
 type podRun struct {
@@ -249,6 +254,9 @@ func (b *bench) start(ctx context.Context, handler, name string) (podRun, error)
 func (b *bench) remove(ctx context.Context, id string) {
 	if id != "" {
 		b.c.CrictlOK(context.WithoutCancel(ctx), "rmp", "--force", id)
+		b.mu.Lock()
+		b.removed = append(b.removed, id)
+		b.mu.Unlock()
 	}
 }
 
