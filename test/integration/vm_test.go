@@ -16,6 +16,7 @@ import (
 	"github.com/kasa-runtime/kasa/agent/client"
 	"github.com/kasa-runtime/kasa/configuration"
 	"github.com/kasa-runtime/kasa/virtcontainers"
+	"github.com/kasa-runtime/kasa/virtcontainers/admission"
 )
 
 // The core path: boot under QEMU, the agent answers Check and
@@ -209,25 +210,44 @@ func TestVMDyingDuringBootFailsFast(t *testing.T) {
 }
 
 // A guest that stays up but whose agent never answers hits the dial timeout,
-// names it, and is torn down.
+// names it, is torn down, and gives back its boot slot (here the node's
+// only one, in a directory of the test's own).
 func TestSilentAgentTimesOut(t *testing.T) {
 	cfg := testConfig(t)
 	// No /init to run and panic=0: the kernel panics and then just sits there.
 	cfg.Hypervisor.KernelParams = "rdinit=/nonexistent panic=0"
 	cfg.Agent.DialTimeout = 8 * time.Second
+	cfg.Runtime.MaxConcurrentBoots = 1
+	slotsDir := admission.Dir
+	admission.Dir = t.TempDir()
+	t.Cleanup(func() { admission.Dir = slotsDir })
 	id := newID(t)
 	start := time.Now()
 	_, err := virtcontainers.StartVM(context.Background(), id, cfg)
 	if err == nil {
 		t.Fatal("boot without an agent succeeded")
 	}
-	if !strings.Contains(err.Error(), "agent.kata.dial_timeout") {
-		t.Fatalf("err = %v, want the dial timeout named", err)
+	if !strings.Contains(err.Error(), "agent.kata.dial_timeout") || !strings.Contains(err.Error(), "the VM started") {
+		t.Fatalf("err = %v, want the dial timeout named, and that the VM had started", err)
 	}
-	if elapsed := time.Since(start); elapsed < cfg.Agent.DialTimeout || elapsed > cfg.Agent.DialTimeout+20*time.Second {
+	// Not a timing assertion: run time never exceeds wall time, and a
+	// starved VM is given at most 4 dial timeouts of wall time.
+	if elapsed := time.Since(start); elapsed < cfg.Agent.DialTimeout || elapsed > 4*cfg.Agent.DialTimeout+20*time.Second {
 		t.Fatalf("gave up after %s with a %s timeout", elapsed, cfg.Agent.DialTimeout)
 	}
+	t.Logf("gave up: %v", firstLine(err.Error()))
 	assertNothingLeft(t, id)
+	slots, err := admission.New(admission.Dir, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	slot, err := slots.Acquire(ctx)
+	if err != nil {
+		t.Fatalf("the failed start kept its boot slot: %v", err)
+	}
+	slot.Release()
 }
 
 func contains(list []string, s string) bool {
