@@ -24,14 +24,23 @@ type accelerated interface {
 	Accelerator() hypervisor.Accelerator
 }
 
-// BootSlots returns the node's boot slots for cfg:
-// runtime.max_concurrent_boots, or a number derived from the host's CPUs
-// and whether VMs run under KVM.
-func BootSlots(cfg *configuration.Config, kvm bool) (*admission.Slots, error) {
-	n := cfg.Runtime.MaxConcurrentBoots
-	if n == 0 {
-		n = admission.DefaultSlots(kvm, runtime.NumCPU())
+// BootSlotCount is how many VMs cfg lets boot at once on this node, and
+// why: runtime.max_concurrent_boots, or a number derived from the host's
+// CPUs and whether VMs run under KVM.
+func BootSlotCount(cfg *configuration.Config, kvm bool) (int, string) {
+	if n := cfg.Runtime.MaxConcurrentBoots; n != 0 {
+		return n, "runtime.max_concurrent_boots"
 	}
+	accel := "TCG"
+	if kvm {
+		accel = "KVM"
+	}
+	return admission.DefaultSlots(kvm, runtime.NumCPU()), fmt.Sprintf("runtime.max_concurrent_boots = 0: from %d CPUs under %s", runtime.NumCPU(), accel)
+}
+
+// BootSlots returns the node's boot slots for cfg (BootSlotCount).
+func BootSlots(cfg *configuration.Config, kvm bool) (*admission.Slots, error) {
+	n, _ := BootSlotCount(cfg, kvm)
 	return admission.New(admission.Dir, n)
 }
 

@@ -275,3 +275,16 @@ func DefaultSlots(kvm bool, cpus int) int {
 	}
 	return min(max(cpus, 1), maxSlots)
 }
+
+// Queued counts the starts waiting for a slot under dir now (live or not
+// yet reaped tickets); 0 if there is no queue.
+func Queued(dir string) int {
+	entries, _ := os.ReadDir(filepath.Join(dir, "queue"))
+	n := 0
+	for _, e := range entries {
+		if !strings.HasPrefix(e.Name(), ".new-") {
+			n++
+		}
+	}
+	return n
+}
