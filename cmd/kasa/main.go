@@ -28,8 +28,9 @@ commands:
             KVM or TCG fallback, the VMM's confinement: unprivileged uid,
             seccomp, virtiofsd; vsock, cgroups, tap + tc); exits 1 with one
             remedy line per failed requirement
-  env       show which configuration file is used, its warnings and the
-            effective settings (JSON)
+  env       show which configuration file and config.d drop-ins are used,
+            their warnings, and every effective setting with the file it
+            came from (JSON: key, value, origin)
   selftest  boot a throwaway VM with the configuration, show what its agent
             reports beside the host, power it off (needs root)
   runtimeclass
@@ -45,7 +46,9 @@ commands:
 options:
   --config FILE   configuration file (default search: $KASA_CONF_FILE,
                   /etc/kasa/configuration.toml,
-                  /usr/share/defaults/kasa/configuration.toml, built-in defaults)
+                  /usr/share/defaults/kasa/configuration.toml, built-in defaults);
+                  the *.toml files of config.d beside it (/etc/kasa/config.d
+                  for the built-in defaults) are merged over it in name order
   --debug         log the runtime's steps (warnings are always shown)
 
 running pods:
@@ -171,9 +174,13 @@ func env(path string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	out := struct {
-		Source string                `json:"source"`
-		Config *configuration.Config `json:"config"`
-	}{describeSource(cfg), cfg}
+		Source   string                  `json:"source"`
+		DropIns  []string                `json:"drop_ins"`
+		Settings []configuration.Setting `json:"settings"`
+	}{describeSource(cfg), cfg.DropIns, cfg.Settings()}
+	if out.DropIns == nil {
+		out.DropIns = []string{}
+	}
 	enc := json.NewEncoder(stdout)
 	enc.SetIndent("", "  ")
 	if err := enc.Encode(out); err != nil {
