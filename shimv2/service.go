@@ -113,6 +113,7 @@ func (s *service) RegisterTTRPC(server *ttrpc.Server) error {
 
 func newService(ctx context.Context, publisher shim.Publisher, noEventSink bool, sd shutdown.Service) *service {
 	limitGuestProvokedLogs(logrus.StandardLogger())
+	ctx = tagLogsWithSandbox(ctx, shimIDFromArgs(os.Args[1:]))
 	s := &service{ctx: ctx, shutdown: sd, events: make(chan event, 256), noEventSink: noEventSink,
 		containers: map[string]*container{}, creating: map[string]*creation{}}
 	go s.forward(publisher)
@@ -372,6 +373,9 @@ func loadConfig(ctx context.Context, r *taskAPI.CreateTaskRequest, spec *specs.S
 	}
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", errdefs.ErrInvalidArgument, err)
+	}
+	if cfg.Runtime.EnableDebug {
+		logrus.SetLevel(logrus.DebugLevel)
 	}
 	cfg, err = cfg.ApplyAnnotations(spec.Annotations)
 	if err != nil {

@@ -110,7 +110,7 @@ func VMConfigFor(id string, cfg *configuration.Config) hypervisor.VMConfig {
 		MemoryMiB:      uint32(h.DefaultMemory),
 		Accelerator:    hypervisor.Accelerator(h.Accelerator),
 		AgentTransport: transport,
-		Debug:          h.EnableDebug || cfg.Runtime.EnableDebug,
+		Debug:          h.EnableDebug,
 		// The identity (rootless) is allocated per sandbox by startVM.
 		Confinement: hypervisor.Confinement{
 			Seccomp:           h.SeccompSandbox,
