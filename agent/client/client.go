@@ -32,7 +32,9 @@ type Timeouts struct {
 	// (CreateSandbox, CreateContainer, StartContainer, ExecProcess), which
 	// are slow under TCG.
 	Start time.Duration
-	// Signal bounds SignalProcess, which the guest answers at once.
+	// Signal bounds SignalProcess, which the guest answers within a few
+	// seconds: a signal for a PID 1 that has not installed its handler yet
+	// waits up to 3 s for it (agent/internal/container/sighandler.go).
 	Signal time.Duration
 }
 
