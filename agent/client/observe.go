@@ -5,6 +5,8 @@ import (
 	"time"
 
 	"github.com/containerd/ttrpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
 
 // Observer is told of every RPC a client makes, when it has ended: the
@@ -37,7 +39,12 @@ func observeRPCs(o Observer, next ttrpc.UnaryClientInterceptor) ttrpc.UnaryClien
 	return func(ctx context.Context, req *ttrpc.Request, resp *ttrpc.Response, info *ttrpc.UnaryClientInfo, invoker ttrpc.Invoker) error {
 		start := time.Now()
 		err := next(ctx, req, resp, info, invoker)
-		o.ObserveRPC(knownMethod(info.FullMethod), time.Since(start), err)
+		failed := err
+		if failed == nil && resp.Status != nil && codes.Code(resp.Status.GetCode()) != codes.OK {
+			// The agent's error comes back in the reply's status.
+			failed = status.ErrorProto(resp.Status)
+		}
+		o.ObserveRPC(knownMethod(info.FullMethod), time.Since(start), failed)
 		return err
 	}
 }
