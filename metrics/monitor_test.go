@@ -11,7 +11,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
-	dto "github.com/prometheus/client_model/go"
+
+	"github.com/kasa-runtime/kasa/metrics/metricstest"
 )
 
 // fakeShim serves h on sandbox id's metrics socket under root, as a shim
@@ -39,32 +40,7 @@ func sandboxRegistry(id string, v float64) *prometheus.Registry {
 	return reg
 }
 
-func find(mfs []*dto.MetricFamily, name string, labels map[string]string) (float64, bool) {
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-	next:
-		for _, m := range mf.GetMetric() {
-			for k, v := range labels {
-				found := false
-				for _, l := range m.GetLabel() {
-					if l.GetName() == k && l.GetValue() == v {
-						found = true
-					}
-				}
-				if !found {
-					continue next
-				}
-			}
-			if m.GetCounter() != nil {
-				return m.GetCounter().GetValue(), true
-			}
-			return m.GetGauge().GetValue(), true
-		}
-	}
-	return 0, false
-}
+var find = metricstest.Value
 
 // TestMonitorGathersDespiteBadShims: the good shims' series are served,
 // however the others misbehave: one hangs, one answers garbage, one

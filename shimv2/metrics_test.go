@@ -10,36 +10,13 @@ import (
 
 	taskAPI "github.com/containerd/containerd/api/runtime/task/v2"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
-	dto "github.com/prometheus/client_model/go"
 
 	"github.com/kasa-runtime/kasa/metrics"
+	"github.com/kasa-runtime/kasa/metrics/metricstest"
 	"github.com/kasa-runtime/kasa/virtcontainers"
 )
 
-func value(mfs []*dto.MetricFamily, name string, labels map[string]string) (float64, bool) {
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-	next:
-		for _, m := range mf.GetMetric() {
-			for k, v := range labels {
-				found := false
-				for _, l := range m.GetLabel() {
-					found = found || l.GetName() == k && l.GetValue() == v
-				}
-				if !found {
-					continue next
-				}
-			}
-			if m.GetCounter() != nil {
-				return m.GetCounter().GetValue(), true
-			}
-			return m.GetGauge().GetValue(), true
-		}
-	}
-	return 0, false
-}
+var value = metricstest.Value
 
 // TestShimMetricsLifecycle: the shim serves its sandbox's metrics on the
 // sandbox's socket once the sandbox runs, the node counts the start, and

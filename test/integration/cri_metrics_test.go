@@ -21,6 +21,7 @@ import (
 	"github.com/prometheus/common/model"
 
 	"github.com/kasa-runtime/kasa/metrics"
+	"github.com/kasa-runtime/kasa/metrics/metricstest"
 	"github.com/kasa-runtime/kasa/test/ctrtest"
 )
 
@@ -98,7 +99,7 @@ func TestCRIMetrics(t *testing.T) {
 	// The figures, for the log: the start's steps, what the pod costs.
 	var fig strings.Builder
 	for _, m := range during[metrics.SandboxBootPhaseSeconds].GetMetric() {
-		if hasLabels(m, pod) {
+		if metricstest.HasLabels(m, pod) {
 			for _, l := range m.GetLabel() {
 				if l.GetName() == "phase" {
 					fmt.Fprintf(&fig, " %s=%.3fs", l.GetValue(), m.GetGauge().GetValue())
@@ -174,44 +175,9 @@ func scrapeMonitor(t *testing.T, ctx context.Context, url string) map[string]*dt
 	return mfs
 }
 
-// sampleOf finds the sample of name (a family, or a histogram's _count
-// or _sum) whose labels include labels.
+// sampleOf is the value of name's series with labels in a scrape.
 func sampleOf(mfs map[string]*dto.MetricFamily, name string, labels map[string]string) (float64, bool) {
-	family, part := name, ""
-	for _, suffix := range []string{"_count", "_sum"} {
-		if base, ok := strings.CutSuffix(name, suffix); ok && mfs[base].GetType() == dto.MetricType_HISTOGRAM {
-			family, part = base, suffix
-		}
-	}
-	for _, m := range mfs[family].GetMetric() {
-		if !hasLabels(m, labels) {
-			continue
-		}
-		switch {
-		case part == "_count":
-			return float64(m.GetHistogram().GetSampleCount()), true
-		case part == "_sum":
-			return m.GetHistogram().GetSampleSum(), true
-		case m.GetCounter() != nil:
-			return m.GetCounter().GetValue(), true
-		case m.GetGauge() != nil:
-			return m.GetGauge().GetValue(), true
-		}
-	}
-	return 0, false
-}
-
-func hasLabels(m *dto.Metric, want map[string]string) bool {
-	found := 0
-	for _, l := range m.GetLabel() {
-		if v, ok := want[l.GetName()]; ok {
-			if v != l.GetValue() {
-				return false
-			}
-			found++
-		}
-	}
-	return found == len(want)
+	return metricstest.Value(metricstest.Families(mfs), name, labels)
 }
 
 // dumpSandbox renders the series of sandbox id, "" if there are none.
@@ -219,7 +185,7 @@ func dumpSandbox(mfs map[string]*dto.MetricFamily, id string) string {
 	var b strings.Builder
 	for _, mf := range mfs {
 		for _, m := range mf.GetMetric() {
-			if hasLabels(m, map[string]string{metrics.LabelSandboxID: id}) {
+			if metricstest.HasLabels(m, map[string]string{metrics.LabelSandboxID: id}) {
 				b.WriteString(mf.GetName() + " " + m.String() + "\n")
 			}
 		}
@@ -231,19 +197,26 @@ func dumpSandbox(mfs map[string]*dto.MetricFamily, id string) string {
 func waitExited(t *testing.T, ctx context.Context, c criEndpoint, id string) {
 	t.Helper()
 	for {
-		var ctr struct {
-			Status struct {
-				State string `json:"state"`
-			} `json:"status"`
-		}
-		json.Unmarshal([]byte(crictl(t, ctx, c, "inspect", id)), &ctr)
-		if ctr.Status.State == "CONTAINER_EXITED" {
+		st := containerState(t, ctx, c, id)
+		if st == "CONTAINER_EXITED" {
 			return
 		}
 		select {
 		case <-ctx.Done():
-			t.Fatalf("container %s did not exit: %s", id, ctr.Status.State)
+			t.Fatalf("container %s did not exit: %s", id, st)
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
+}
+
+// containerState is the state crictl inspect reports for container id.
+func containerState(t *testing.T, ctx context.Context, c criEndpoint, id string) string {
+	t.Helper()
+	var ctr struct {
+		Status struct {
+			State string `json:"state"`
+		} `json:"status"`
+	}
+	json.Unmarshal([]byte(crictl(t, ctx, c, "inspect", id)), &ctr)
+	return ctr.Status.State
 }
