@@ -10,6 +10,8 @@ func TestBootRecord(t *testing.T) {
 	ctx := withBootRecord(context.Background(), r)
 	bootRecordFrom(ctx).begin(StepSharedDir)
 	bootRecordFrom(ctx).begin(StepVMStart)
+	bootRecordFrom(ctx).begin(StepSharedDir) // a step taken again adds to its phase
+	bootRecordFrom(ctx).begin(StepVMStart)
 	if r.Current() != StepVMStart {
 		t.Errorf("current %q", r.Current())
 	}
