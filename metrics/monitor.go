@@ -233,6 +233,23 @@ func (m *Monitor) scrapeShim(id string) shimAnswer {
 	return a
 }
 
+// OfSandbox keeps, of families, the series of sandbox id.
+func OfSandbox(families []*dto.MetricFamily, id string) []*dto.MetricFamily {
+	var out []*dto.MetricFamily
+	for _, mf := range families {
+		var kept []*dto.Metric
+		for _, m := range mf.GetMetric() {
+			if sandboxOf(m) == id {
+				kept = append(kept, m)
+			}
+		}
+		if len(kept) > 0 {
+			out = append(out, &dto.MetricFamily{Name: mf.Name, Help: mf.Help, Type: mf.Type, Unit: mf.Unit, Metric: kept})
+		}
+	}
+	return out
+}
+
 func sandboxOf(m *dto.Metric) string {
 	for _, l := range m.GetLabel() {
 		if l.GetName() == LabelSandboxID {

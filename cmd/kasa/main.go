@@ -41,6 +41,9 @@ commands:
   reap      remove what dead shims left: the VM, mounts, taps, cgroup and
             state of every sandbox whose shim is gone (needs root; each
             shim's reaper and the next shim do it too)
+  metrics [SANDBOX-ID]
+            print once what monitor serves (Prometheus text), or only that
+            sandbox's series; needs root
   monitor [--listen ADDR] [--shim-timeout DURATION]
             serve Prometheus metrics at http://ADDR/metrics (default
             127.0.0.1:8090): every running sandbox's, gathered from its
@@ -107,6 +110,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return selftest(*configPath, stdout, stderr)
 	case "runtimeclass":
 		return runtimeclass(*configPath, stdout, stderr)
+	case "metrics":
+		return printMetrics(fs.Args()[1:], stdout, stderr)
 	case "monitor":
 		return monitor(fs.Args()[1:], stdout, stderr)
 	case "reap":

@@ -13,6 +13,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/prometheus/common/expfmt"
 	"github.com/sirupsen/logrus"
 
 	"github.com/kasa-runtime/kasa/metrics"
@@ -71,3 +72,32 @@ func monitor(args []string, stdout, stderr io.Writer) int {
 type warnLog struct{}
 
 func (warnLog) Println(v ...any) { logrus.Warnln(v...) }
+
+// printMetrics prints, once, what `kasa monitor` would serve, or with a
+// sandbox id only that sandbox's series.
+func printMetrics(args []string, stdout, stderr io.Writer) int {
+	if len(args) > 1 {
+		fmt.Fprintln(stderr, "kasa metrics: at most one sandbox id")
+		return 2
+	}
+	m := metrics.NewMonitor(virtcontainers.SandboxStateRoot)
+	families, err := m.Gather()
+	if err != nil {
+		logrus.Warn(err)
+	}
+	if len(args) == 1 {
+		families = metrics.OfSandbox(families, args[0])
+		if len(families) == 0 {
+			fmt.Fprintf(stderr, "kasa metrics: sandbox %s: no metrics (not running on this node, or its shim did not answer)\n", args[0])
+			return 1
+		}
+	}
+	enc := expfmt.NewEncoder(stdout, expfmt.NewFormat(expfmt.TypeTextPlain))
+	for _, mf := range families {
+		if err := enc.Encode(mf); err != nil {
+			fmt.Fprintf(stderr, "kasa metrics: %v\n", err)
+			return 1
+		}
+	}
+	return 0
+}
