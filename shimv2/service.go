@@ -27,6 +27,7 @@ import (
 	"google.golang.org/protobuf/types/known/emptypb"
 
 	"github.com/kasa-runtime/kasa/configuration"
+	"github.com/kasa-runtime/kasa/metrics"
 	"github.com/kasa-runtime/kasa/virtcontainers"
 )
 
@@ -85,6 +86,9 @@ type service struct {
 
 	// unknownIDs rate-limits the warnings about ids the guest made up.
 	unknownIDs rateLimit
+
+	// metrics are the sandbox's (metrics.go); set when its boot begins.
+	metrics *shimMetrics
 }
 
 // boot is a VM boot under way; done is closed when it has ended, either way.
@@ -319,6 +323,7 @@ func (s *service) ensureSandbox(ctx context.Context, r *taskAPI.CreateTaskReques
 		if needReaper {
 			w, err := startReaper(r.ID)
 			if err != nil {
+				recordStartFailure(ctx, metrics.ReasonReaper)
 				s.mu.Lock()
 				s.boot = nil
 				s.mu.Unlock()
@@ -330,6 +335,10 @@ func (s *service) ensureSandbox(ctx context.Context, r *taskAPI.CreateTaskReques
 			s.mu.Unlock()
 		}
 
+		sm := newShimMetrics(r.ID, spec)
+		s.mu.Lock()
+		s.metrics = sm
+		s.mu.Unlock()
 		cfg, err := loadConfig(ctx, r, spec)
 		if err == nil {
 			err = checkHostNamespaces(r.ID, spec, cfg)
@@ -340,7 +349,7 @@ func (s *service) ensureSandbox(ctx context.Context, r *taskAPI.CreateTaskReques
 			if spec.Linux != nil {
 				sc.CgroupsPath = spec.Linux.CgroupsPath
 			}
-			sb, err = createSandbox(ctx, sc)
+			sb, err = createSandbox(ctx, sm.withMetrics(sc))
 		}
 		if err == nil && ctx.Err() != nil {
 			// Cancelled just as the boot ended: take it back.
@@ -354,6 +363,7 @@ func (s *service) ensureSandbox(ctx context.Context, r *taskAPI.CreateTaskReques
 		}
 		s.mu.Unlock()
 		close(b.done)
+		sm.started(ctx, sb, err)
 		if err != nil {
 			return err
 		}
@@ -470,6 +480,7 @@ func (s *service) forwardOOM(sb *virtcontainers.Sandbox) {
 			}
 			continue
 		}
+		s.metricsNow().oom()
 		s.publish(runtime.TaskOOMEventTopic, &eventstypes.TaskOOM{ContainerID: id})
 	}
 }
@@ -512,6 +523,9 @@ func (s *service) forgetFailedExec(sb *virtcontainers.Sandbox, p *process) {
 
 func (s *service) publishExit(p *process) {
 	_, status, at := p.snapshot()
+	if p.isInit() {
+		s.metricsNow().exit(status)
+	}
 	s.publish(runtime.TaskExitEventTopic, &eventstypes.TaskExit{
 		ContainerID: p.containerID, ID: p.execID, Pid: s.pid(), ExitStatus: status, ExitedAt: protobuf.ToTimestamp(at),
 	})
@@ -683,6 +697,7 @@ func (s *service) stopSandbox(ctx context.Context) error {
 	if sb == nil {
 		return nil
 	}
+	s.metricsNow().stopServing(ctx)
 	return sb.Stop(context.WithoutCancel(ctx))
 }
 

@@ -42,6 +42,10 @@ type SandboxConfig struct {
 	// CgroupsPath is the sandbox container's OCI cgroupsPath: the VM and
 	// its daemons are placed there (podcgroup.PathFor; "" for /kasa/<id>).
 	CgroupsPath string
+	// Boot, if set, records the start's steps (for metrics).
+	Boot *BootRecord
+	// AgentObserver, if set, is told of every RPC to the agent.
+	AgentObserver client.Observer
 }
 
 // Sandbox is one VM with its shared directory and the containers in it.
@@ -104,9 +108,12 @@ func CreateSandbox(ctx context.Context, sc SandboxConfig) (_ *Sandbox, retErr er
 	if err := validID(sc.ID); err != nil {
 		return nil, fmt.Errorf("%w: %v", errdefs.ErrInvalidArgument, err)
 	}
-	// Every error names the sandbox and the step that failed.
+	// Every error names the sandbox and the step that failed; the boot
+	// record (metrics) times the steps.
+	boot := sc.Boot
 	var undo cleanup
-	step := "shared directory"
+	var step string
+	begin := func(s BootStep, what string) { boot.begin(s); step = what }
 	defer func() {
 		if retErr != nil {
 			undo.run(ctx)
@@ -115,7 +122,12 @@ func CreateSandbox(ctx context.Context, sc SandboxConfig) (_ *Sandbox, retErr er
 			}
 		}
 	}()
+	ctx = withBootRecord(ctx, boot)
+	if sc.AgentObserver != nil {
+		ctx = client.WithObserver(ctx, sc.AgentObserver)
+	}
 
+	begin(StepSharedDir, "shared directory")
 	share, err := fsshare.New(sc.ID, uint32(sc.Config.Hypervisor.MSize9P))
 	if err != nil {
 		return nil, err
@@ -126,7 +138,7 @@ func CreateSandbox(ctx context.Context, sc SandboxConfig) (_ *Sandbox, retErr er
 		OwnerPID: os.Getpid(), OwnerStart: procStartTime(os.Getpid()), OwnerPIDNS: pidNamespace()}
 	st.VMStateDir = VMConfigFor(sc.ID, sc.Config).StateDir
 	// Persist before the VM exists, so a crash during boot is cleanable too.
-	step = "save state"
+	begin(StepState, "save state")
 	if err := saveState(st); err != nil {
 		return nil, err
 	}
@@ -134,7 +146,7 @@ func CreateSandbox(ctx context.Context, sc SandboxConfig) (_ *Sandbox, retErr er
 
 	// The pod's cgroup first: with sandbox_cgroup_only the shim joins it
 	// and everything it starts from here on is born in it.
-	step = "pod cgroup"
+	begin(StepCgroup, "pod cgroup")
 	cgPath, err := podcgroup.PathFor(sc.CgroupsPath, sc.ID)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", errdefs.ErrInvalidArgument, err)
@@ -157,7 +169,7 @@ func CreateSandbox(ctx context.Context, sc SandboxConfig) (_ *Sandbox, retErr er
 		undo.add("move the shim out of the pod cgroup", func() error { return cg.Leave(os.Getpid(), shimOrigins) })
 	}
 
-	step = "share the root filesystems (" + string(sc.Config.Hypervisor.SharedFS) + ")"
+	begin(StepSharedFS, "share the root filesystems ("+string(sc.Config.Hypervisor.SharedFS)+")")
 	vmShare, storages, daemon, err := shareWithGuest(ctx, sc, share, cg)
 	if err != nil {
 		return nil, err
@@ -166,7 +178,7 @@ func CreateSandbox(ctx context.Context, sc SandboxConfig) (_ *Sandbox, retErr er
 	if vmShare != nil && vmShare.Conn != nil {
 		defer vmShare.Conn.Close() // QEMU has its own copy once started
 	}
-	step = "attach the pod network"
+	begin(StepNetwork, "attach the pod network")
 	pn, err := attachPodNetwork(sc.NetNS, sc.Config.Runtime.InterNetworkingModel)
 	if err != nil {
 		return nil, err
@@ -190,7 +202,7 @@ func CreateSandbox(ctx context.Context, sc SandboxConfig) (_ *Sandbox, retErr er
 	}
 	undo.add("stop VM", func() error { return vm.Stop(context.WithoutCancel(ctx)) })
 	st.HypervisorPID = vm.PID()
-	step = "save state"
+	begin(StepState, "save state")
 	if err := saveState(st); err != nil {
 		return nil, err
 	}
@@ -198,11 +210,11 @@ func CreateSandbox(ctx context.Context, sc SandboxConfig) (_ *Sandbox, retErr er
 	s := &Sandbox{ID: sc.ID, vm: vm, agent: vm.Agent, share: share, shared: vmShare != nil, virtiofsd: daemon,
 		network: pn, cgroup: cg, shimOrigins: shimOrigins, disableGuestSeccomp: sc.Config.Runtime.DisableGuestSeccomp,
 		containers: map[string]struct{}{}, state: st}
-	step = "configure the guest network"
+	begin(StepGuestNetwork, "configure the guest network")
 	if err := pn.configureGuest(ctx, s.agent); err != nil {
 		return nil, err
 	}
-	step = "prepare the guest"
+	begin(StepGuestSandbox, "prepare the guest")
 	err = s.agent.CreateSandbox(ctx, &api.CreateSandboxRequest{
 		SandboxId:     sc.ID,
 		Hostname:      sc.Hostname,
@@ -213,7 +225,9 @@ func CreateSandbox(ctx context.Context, sc SandboxConfig) (_ *Sandbox, retErr er
 	if err != nil {
 		return nil, err
 	}
+	boot.begin(StepPortForward)
 	s.portForward = startPortForward(ctx, sc, vm, st)
+	boot.finish()
 	return s, nil
 }
 

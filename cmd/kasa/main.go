@@ -1,5 +1,5 @@
 // Command kasa is the operator's tool: check the host, show the effective
-// configuration, print versions.
+// configuration, serve the node's metrics, print versions.
 package main
 
 import (
@@ -41,6 +41,16 @@ commands:
   reap      remove what dead shims left: the VM, mounts, taps, cgroup and
             state of every sandbox whose shim is gone (needs root; each
             shim's reaper and the next shim do it too)
+  metrics [SANDBOX-ID]
+            print once what monitor serves (Prometheus text), or only that
+            sandbox's series; needs root
+  monitor [--listen ADDR] [--shim-timeout DURATION]
+            serve Prometheus metrics at http://ADDR/metrics (default
+            127.0.0.1:8090): every running sandbox's, gathered from its
+            shim's socket /run/kasa/sbs/<id>/metrics.sock, and the node's
+            (sandboxes running, starts and failed starts by step); a shim
+            that does not answer within --shim-timeout (5s) is left out of
+            that scrape; needs root; metric list: docs/metrics.md
   version   print the runtime and agent API versions
 
 options:
@@ -100,6 +110,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return selftest(*configPath, stdout, stderr)
 	case "runtimeclass":
 		return runtimeclass(*configPath, stdout, stderr)
+	case "metrics":
+		return printMetrics(fs.Args()[1:], stdout, stderr)
+	case "monitor":
+		return monitor(fs.Args()[1:], stdout, stderr)
 	case "reap":
 		reaped, err := virtcontainers.ReapOrphans(context.Background())
 		for _, id := range reaped {

@@ -28,6 +28,10 @@ func TestCommandLine(t *testing.T) {
 		{[]string{"frobnicate"}, 2, "", `unknown command "frobnicate"`},
 		{[]string{"--config", bad, "env"}, 1, "", "hypervisor.qemu.machine_type"},
 		{[]string{"--config", "/nonexistent.toml", "check"}, 1, "", "/nonexistent.toml"},
+		{[]string{"--help"}, 0, "monitor [--listen ADDR]", ""},
+		{[]string{"monitor", "extra"}, 2, "", `unexpected argument "extra"`},
+		{[]string{"monitor", "--shim-timeout", "0s"}, 2, "", "--shim-timeout must be positive"},
+		{[]string{"monitor", "--listen", "256.0.0.1:http"}, 1, "", "kasa monitor:"},
 	} {
 		var out, errb bytes.Buffer
 		code := run(tc.args, &out, &errb)

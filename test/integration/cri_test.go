@@ -714,17 +714,12 @@ func testCRIShimKilled(t *testing.T, ctd containerdUnderTest) {
 	}
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		var ctr struct {
-			Status struct {
-				State string `json:"state"`
-			} `json:"status"`
-		}
-		json.Unmarshal([]byte(crictl(t, ctx, c, "inspect", id)), &ctr)
-		if ctr.Status.State == "CONTAINER_EXITED" {
+		st := containerState(t, ctx, c, id)
+		if st == "CONTAINER_EXITED" {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("container still %s 30s after its shim was killed", ctr.Status.State)
+			t.Fatalf("container still %s 30s after its shim was killed", st)
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
