@@ -111,7 +111,7 @@ func VMConfigFor(id string, cfg *configuration.Config) hypervisor.VMConfig {
 		MemoryMiB:      uint32(h.DefaultMemory),
 		Accelerator:    hypervisor.Accelerator(h.Accelerator),
 		AgentTransport: transport,
-		Debug:          h.EnableDebug || cfg.Runtime.EnableDebug,
+		Debug:          h.EnableDebug,
 		// The identity (rootless) is allocated per sandbox by startVM.
 		Confinement: hypervisor.Confinement{
 			Seccomp:           h.SeccompSandbox,
@@ -128,6 +128,8 @@ func StartVM(ctx context.Context, id string, cfg *configuration.Config) (*VM, er
 }
 
 func startVM(ctx context.Context, id string, cfg *configuration.Config, shared *hypervisor.SharedFS, nics []hypervisor.NIC, cgroupProcs []string) (_ *VM, retErr error) {
+	boot := bootRecordFrom(ctx)
+	boot.begin(StepVMCreate)
 	if err := validID(id); err != nil {
 		return nil, err
 	}
@@ -169,12 +171,14 @@ func startVM(ctx context.Context, id string, cfg *configuration.Config, shared *
 	if err := hv.CreateVM(ctx, vm.Config); err != nil {
 		return nil, fmt.Errorf("sandbox %s: create VM: %w", id, err)
 	}
+	boot.begin(StepAdmission)
 	slot, err := admitBoot(ctx, id, cfg, hv)
 	if err != nil {
 		return nil, err
 	}
 	defer slot.Release() // after the agent answered, or the failed VM is gone
 	start := time.Now()
+	boot.begin(StepVMStart)
 	clock := admission.NewRunClock()
 	if err := hv.StartVM(ctx); err != nil {
 		return nil, fmt.Errorf("sandbox %s: start VM: %w", id, err)
@@ -191,6 +195,7 @@ func startVM(ctx context.Context, id string, cfg *configuration.Config, shared *
 		}
 	}()
 
+	boot.begin(StepAgent)
 	agent, err := vm.dialAgent(ctx, clock, cfg.Agent.DialTimeout)
 	if err != nil {
 		return nil, err
