@@ -23,6 +23,7 @@ import (
 	"github.com/kasa-runtime/kasa/virtcontainers/fsshare"
 	"github.com/kasa-runtime/kasa/virtcontainers/podcgroup"
 	"github.com/kasa-runtime/kasa/virtcontainers/portforward"
+	"github.com/kasa-runtime/kasa/virtcontainers/vmmuser"
 )
 
 // cgroupDeleteWait is how long the pod cgroup's removal waits for the
@@ -88,8 +89,13 @@ func shareWithGuest(ctx context.Context, sc SandboxConfig, share *fsshare.Share,
 		return nil, nil, nil, nil
 	case configuration.SharedFSVirtioFS:
 		sock := filepath.Join(stateDir(sc.ID), "virtiofsd.sock")
-		d, conn, err := share.StartVirtioFSD(ctx, h.VirtioFSDaemon, sock, cg.Add)
+		idFirst, err := virtiofsdIDs(sc.ID, h)
 		if err != nil {
+			return nil, nil, nil, err
+		}
+		d, conn, err := share.StartVirtioFSD(ctx, h.VirtioFSDaemon, sock, idFirst, cg.Add)
+		if err != nil {
+			vmmuser.ReleaseRange(idFirst, sc.ID)
 			return nil, nil, nil, fmt.Errorf("sandbox %s: hypervisor.qemu.shared_fs = virtio-fs: %w", sc.ID, err)
 		}
 		return &hypervisor.SharedFS{Type: hypervisor.SharedFSVirtioFS, Tag: fsshare.MountTag, SocketPath: sock, Conn: conn},
@@ -467,6 +473,8 @@ func (s *Sandbox) Stop(ctx context.Context) error {
 	}
 	if err := s.cgroup.DeleteWithin(cgroupDeleteWait); err != nil {
 		errs = append(errs, err)
+	} else if err := vmmuser.ReleaseRange(vmmuser.LookupRange(s.ID), s.ID); err != nil {
+		errs = append(errs, err) // only once virtiofsd has left the cgroup
 	}
 	if len(errs) == 0 {
 		if err := removeState(s.ID); err != nil {
