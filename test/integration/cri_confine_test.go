@@ -125,9 +125,11 @@ func testCRIConfinedVMM(t *testing.T, sandboxCgroupOnly bool) {
 		t.Errorf("the share's view of the volume is not nodev: flags %#x", fs.Flags)
 	}
 
+	bad := assertUnmappableVolumeRefused(t, ctx, c, podID, podCfg)
+
 	crictl(t, ctx, c, "stopp", podID)
 	crictl(t, ctx, c, "rmp", podID)
-	ctrtest.AssertNoLeftovers(t, c, podID, id)
+	ctrtest.AssertNoLeftovers(t, c, podID, id, bad)
 	assertUsernsGone(t, podID, userns)
 	for _, root := range []string{"/sys/fs/cgroup/memory", "/sys/fs/cgroup/cpu", "/sys/fs/cgroup/unified", "/sys/fs/cgroup"} {
 		if _, err := os.Stat(filepath.Join(root, want)); err == nil {

@@ -106,6 +106,44 @@ func assertOwnersThrough(t *testing.T, ctx context.Context, c *ctrtest.Container
 	}
 }
 
+// assertUnmappableVolumeRefused starts a container of pod podID with a
+// hostPath volume on a filesystem no Linux can idmap (an overlayfs mount):
+// the unprivileged virtiofsd cannot serve it, so the start fails with an
+// error naming the volume's source and the reason, and the share keeps
+// nothing of it. It returns the container's id (removed).
+func assertUnmappableVolumeRefused(t *testing.T, ctx context.Context, c *ctrtest.Containerd, podID string, podCfg map[string]any) string {
+	t.Helper()
+	dir := t.TempDir()
+	for _, d := range []string{"l", "u", "w", "m"} {
+		os.Mkdir(filepath.Join(dir, d), 0o755)
+	}
+	ovl := filepath.Join(dir, "m")
+	if err := syscall.Mount("overlay", ovl, "overlay", 0, fmt.Sprintf("lowerdir=%s/l,upperdir=%s/u,workdir=%s/w", dir, dir, dir)); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { syscall.Unmount(ovl, syscall.MNT_DETACH) })
+	cfg := containerConfig("unmappable", ctrtest.BusyboxImage, []string{"sleep", "3600"}, map[string]any{"container_path": "/ovl", "host_path": ovl})
+	podPath, err := c.WriteJSON("unmappable-pod.json", podCfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctrPath, err := c.WriteJSON("unmappable-ctr.json", cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := strings.TrimSpace(crictl(t, ctx, c, "create", podID, ctrPath, podPath))
+	res, err := c.Crictl(ctx, "start", id)
+	if err != nil || res.ExitCode == 0 || !strings.Contains(res.Stderr, "cannot idmap") || !strings.Contains(res.Stderr, ovl) {
+		t.Errorf("start with a volume on overlayfs: %v, %+v; want a refusal naming %s", err, res, ovl)
+	}
+	t.Logf("refused: %s", strings.TrimSpace(res.Stderr))
+	crictl(t, ctx, c, "rm", id)
+	if _, err := os.Stat(filepath.Join("/run/kasa/shared", podID, id)); err == nil {
+		t.Errorf("the refused container's directory is left in the share")
+	}
+	return id
+}
+
 // assertUsernsGone checks that nothing of the pod's virtiofsd is left: no
 // process in or holding its user namespace, no id range, no staging mounts.
 func assertUsernsGone(t *testing.T, podID string, userns uint64) {

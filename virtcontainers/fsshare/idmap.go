@@ -31,7 +31,7 @@ import (
 
 // ErrNotIdmappable marks a mount the kernel cannot idmap, so that an
 // unprivileged virtiofsd cannot serve it.
-var ErrNotIdmappable = errors.New("cannot be idmapped for the unprivileged virtiofsd (hypervisor.qemu.virtio_fs_userns)")
+var ErrNotIdmappable = errors.New("an unprivileged virtiofsd cannot serve it with its owners (hypervisor.qemu.virtio_fs_userns = false serves every mount from a root virtiofsd)")
 
 // cloneIdmapped returns a detached copy of the mount tree at src (only the
 // mount at src unless recursive) on which ids are mapped into userns.
@@ -52,7 +52,12 @@ func cloneIdmapped(src string, userns *os.File, recursive bool) (int, error) {
 		if errors.Is(err, unix.EINVAL) || errors.Is(err, unix.EPERM) {
 			var uts unix.Utsname
 			unix.Uname(&uts)
-			return -1, fmt.Errorf("%s is on %s, which Linux %s %w (%v)", src, fsTypeOf(src), unix.ByteSliceToString(uts.Release[:]), ErrNotIdmappable, err)
+			fstype, hint := fsTypeOf(src), ""
+			if fstype == "tmpfs" {
+				hint = " (tmpfs can be since Linux 6.3)"
+			}
+			return -1, fmt.Errorf("%s is on %s, which Linux %s cannot idmap%s (%v): %w",
+				src, fstype, unix.ByteSliceToString(uts.Release[:]), hint, err, ErrNotIdmappable)
 		}
 		return -1, fmt.Errorf("idmap %s: %w", src, err)
 	}
@@ -279,4 +284,17 @@ func fsTypeOf(path string) string {
 		}
 	}
 	return "an unknown filesystem"
+}
+
+// KernelIdmaps says, for kasa check, which of the mounts an unprivileged
+// virtiofsd needs this kernel can idmap: overlayfs on idmapped layers (a
+// container's root filesystem; Linux 5.19) and tmpfs (6.3).
+func KernelIdmaps() (release string, overlayLayers, tmpfs bool) {
+	var uts unix.Utsname
+	unix.Uname(&uts)
+	release = unix.ByteSliceToString(uts.Release[:])
+	var major, minor int
+	fmt.Sscanf(release, "%d.%d", &major, &minor)
+	atLeast := func(ma, mi int) bool { return major > ma || major == ma && minor >= mi }
+	return release, atLeast(5, 19), atLeast(6, 3)
 }
