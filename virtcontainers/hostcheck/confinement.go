@@ -75,7 +75,7 @@ func virtiofsdIdentity(h *configuration.HypervisorConfig, desc string) Result {
 		return r
 	}
 	release, overlayLayers, tmpfs := fsshare.KernelIdmaps()
-	r.Detail = fmt.Sprintf("%s: runs without root, as root of a user namespace of its own (host ids %d.. , 65536 per sandbox), no capability on the host; serves idmapped mounts",
+	r.Detail = fmt.Sprintf("%s: runs without root, as root of a user namespace of its own (host ids %d and up, 65536 per sandbox), no capability on the host; serves idmapped mounts",
 		desc, vmmuser.RangeBase)
 	switch {
 	case !overlayLayers:
