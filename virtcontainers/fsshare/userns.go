@@ -13,8 +13,8 @@ import (
 // DoorRoot holds, for each sandbox whose virtiofsd runs without root, the
 // one path to its share that virtiofsd can walk: <sandbox>/share, a bind
 // mount of the share (in its peer group, so what is mounted in the share
-// appears there too) in a directory only that virtiofsd's host uid (and
-// root) may enter. /run/kasa itself stays closed to every other user: a
+// appears there too) in a directory of root's that only root and
+// virtiofsd's host gid may enter, and no one but root may change. /run/kasa itself stays closed to every other user: a
 // VMM or another sandbox's virtiofsd cannot reach any share.
 var DoorRoot = "/run/kasa-virtiofsd"
 
@@ -56,14 +56,14 @@ func openUserns(pid int) (*os.File, error) {
 // door is the sandbox's directory in DoorRoot.
 func (s *Share) door() string { return filepath.Join(DoorRoot, s.SandboxID) }
 
-// openDoor makes the path an unprivileged virtiofsd of host uid owner
+// openDoor makes the path an unprivileged virtiofsd of host gid gid
 // serves the share from, and returns it.
-func (s *Share) openDoor(owner uint32) (_ string, retErr error) {
+func (s *Share) openDoor(gid uint32) (_ string, retErr error) {
 	if err := os.MkdirAll(DoorRoot, 0o711); err != nil {
 		return "", err
 	}
 	door := s.door()
-	if err := os.Mkdir(door, 0o700); err != nil && !errors.Is(err, os.ErrExist) {
+	if err := os.Mkdir(door, 0o710); err != nil && !errors.Is(err, os.ErrExist) {
 		return "", err
 	}
 	defer func() {
@@ -71,7 +71,10 @@ func (s *Share) openDoor(owner uint32) (_ string, retErr error) {
 			unmountAndRemove(door)
 		}
 	}()
-	if err := os.Chown(door, int(owner), int(owner)); err != nil {
+	if err := os.Chown(door, 0, int(gid)); err != nil {
+		return "", err
+	}
+	if err := os.Chmod(door, 0o710); err != nil { // whatever the umask
 		return "", err
 	}
 	// virtiofsd, to which the share's owner is nobody, opens the share's
