@@ -63,7 +63,16 @@ func assertVirtiofsdUnprivileged(t *testing.T, podID string, pids []int) uint64 
 		if fields["Seccomp"] == "2" {
 			filtered = true
 		}
-		t.Logf("virtiofsd %d: uid %s, user namespace %d, CapEff %s (in that namespace), Seccomp %s", pid, fields["Uid"], ns.Ino, fields["CapEff"], fields["Seccomp"])
+		nofile := ""
+		if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/limits", pid)); err == nil {
+			for _, line := range strings.Split(string(b), "\n") {
+				if strings.HasPrefix(line, "Max open files") {
+					nofile = strings.Join(strings.Fields(line)[3:5], "/")
+				}
+			}
+		}
+		t.Logf("virtiofsd %d: uid %s, user namespace %d, CapEff %s (in that namespace), Seccomp %s, open files %s (soft/hard)",
+			pid, fields["Uid"], ns.Ino, fields["CapEff"], fields["Seccomp"], nofile)
 	}
 	if !filtered {
 		t.Errorf("no virtiofsd process of pod %s is under seccomp", podID)
