@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/containerd/containerd/errdefs"
 	"github.com/containerd/containerd/mount"
 	"golang.org/x/sys/unix"
 )
@@ -30,12 +31,67 @@ import (
 // ErrNotIdmappable: serving it unmapped would show every file as nobody's.
 
 // ErrNotIdmappable marks a mount the kernel cannot idmap, so that an
-// unprivileged virtiofsd cannot serve it.
-var ErrNotIdmappable = errors.New("an unprivileged virtiofsd cannot serve it with its owners (hypervisor.qemu.virtio_fs_userns = false serves every mount from a root virtiofsd)")
+// unprivileged virtiofsd cannot serve it. It is a failed precondition of
+// the node, not a fault of the request.
+var ErrNotIdmappable = fmt.Errorf("an unprivileged virtiofsd cannot serve it with its owners (hypervisor.qemu.virtio_fs_userns = false serves every mount from a root virtiofsd): %w", errdefs.ErrFailedPrecondition)
 
 // cloneIdmapped returns a detached copy of the mount tree at src (only the
 // mount at src unless recursive) on which ids are mapped into userns.
 func cloneIdmapped(src string, userns *os.File, recursive bool) (int, error) {
+	fd, err := tryCloneIdmapped(src, userns, recursive)
+	if !refused(err) {
+		return fd, err
+	}
+	// Name the mounts the kernel refused: src's own, or those below it.
+	culprits := []string{src}
+	if recursive {
+		if fd, err := tryCloneIdmapped(src, userns, false); err == nil {
+			unix.Close(fd)
+			culprits = culprits[:0]
+			below, _ := mountsUnder(src)
+			for _, m := range below {
+				if fd, err := tryCloneIdmapped(m, userns, false); err == nil {
+					unix.Close(fd)
+				} else if m != src {
+					culprits = append(culprits, m)
+				}
+			}
+		}
+	}
+	var uts unix.Utsname
+	unix.Uname(&uts)
+	var what []string
+	tmpfs := false
+	for _, c := range culprits {
+		fstype := fsTypeOf(c)
+		tmpfs = tmpfs || fstype == "tmpfs"
+		what = append(what, fmt.Sprintf("%s (%s)", c, fstype))
+	}
+	if len(what) == 0 {
+		what = append(what, "a mount below "+src)
+	}
+	var errno unix.Errno
+	errors.As(err, &errno)
+	hint := ""
+	if tmpfs {
+		hint = "; tmpfs can be since Linux 6.3"
+	}
+	return -1, fmt.Errorf("Linux %s cannot idmap %s (%v%s): %w",
+		unix.ByteSliceToString(uts.Release[:]), strings.Join(what, ", "), errno, hint, ErrNotIdmappable)
+}
+
+// errSetattr marks mount_setattr's errors, as opposed to open_tree's.
+var errSetattr = errors.New("mount_setattr")
+
+// refused tells the kernel's refusal to idmap a mount (EINVAL: the
+// filesystem cannot; EPERM: the mount is idmapped already) from other
+// errors.
+func refused(err error) bool {
+	return errors.Is(err, errSetattr) && (errors.Is(err, unix.EINVAL) || errors.Is(err, unix.EPERM))
+}
+
+// tryCloneIdmapped is cloneIdmapped with the kernel's own errors.
+func tryCloneIdmapped(src string, userns *os.File, recursive bool) (int, error) {
 	flags := unix.OPEN_TREE_CLONE | unix.OPEN_TREE_CLOEXEC
 	setFlags := unix.AT_EMPTY_PATH
 	if recursive {
@@ -49,17 +105,7 @@ func cloneIdmapped(src string, userns *os.File, recursive bool) (int, error) {
 	attr := &unix.MountAttr{Attr_set: unix.MOUNT_ATTR_IDMAP, Userns_fd: uint64(userns.Fd())}
 	if err := unix.MountSetattr(fd, "", uint(setFlags), attr); err != nil {
 		unix.Close(fd)
-		if errors.Is(err, unix.EINVAL) || errors.Is(err, unix.EPERM) {
-			var uts unix.Utsname
-			unix.Uname(&uts)
-			fstype, hint := fsTypeOf(src), ""
-			if fstype == "tmpfs" {
-				hint = " (tmpfs can be since Linux 6.3)"
-			}
-			return -1, fmt.Errorf("%s is on %s, which Linux %s cannot idmap%s (%v): %w",
-				src, fstype, unix.ByteSliceToString(uts.Release[:]), hint, err, ErrNotIdmappable)
-		}
-		return -1, fmt.Errorf("idmap %s: %w", src, err)
+		return -1, fmt.Errorf("idmap %s: %w: %w", src, errSetattr, err)
 	}
 	return fd, nil
 }

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/containerd/containerd/mount"
 	"golang.org/x/sys/unix"
@@ -129,9 +130,11 @@ func TestIntegrationIdmappedShare(t *testing.T) {
 	os.Chown(lowerFile, 1000, 1000)
 	rootfs := []mount.Mount{{Type: "overlay", Source: "overlay", Options: []string{
 		"index=off", "lowerdir=" + filepath.Join(snaps, "1/fs"), "upperdir=" + filepath.Join(snaps, "2/fs"), "workdir=" + filepath.Join(snaps, "2/work")}}}
+	start := time.Now()
 	if _, err := s.MountRootfs("c1", rootfs, ""); err != nil {
 		t.Fatal(err)
 	}
+	t.Logf("overlay root filesystem on idmapped layers mounted in %v", time.Since(start))
 	merged := filepath.Join(s.HostDir, "c1", "rootfs")
 	// Through the idmapped layers the host sees the namespace's ids.
 	if got := ownerOf(t, filepath.Join(merged, "owned1000")); got != testIDFirst+1000 {
@@ -173,6 +176,19 @@ func TestIntegrationIdmappedShare(t *testing.T) {
 	_, err = s.BindVolume("c1", 1, m, false)
 	if !errors.Is(err, ErrNotIdmappable) || !strings.Contains(err.Error(), m) || !strings.Contains(err.Error(), "overlay") {
 		t.Fatalf("volume on overlayfs: %v; want ErrNotIdmappable naming %s and overlay", err, m)
+	}
+	t.Log(err)
+	// Below an idmappable source, the mount that is not is the one named.
+	nested := walkableTempDir(t)
+	sub := filepath.Join(nested, "sub")
+	os.Mkdir(sub, 0o755)
+	if err := unix.Mount(m, sub, "", unix.MS_BIND, ""); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Unmount(sub, unix.MNT_DETACH) })
+	_, err = s.BindVolume("c1", 2, nested, false)
+	if !errors.Is(err, ErrNotIdmappable) || !strings.Contains(err.Error(), sub+" (overlay)") || strings.Contains(err.Error(), nested+" (") {
+		t.Fatalf("volume with an overlayfs mount below it: %v; want ErrNotIdmappable naming %s (overlay) only", err, sub)
 	}
 	t.Log(err)
 
