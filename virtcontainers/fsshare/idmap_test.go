@@ -57,13 +57,17 @@ func inTestUserns(t *testing.T, id uint32, helper string, args ...string) {
 	}
 }
 
-// walkableTempDir is t.TempDir() that the namespace's ids may walk through.
+// walkableTempDir is a temporary directory that the namespace's ids may
+// walk through, on a disk filesystem: under /var/tmp, since /tmp may be a
+// tmpfs, which Linux before 6.3 cannot idmap.
 func walkableTempDir(t *testing.T) string {
-	dir := t.TempDir()
-	for _, d := range []string{dir, filepath.Dir(dir)} {
-		if err := os.Chmod(d, 0o755); err != nil {
-			t.Fatal(err)
-		}
+	dir, err := os.MkdirTemp("/var/tmp", "kasa-idmap-test-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
 	}
 	return dir
 }
