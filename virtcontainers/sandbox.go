@@ -94,8 +94,7 @@ func shareWithGuest(ctx context.Context, sc SandboxConfig, share *fsshare.Share,
 			return nil, nil, nil, err
 		}
 		d, conn, err := share.StartVirtioFSD(ctx, h.VirtioFSDaemon, sock, idFirst, cg.Add)
-		if err != nil {
-			vmmuser.ReleaseRange(idFirst, sc.ID)
+		if err != nil { // CreateSandbox releases the ids once virtiofsd has left the pod cgroup
 			return nil, nil, nil, fmt.Errorf("sandbox %s: hypervisor.qemu.shared_fs = virtio-fs: %w", sc.ID, err)
 		}
 		return &hypervisor.SharedFS{Type: hypervisor.SharedFSVirtioFS, Tag: fsshare.MountTag, SocketPath: sock, Conn: conn},
@@ -139,6 +138,8 @@ func CreateSandbox(ctx context.Context, sc SandboxConfig) (_ *Sandbox, retErr er
 		return nil, err
 	}
 	undo.add("remove shared directory", share.Destroy)
+	// Undone after the pod cgroup, which waits for virtiofsd to be gone.
+	undo.add("release virtiofsd's ids", func() error { return vmmuser.ReleaseRange(vmmuser.LookupRange(sc.ID), sc.ID) })
 
 	st := &sandboxState{ID: sc.ID, Hypervisor: string(sc.Config.HypervisorName), SharedDir: share.HostDir, CreatedAt: time.Now().UTC(),
 		OwnerPID: os.Getpid(), OwnerStart: procStartTime(os.Getpid()), OwnerPIDNS: pidNamespace()}

@@ -88,11 +88,9 @@ func FindLeftovers(ctx context.Context, c *Containerd, ids ...string) []string {
 		}
 		// fsshare's idmap staging, named after the sandbox id's first 16
 		// characters, and vmmuser's record of virtiofsd's id range.
-		if len(id) >= 16 {
-			staged, _ := filepath.Glob(filepath.Join(KasaRunDir, "idmap", id[:16]+"-*"))
-			for _, d := range staged {
-				left = append(left, "idmap staging "+d)
-			}
+		staged, _ := filepath.Glob(filepath.Join(KasaRunDir, "idmap", id[:min(16, len(id))]+"-*"))
+		for _, d := range staged {
+			left = append(left, "idmap staging "+d)
 		}
 		ranges, _ := filepath.Glob(filepath.Join(KasaRunDir, "vmm-idrange", "*"))
 		for _, r := range ranges {

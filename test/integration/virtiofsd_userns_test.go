@@ -11,8 +11,11 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
+	"github.com/kasa-runtime/kasa/configuration"
 	"github.com/kasa-runtime/kasa/test/ctrtest"
+	"github.com/kasa-runtime/kasa/virtcontainers"
 	"github.com/kasa-runtime/kasa/virtcontainers/fsshare"
 	"github.com/kasa-runtime/kasa/virtcontainers/vmmuser"
 )
@@ -151,6 +154,34 @@ func assertUnmappableVolumeRefused(t *testing.T, ctx context.Context, c *ctrtest
 		t.Errorf("the refused container's directory is left in the share")
 	}
 	return id
+}
+
+// A sandbox whose VM dies while booting (an initrd that is not one) undoes
+// what its unprivileged virtiofsd had: the process, the id range, the door
+// to the share, the user namespace.
+func TestSandboxBootFailureUndoesVirtiofsdUserns(t *testing.T) {
+	cfg := testConfig(t)
+	if !cfg.Hypervisor.Rootless || !cfg.Hypervisor.VirtioFSUserns || cfg.Hypervisor.SharedFS != configuration.SharedFSVirtioFS {
+		t.Fatalf("the default configuration does not run virtiofsd without root: %+v", cfg.Hypervisor)
+	}
+	bad := filepath.Join(t.TempDir(), "garbage.img")
+	if err := os.WriteFile(bad, []byte(strings.Repeat("not a cpio archive\n", 4096)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cfg.Hypervisor.Initrd = bad
+	id := newID(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	if _, err := virtcontainers.CreateSandbox(ctx, virtcontainers.SandboxConfig{ID: id, Config: cfg}); err == nil {
+		t.Fatal("a sandbox booted from a garbage initrd")
+	}
+	assertNothingLeft(t, id)
+	if left := ctrtest.WaitNoLeftovers(ctx, 10*time.Second, nil, id); len(left) > 0 {
+		t.Errorf("left behind: %v", left)
+	}
+	if pids := pidsWithCmdline("source=" + filepath.Join(fsshare.DoorRoot, id)); len(pids) > 0 {
+		t.Errorf("virtiofsd processes left: %v", pids)
+	}
 }
 
 // assertUsernsGone checks that nothing of the pod's virtiofsd is left: no
