@@ -20,8 +20,8 @@ import (
 const testIDFirst = 1<<31 - IDRangeSize
 
 // The test binary doubles as a process in a user namespace like an
-// unprivileged virtiofsd's: "hold" just waits, "write" writes a file, "mkdir"
-// makes a world-writable directory.
+// unprivileged virtiofsd's: "hold" just waits, "write" writes a file,
+// "remove" removes one, "mkdir" makes a world-writable directory.
 func init() {
 	switch os.Getenv("KASA_USERNS_HELPER") {
 	case "":
@@ -31,6 +31,11 @@ func init() {
 	case "write":
 		err := os.WriteFile(os.Args[1], []byte("x"), 0o644)
 		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+	case "remove":
+		if err := os.Remove(os.Args[1]); err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			os.Exit(1)
 		}
@@ -132,6 +137,7 @@ func TestIntegrationIdmappedShare(t *testing.T) {
 	lowerFile := filepath.Join(snaps, "1/fs/owned1000")
 	os.WriteFile(lowerFile, []byte("l"), 0o666)
 	os.Chown(lowerFile, 1000, 1000)
+	os.WriteFile(filepath.Join(snaps, "1/fs/doomed"), nil, 0o644)
 	rootfs := []mount.Mount{{Type: "overlay", Source: "overlay", Options: []string{
 		"index=off", "lowerdir=" + filepath.Join(snaps, "1/fs"), "upperdir=" + filepath.Join(snaps, "2/fs"), "workdir=" + filepath.Join(snaps, "2/work")}}}
 	start := time.Now()
@@ -148,6 +154,11 @@ func TestIntegrationIdmappedShare(t *testing.T) {
 	inTestUserns(t, 0, "mkdir", filepath.Join(merged, "d"))
 	inTestUserns(t, 1234, "write", filepath.Join(merged, "d", "by1234"))
 	inTestUserns(t, 1000, "write", filepath.Join(merged, "owned1000")) // copy-up
+	inTestUserns(t, 0, "remove", filepath.Join(merged, "doomed"))      // a whiteout, made by overlayfs itself
+	var wh unix.Stat_t
+	if err := unix.Lstat(filepath.Join(snaps, "2/fs/doomed"), &wh); err != nil || wh.Mode&unix.S_IFMT != unix.S_IFCHR || wh.Rdev != 0 {
+		t.Errorf("removing a lower file left %+v (%v) in the upper layer, want a whiteout (character device 0:0)", wh, err)
+	}
 	for name, want := range map[string]uint32{"byroot": 0, "d": 0, "d/by1234": 1234, "owned1000": 1000} {
 		if got := ownerOf(t, filepath.Join(snaps, "2/fs", name)); got != want {
 			t.Errorf("upper %s owned by %d on disk, want %d", name, got, want)
