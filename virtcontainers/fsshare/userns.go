@@ -35,6 +35,18 @@ func inUserns(attr *syscall.SysProcAttr, first uint32) {
 	attr.Credential = &syscall.Credential{Uid: 0, Gid: 0, Groups: []uint32{}}
 }
 
+// nofileArg is virtiofsd's --rlimit-nofile without root: the shim's own
+// hard limit (at most the 1,000,000 virtiofsd asks for as root). Without a
+// capability on the host, virtiofsd cannot raise its hard limit; asked for
+// more, it would keep the soft limit it inherits (often 1024).
+func nofileArg() string {
+	var lim unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &lim); err != nil || lim.Max == 0 {
+		return "--rlimit-nofile=0" // leave it as it is
+	}
+	return fmt.Sprintf("--rlimit-nofile=%d", min(lim.Max, 1000000))
+}
+
 // openUserns opens the user namespace of process pid, which must not be
 // the shim's own: the share's mounts are idmapped into it.
 func openUserns(pid int) (*os.File, error) {

@@ -143,13 +143,14 @@ func (s *Share) StartVirtioFSD(ctx context.Context, daemon, socket string, idFir
 	}
 	defer lnFile.Close()
 
-	source := s.HostDir
+	source, extra := s.HostDir, []string(nil)
 	if idFirst != 0 {
 		if source, err = s.openDoor(idFirst); err != nil {
 			return nil, nil, err
 		}
+		extra = append(extra, nofileArg())
 	}
-	cmd := exec.Command(daemon, VirtioFSDArgs(flavor, source)...)
+	cmd := exec.Command(daemon, append(VirtioFSDArgs(flavor, source), extra...)...)
 	cmd.ExtraFiles = []*os.File{lnFile}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
 	if idFirst != 0 {
