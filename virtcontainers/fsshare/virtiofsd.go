@@ -75,7 +75,8 @@ const listenFD = 3
 // container's rootfs, each volume) are announced so the guest sees them as
 // separate mounts, and the daemon sandboxes itself (its own mount, pid and
 // network namespaces, pivot_root into dir, seccomp, a reduced capability
-// set), since it keeps uid 0 to serve files of any owner.
+// set), whether it runs as root or as root of a user namespace only
+// (userns.go).
 func VirtioFSDArgs(f daemonFlavor, dir string) []string {
 	fd := fmt.Sprintf("--fd=%d", listenFD)
 	if f == flavorRust {
