@@ -14,8 +14,9 @@ import (
 // one path to its share that virtiofsd can walk: <sandbox>/share, a bind
 // mount of the share (in its peer group, so what is mounted in the share
 // appears there too) in a directory of root's that only root and
-// virtiofsd's host gid may enter, and no one but root may change. /run/kasa itself stays closed to every other user: a
-// VMM or another sandbox's virtiofsd cannot reach any share.
+// virtiofsd's host gid may enter, and no one but root may change.
+// /run/kasa itself stays closed to every other user: a VMM or another
+// sandbox's virtiofsd cannot reach any share.
 var DoorRoot = "/run/kasa-virtiofsd"
 
 // IDRangeSize is how many ids a virtiofsd's user namespace maps: the
