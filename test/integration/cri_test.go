@@ -26,9 +26,10 @@ import (
 // startCRIHarness is a private containerd with the CRI plugin: the runtime
 // handler "kata" is this build's shim with the test's guest image, CNI is a
 // bridge of the harness's own, and images come from an in-process registry
-// mirroring registry.k8s.io, gcr.io and docker.io. crictl is bin/crictl
+// mirroring registry.k8s.io, gcr.io and docker.io, which also serves
+// images: the busybox images a test adds. crictl is bin/crictl
 // (hack/install-cri-tools.sh).
-func startCRIHarness(t *testing.T, timeout time.Duration, mutate func(*ctrtest.Options)) (*ctrtest.Containerd, context.Context) {
+func startCRIHarness(t *testing.T, timeout time.Duration, mutate func(*ctrtest.Options), images ...ctrtest.ImageOptions) (*ctrtest.Containerd, context.Context) {
 	t.Helper()
 	dir := requireVM(t)
 	repo, _ := filepath.Abs("../..")
@@ -52,6 +53,11 @@ func startCRIHarness(t *testing.T, timeout time.Duration, mutate func(*ctrtest.O
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { reg.Close() })
+	for _, img := range images {
+		if err := reg.PushBusybox(img); err != nil {
+			t.Fatal(err)
+		}
+	}
 	opts := ctrtest.Options{
 		BinDirs: []string{bin}, KasaConfigPath: conf, CRI: true, Crictl: filepath.Join(bin, "crictl"),
 		SandboxImage: ctrtest.PauseImage, RegistryMirror: reg.Endpoint(), Debug: os.Getenv("KASA_TEST_DEBUG") != "",
@@ -102,9 +108,20 @@ func runPod(t *testing.T, ctx context.Context, c criEndpoint, cfg map[string]any
 func startContainer(t *testing.T, ctx context.Context, c criEndpoint, podID string, podCfg, cfg map[string]any) string {
 	t.Helper()
 	name := cfg["metadata"].(map[string]any)["name"].(string)
-	// As the kubelet does, the container gets the pod's namespace options.
+	// As the kubelet does, the container gets the pod's namespace options,
+	// beside the security context of its own.
 	if sc, ok := podCfg["linux"].(map[string]any)["security_context"]; ok {
-		cfg["linux"] = map[string]any{"security_context": map[string]any{"namespace_options": sc.(map[string]any)["namespace_options"]}}
+		linux, _ := cfg["linux"].(map[string]any)
+		if linux == nil {
+			linux = map[string]any{}
+			cfg["linux"] = linux
+		}
+		own, _ := linux["security_context"].(map[string]any)
+		if own == nil {
+			own = map[string]any{}
+			linux["security_context"] = own
+		}
+		own["namespace_options"] = sc.(map[string]any)["namespace_options"]
 	}
 	podPath, err := c.WriteJSON(name+"-pod.json", podCfg)
 	if err != nil {
