@@ -73,10 +73,15 @@ func TestCRIPodKernel(t *testing.T) {
 	initCfg := containerConfig("mesh-init", iptablesImage, []string{"sh", "-c", meshInit})
 	initCfg["linux"] = map[string]any{"security_context": map[string]any{"capabilities": map[string]any{"add_capabilities": []string{"NET_ADMIN"}}}}
 	initID := startContainer(t, ctx, c, podID, podCfg, initCfg)
-	if code := waitExited(t, ctx, c, initID); code != 0 {
-		t.Fatalf("mesh-init exited %d:\n%s", code, crictl(t, ctx, c, "logs", initID))
+	code := waitExited(t, ctx, c, initID)
+	logs, err := c.Crictl(ctx, "logs", initID) // stderr's lines come on crictl's stderr
+	if err != nil {
+		t.Fatal(err)
 	}
-	t.Logf("mesh-init:\n%s", crictl(t, ctx, c, "logs", initID))
+	if code != 0 {
+		t.Fatalf("mesh-init exited %d:\n%s%s", code, logs.Stdout, logs.Stderr)
+	}
+	t.Logf("mesh-init:\n%s", logs.Stdout)
 
 	appCfg := containerConfig("app", ctrtest.WebServerImage, []string{"httpd", "-f", "-p", "8080", "-h", "/usr/share/nginx/html"})
 	appCfg["linux"] = map[string]any{"security_context": map[string]any{"privileged": true}}
