@@ -62,6 +62,15 @@ const (
 	TransportVirtioSerial   AgentTransport = "virtio-serial"
 )
 
+// VirtioFSUsernsMode says when virtiofsd runs without root.
+type VirtioFSUsernsMode string
+
+const (
+	VirtioFSUsernsAuto VirtioFSUsernsMode = "auto"
+	VirtioFSUsernsOn   VirtioFSUsernsMode = "on"
+	VirtioFSUsernsOff  VirtioFSUsernsMode = "off"
+)
+
 // InterNetworkingModel is how the VM's NIC is joined to the pod's veth.
 type InterNetworkingModel string
 
@@ -79,6 +88,7 @@ var (
 	accelerators          = []Accelerator{AccelAuto, AccelKVM, AccelTCG}
 	qemuTransports        = []AgentTransport{TransportAuto, TransportVsock, TransportVhostUserVsock, TransportVirtioSerial}
 	interNetworkingModels = []InterNetworkingModel{NetTCFilter, NetMacvtap, NetNone}
+	virtioFSUsernsModes   = []VirtioFSUsernsMode{VirtioFSUsernsAuto, VirtioFSUsernsOn, VirtioFSUsernsOff}
 )
 
 // Config is one runtime configuration: a decoded file, or the embedded
@@ -146,9 +156,11 @@ type HypervisorConfig struct {
 	Rootless bool `toml:"rootless"`
 	// VirtioFSUserns, with Rootless, runs virtiofsd without root too: as
 	// root of a user namespace of its own whose ids are a host range of
-	// its own, serving idmapped mounts (Kasa-specific key, default true).
-	// A volume on a filesystem the kernel cannot idmap is then refused.
-	VirtioFSUserns bool `toml:"virtio_fs_userns"`
+	// its own, serving idmapped mounts (Kasa-specific key). "on" refuses a
+	// volume on a filesystem the kernel cannot idmap; "auto" (the default)
+	// is "on" where the kernel can idmap tmpfs (Linux 6.3) and runs
+	// virtiofsd as root elsewhere; "off" always runs it as root.
+	VirtioFSUserns VirtioFSUsernsMode `toml:"virtio_fs_userns"`
 	// SeccompSandbox is QEMU's -sandbox value, its own syscall filter; ""
 	// turns it off (QEMU only; Kata's key).
 	SeccompSandbox string `toml:"seccompsandbox"`

@@ -191,6 +191,7 @@ func (c *Config) validateHypervisor(v *validator) {
 	v.globs(prefix+"valid_initrd_paths", h.ValidInitrdPaths)
 	v.globs(prefix+"valid_virtio_fs_daemon_paths", h.ValidVirtioFSDaemonPaths)
 	oneOf(v, prefix+"accelerator", h.Accelerator, accelerators)
+	oneOf(v, prefix+"virtio_fs_userns", h.VirtioFSUserns, virtioFSUsernsModes)
 	if strings.ContainsAny(h.SeccompSandbox, " \t\n") {
 		v.fail(prefix+"seccompsandbox", h.SeccompSandbox, `QEMU's -sandbox value, e.g. "`+DefaultSeccompSandbox+`", or "" for none`, nil)
 	}
