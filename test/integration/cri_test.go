@@ -212,6 +212,7 @@ func testCRIPod(t *testing.T, ctd containerdUnderTest) {
 			t.Errorf("container kernel %q, host kernel %q: not in a VM", guest, host)
 		}
 	})
+	t.Run("no debug console by default", func(t *testing.T) { assertDebugConsoleRefused(t, ctx, podID) })
 	t.Run("pod IP from the host", func(t *testing.T) {
 		body, err := httpGet(ctx, "http://"+podIP(t, ctx, c, podID)+"/")
 		if err != nil || body != ctrtest.WebServerBody {
