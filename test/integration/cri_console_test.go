@@ -67,6 +67,7 @@ func TestCRIDebugConsoleAndGuestLog(t *testing.T) {
 		if err != nil {
 			t.Fatalf("kasa exec: %v\n%s", err, out)
 		}
+		t.Logf("kasa exec output:\n%s", out)
 		lines := strings.Split(strings.ReplaceAll(string(out), "\r", ""), "\n")
 		var release, tty bool
 		for _, l := range lines {
@@ -162,6 +163,18 @@ func TestCRIDebugConsoleAndGuestLog(t *testing.T) {
 				time.Sleep(200 * time.Millisecond)
 			}
 		}
+		b, _ := os.ReadFile(c.LogPath)
+		n := map[string]int{}
+		for _, l := range strings.Split(string(b), "\n") {
+			if strings.Contains(l, "sandbox="+podID) {
+				for _, src := range []string{"agent", "kernel", "guest"} {
+					if strings.HasSuffix(l, "source="+src) || strings.Contains(l, "source="+src+" ") {
+						n[src]++
+					}
+				}
+			}
+		}
+		t.Logf("guest lines of this pod in containerd's log so far: %v (enable_debug)", n)
 	})
 
 	crictl(t, ctx, c, "stopp", podID)
