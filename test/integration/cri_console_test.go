@@ -62,7 +62,8 @@ func TestCRIDebugConsoleAndGuestLog(t *testing.T) {
 		cctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 		defer cancel()
 		cmd := exec.CommandContext(cctx, kasa, "exec", podID[:12])
-		cmd.Stdin = strings.NewReader("uname -r; tty\nexit\n")
+		// No exit: the end of the pipe ends the shell.
+		cmd.Stdin = strings.NewReader("uname -r; tty\n")
 		out, err := cmd.CombinedOutput()
 		if err != nil {
 			t.Fatalf("kasa exec: %v\n%s", err, out)

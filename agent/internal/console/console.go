@@ -32,6 +32,8 @@ const (
 	// hangupWait is how long a shell has to exit after SIGHUP, when its
 	// stream ended, before it is killed.
 	hangupWait = 2 * time.Second
+	// eofEvery paces the ^D that end a piped session (endInput).
+	eofEvery = 500 * time.Millisecond
 )
 
 // Shell is the command a session runs: the initramfs's busybox as sh.
@@ -151,13 +153,7 @@ func (s *Server) session(ctx context.Context, c net.Conn) error {
 			log.G(ctx).WithError(err).Warn("debug console: input")
 		}
 		if err == nil || errors.Is(err, io.EOF) {
-			// The client's input ended (a pipe, not a terminal): end the
-			// shell's input as a terminal user would, with ^D.
-			pty.Write([]byte{4})
-			select {
-			case <-exited:
-			case <-outDone:
-			}
+			endInput(pty, exited, outDone)
 		}
 	}
 	select {
@@ -180,6 +176,28 @@ func (s *Server) session(ctx context.Context, c net.Conn) error {
 	}
 	log.G(ctx).WithField("pid", pid).Info("debug console: shell ended")
 	return nil
+}
+
+// endInput ends the shell's input after the client's ended (a pipe, not a
+// terminal) as a terminal user would, with ^D, until the shell exits. It
+// repeats: a ^D typed while the shell starts or runs a command reaches the
+// command or is lost in a change of terminal mode, and only one typed at
+// the prompt ends the shell.
+func endInput(pty console.Console, exited, outDone <-chan struct{}) {
+	tick := time.NewTicker(eofEvery)
+	defer tick.Stop()
+	for {
+		if _, err := pty.Write([]byte{4}); err != nil {
+			return
+		}
+		select {
+		case <-exited:
+			return
+		case <-outDone:
+			return
+		case <-tick.C:
+		}
+	}
 }
 
 // copyInput writes data frames to the pty and applies resizes until the
