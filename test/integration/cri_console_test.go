@@ -142,28 +142,14 @@ func TestCRIDebugConsoleAndGuestLog(t *testing.T) {
 	})
 
 	t.Run("guest log in containerd's log", func(t *testing.T) {
-		want := map[string]*regexp.Regexp{
+		assertGuestLog(t, c.LogPath, map[string]*regexp.Regexp{
 			// The agent's line at the container's creation, at info.
-			"agent": regexp.MustCompile(`msg="container created container=` + tool + `[^"]*".*sandbox=` + podID + `.*source=agent`),
+			"agent": guestLogLine("container created container="+tool, podID, "agent"),
 			// enable_debug: the agent's debug lines and the kernel's
 			// notice lines (its banner) are sent too.
-			"agent debug":   regexp.MustCompile(`msg="guest clock set[^"]*".*sandbox=` + podID + `.*source=agent`),
-			"kernel banner": regexp.MustCompile(`msg="Linux version [^"]*".*sandbox=` + podID + `.*source=kernel`),
-		}
-		deadline := time.Now().Add(30 * time.Second)
-		for name, re := range want {
-			for {
-				b, _ := os.ReadFile(c.LogPath)
-				if re.Match(b) {
-					break
-				}
-				if time.Now().After(deadline) {
-					t.Errorf("%s: no line matching %s in containerd's log", name, re)
-					break
-				}
-				time.Sleep(200 * time.Millisecond)
-			}
-		}
+			"agent debug":   guestLogLine("guest clock set", podID, "agent"),
+			"kernel banner": guestLogLine("Linux version ", podID, "kernel"),
+		})
 		b, _ := os.ReadFile(c.LogPath)
 		n := map[string]int{}
 		for _, l := range strings.Split(string(b), "\n") {
@@ -197,6 +183,32 @@ func waitOutput(t *testing.T, ctx context.Context, mu *sync.Mutex, out *bytes.Bu
 		case <-ctx.Done():
 			t.Fatalf("no %q in the console's output:\n%q", want, got)
 		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// guestLogLine matches a guest's line in containerd's log: its message
+// starts with msg, and the shim tagged it with the sandbox and source.
+func guestLogLine(msg, sandbox, source string) *regexp.Regexp {
+	return regexp.MustCompile(`msg="` + regexp.QuoteMeta(msg) + `[^"]*".*sandbox=` + sandbox + `.*source=` + source)
+}
+
+// assertGuestLog waits (30 s at most: the shim logs asynchronously) for a
+// line matching each of want in containerd's log at path.
+func assertGuestLog(t *testing.T, path string, want map[string]*regexp.Regexp) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for name, re := range want {
+		for {
+			b, _ := os.ReadFile(path)
+			if re.Match(b) {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Errorf("%s: no line matching %s in containerd's log", name, re)
+				break
+			}
+			time.Sleep(200 * time.Millisecond)
 		}
 	}
 }
