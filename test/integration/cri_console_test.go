@@ -3,6 +3,7 @@
 package integration
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"os"
@@ -18,6 +19,8 @@ import (
 	"github.com/containerd/console"
 	"golang.org/x/sys/unix"
 
+	"github.com/kasa-runtime/kasa/agent/api"
+	"github.com/kasa-runtime/kasa/agent/client"
 	"github.com/kasa-runtime/kasa/test/ctrtest"
 )
 
@@ -220,5 +223,34 @@ func assertDebugConsoleRefused(t *testing.T, ctx context.Context, podID string) 
 	out, err := exec.CommandContext(ctx, kasaBin(t), "exec", podID).CombinedOutput()
 	if err == nil || !strings.Contains(string(out), "debug console of sandbox "+podID+" is disabled: set debug_console_enabled = true in [agent.kata]") {
 		t.Errorf("kasa exec into a pod without the console: %v\n%s", err, out)
+	}
+}
+
+// assertGuestPortsByDefault checks a guest booted with the default
+// configuration: its log stream (vsock port 1025) answers with the agent's
+// lines, and no debug console listens (port 1027).
+func assertGuestPortsByDefault(t *testing.T, ctx context.Context, agentAddr string) {
+	t.Helper()
+	dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if c, err := client.DialVsockPort(dctx, agentAddr, api.DebugConsoleVsockPort); err == nil {
+		c.Close()
+		t.Errorf("the guest listens on the debug console's port %d without debug_console_enabled", api.DebugConsoleVsockPort)
+	}
+	c, err := client.DialVsockPort(dctx, agentAddr, api.GuestLogVsockPort)
+	if err != nil {
+		t.Fatalf("guest log port %d: %v", api.GuestLogVsockPort, err)
+	}
+	defer c.Close()
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	r := bufio.NewReader(c)
+	for {
+		line, err := r.ReadString('\n')
+		if err != nil {
+			t.Fatalf("guest log stream ended without the agent's ready line: %v", err)
+		}
+		if strings.HasPrefix(line, "a6 kasa-agent ready") {
+			return
+		}
 	}
 }
