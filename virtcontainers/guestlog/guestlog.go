@@ -146,9 +146,14 @@ func (f *Forwarder) read(c io.Reader) error {
 
 // line logs one line if the limiter lets it through.
 func (f *Forwarder) line(raw []byte, truncated bool) {
+	now := f.cfg.now()
+	if !f.lim.refill(now) {
+		f.suppressed++
+		return
+	}
 	src, level, text := api.ParseGuestLogLine(raw)
 	msg := sanitize(text, truncated)
-	if !f.lim.allow(f.cfg.now(), len(msg)) {
+	if !f.lim.allow(now, len(msg)) {
 		f.suppressed++
 		return
 	}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"strings"
 	"sync"
@@ -156,5 +157,31 @@ func TestSanitize(t *testing.T) {
 	long := sanitize(bytes.Repeat([]byte{0}, MaxLineBytes), false)
 	if len(long) > MaxLineBytes || !strings.HasSuffix(long, truncatedMark) {
 		t.Errorf("escaped long line: %d bytes, marked %v", len(long), strings.HasSuffix(long, truncatedMark))
+	}
+}
+
+// BenchmarkFlood is what a flooding guest costs the shim per line once the
+// buckets are empty, and per line that passes.
+func BenchmarkFlood(b *testing.B) {
+	for _, tc := range []struct {
+		name  string
+		empty bool
+	}{{"suppressed", true}, {"logged", false}} {
+		b.Run(tc.name, func(b *testing.B) {
+			line := api.FormatGuestLogLine(api.GuestLogAgent, api.LogErr, strings.Repeat("flood \x1b ", 100))
+			stream := bytes.Repeat(line, b.N)
+			l := logrus.New()
+			l.SetOutput(io.Discard)
+			now := time.Unix(1, 0)
+			f := &Forwarder{cfg: Config{Log: logrus.NewEntry(l), now: func() time.Time { return now }}, lim: newLimiter(now)}
+			if tc.empty {
+				f.lim.lines = 0
+			} else {
+				f.lim.lines, f.lim.bytes = 1e18, 1e18
+			}
+			b.SetBytes(int64(len(line)))
+			b.ResetTimer()
+			f.read(bytes.NewReader(stream))
+		})
 	}
 }

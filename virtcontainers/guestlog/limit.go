@@ -33,14 +33,20 @@ func newLimiter(now time.Time) *limiter {
 	return &limiter{lines: BurstLines, bytes: BurstBytes, last: now}
 }
 
-// allow takes one line of n bytes from the buckets if both have room.
-func (l *limiter) allow(now time.Time, n int) bool {
+// refill adds what the time since the last call earned, and says whether
+// a line could pass now: a flood is dropped before any work on its text.
+func (l *limiter) refill(now time.Time) bool {
 	if dt := now.Sub(l.last).Seconds(); dt > 0 {
 		l.lines = min(BurstLines, l.lines+dt*LinesPerSecond)
 		l.bytes = min(BurstBytes, l.bytes+dt*BytesPerSecond)
 		l.last = now
 	}
-	if l.lines < 1 || l.bytes < float64(n) {
+	return l.lines >= 1 && l.bytes >= 1
+}
+
+// allow takes one line of n bytes from the buckets if both have room.
+func (l *limiter) allow(now time.Time, n int) bool {
+	if !l.refill(now) || l.bytes < float64(n) {
 		return false
 	}
 	l.lines--
