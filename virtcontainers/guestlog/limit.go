@@ -12,12 +12,17 @@ const (
 	// MaxLineBytes bounds a line as logged (after escaping); longer lines
 	// are cut and marked.
 	MaxLineBytes = 1024
-	// LinesPerSecond and BurstLines: a token bucket of lines.
-	LinesPerSecond = 100
+	// LinesPerSecond and BurstLines: a token bucket of lines. The burst
+	// takes a debug boot's kernel log (about 270 lines).
+	LinesPerSecond = 50
 	BurstLines     = 500
-	// BytesPerSecond and BurstBytes: a token bucket of logged text bytes.
-	BytesPerSecond = 32 << 10
+	// BytesPerSecond and BurstBytes: a token bucket of bytes written to
+	// the shim's log, each line counted with LineOverhead for what the
+	// shim adds (time, level, sandbox id, source). A minute of flood
+	// costs containerd's log at most about 600 KiB.
+	BytesPerSecond = 8 << 10
 	BurstBytes     = 128 << 10
+	LineOverhead   = 160
 )
 
 const truncatedMark = "…[truncated]"
@@ -41,11 +46,13 @@ func (l *limiter) refill(now time.Time) bool {
 		l.bytes = min(BurstBytes, l.bytes+dt*BytesPerSecond)
 		l.last = now
 	}
-	return l.lines >= 1 && l.bytes >= 1
+	return l.lines >= 1 && l.bytes >= LineOverhead
 }
 
-// allow takes one line of n bytes from the buckets if both have room.
+// allow takes one line of n bytes of text from the buckets if both have
+// room.
 func (l *limiter) allow(now time.Time, n int) bool {
+	n += LineOverhead
 	if !l.refill(now) || l.bytes < float64(n) {
 		return false
 	}
