@@ -49,8 +49,9 @@ type Forwarder struct {
 	conn   net.Conn
 	closed bool // Stop gave up waiting: no stream is read any more
 
-	lim        *limiter
-	suppressed int
+	lim         *limiter
+	suppressed  int
+	lastSummary time.Time
 }
 
 // Start begins forwarding in the background.
@@ -153,11 +154,14 @@ func (f *Forwarder) line(raw []byte, truncated bool) {
 	}
 	src, level, text := api.ParseGuestLogLine(raw)
 	msg := sanitize(text, truncated)
-	if !f.lim.allow(now, len(msg)) {
+	if !f.lim.allow(now, logCost(msg)) {
 		f.suppressed++
 		return
 	}
-	f.flushSuppressed()
+	if now.Sub(f.lastSummary) >= SummaryEvery {
+		f.flushSuppressed()
+		f.lastSummary = now
+	}
 	f.cfg.Log.WithField("source", src.String()).Log(logrusLevel(level), msg)
 }
 

@@ -18,11 +18,14 @@ const (
 	BurstLines     = 500
 	// BytesPerSecond and BurstBytes: a token bucket of bytes written to
 	// the shim's log, each line counted with LineOverhead for what the
-	// shim adds (time, level, sandbox id, source). A minute of flood
-	// costs containerd's log at most about 600 KiB.
+	// shim adds (time, level, sandbox and container ids, runtime, source)
+	// and with the quoting of its text. A minute of flood costs
+	// containerd's log at most about 650 KiB.
 	BytesPerSecond = 8 << 10
 	BurstBytes     = 128 << 10
-	LineOverhead   = 160
+	LineOverhead   = 200
+	// SummaryEvery paces the "suppressed" lines of a flood.
+	SummaryEvery = time.Second
 )
 
 const truncatedMark = "…[truncated]"
@@ -49,10 +52,14 @@ func (l *limiter) refill(now time.Time) bool {
 	return l.lines >= 1 && l.bytes >= LineOverhead
 }
 
-// allow takes one line of n bytes of text from the buckets if both have
-// room.
+// logCost is what logging msg adds to the shim's log, about: the text,
+// the backslashes and quotes the log's quoting doubles, the shim's fields.
+func logCost(msg string) int {
+	return len(msg) + strings.Count(msg, `\`) + strings.Count(msg, `"`) + LineOverhead
+}
+
+// allow takes one line costing n bytes from the buckets if both have room.
 func (l *limiter) allow(now time.Time, n int) bool {
-	n += LineOverhead
 	if !l.refill(now) || l.bytes < float64(n) {
 		return false
 	}
