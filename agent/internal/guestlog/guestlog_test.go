@@ -67,12 +67,12 @@ func TestParseKmsg(t *testing.T) {
 		text  string
 		ok    bool
 	}{
-		"6,339,5140900,-;NET: Registered PF_VSOCK protocol family\n": {6, "NET: Registered PF_VSOCK protocol family", true},
-		"4,1,2,c;virtio: odd\n SUBSYSTEM=virtio\n DEVICE=+virtio:1\n":  {4, "virtio: odd", true},
-		"30,5,6,-;facility daemon, level info\n":                       {6, "facility daemon, level info", true},
-		"no semicolon":  {0, "", false},
-		"x,1,2,-;text":  {0, "", false},
-		"-1,1,2,-;text": {0, "", false},
+		"6,339,5140900,-;NET: Registered PF_VSOCK protocol family\n":  {6, "NET: Registered PF_VSOCK protocol family", true},
+		"4,1,2,c;virtio: odd\n SUBSYSTEM=virtio\n DEVICE=+virtio:1\n": {4, "virtio: odd", true},
+		"30,5,6,-;facility daemon, level info\n":                      {6, "facility daemon, level info", true},
+		"no semicolon":                                                {0, "", false},
+		"x,1,2,-;text":                                                {0, "", false},
+		"-1,1,2,-;text":                                               {0, "", false},
 	} {
 		level, text, ok := ParseKmsg([]byte(rec))
 		if level != want.level || text != want.text || ok != want.ok {
