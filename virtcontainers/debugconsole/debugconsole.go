@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"github.com/sirupsen/logrus"
+
+	"github.com/kasa-runtime/kasa/agent/api"
 )
 
 const (
@@ -147,6 +149,10 @@ func (b *Bridge) session(client net.Conn) {
 	cancel()
 	if err != nil {
 		b.log.WithError(err).Warn("debug console: guest not reachable")
+		// The client shows what it reads: say why there is no shell (a
+		// guest image older than the runtime has no console port).
+		client.SetWriteDeadline(time.Now().Add(time.Second))
+		fmt.Fprintf(client, "kasa: the guest's debug console (vsock port %d) is not reachable: %v\r\n", api.DebugConsoleVsockPort, err)
 		return
 	}
 	defer guest.Close()

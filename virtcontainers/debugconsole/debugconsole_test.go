@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -97,5 +98,25 @@ func TestBridgeCloseEndsSessions(t *testing.T) {
 	}
 	if dials() != 1 {
 		t.Errorf("%d guest dials", dials())
+	}
+}
+
+func TestBridgeSaysWhenTheGuestIsUnreachable(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "console.sock")
+	dial := func(context.Context) (net.Conn, error) { return nil, errors.New("connection reset") }
+	b, err := Listen(path, dial, logrus.NewEntry(logrus.New()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	c, err := net.Dial("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	got, _ := io.ReadAll(c)
+	if !strings.Contains(string(got), "debug console (vsock port 1027) is not reachable: connection reset") {
+		t.Errorf("client read %q", got)
 	}
 }
