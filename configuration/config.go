@@ -144,6 +144,11 @@ type HypervisorConfig struct {
 	// one per sandbox, with no capabilities, in its own network, IPC and
 	// UTS namespaces (QEMU only; Kata's key, default true here).
 	Rootless bool `toml:"rootless"`
+	// VirtioFSUserns, with Rootless, runs virtiofsd without root too: as
+	// root of a user namespace of its own whose ids are a host range of
+	// its own, serving idmapped mounts (Kasa-specific key, default true).
+	// A volume on a filesystem the kernel cannot idmap is then refused.
+	VirtioFSUserns bool `toml:"virtio_fs_userns"`
 	// SeccompSandbox is QEMU's -sandbox value, its own syscall filter; ""
 	// turns it off (QEMU only; Kata's key).
 	SeccompSandbox string `toml:"seccompsandbox"`

@@ -57,6 +57,7 @@ func defaultHypervisor() HypervisorConfig {
 		MSize9P:        8192,
 		Accelerator:    AccelAuto,
 		Rootless:       true,
+		VirtioFSUserns: true,
 		SeccompSandbox: DefaultSeccompSandbox,
 	}
 }

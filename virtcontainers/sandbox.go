@@ -24,6 +24,7 @@ import (
 	"github.com/kasa-runtime/kasa/virtcontainers/guestlog"
 	"github.com/kasa-runtime/kasa/virtcontainers/podcgroup"
 	"github.com/kasa-runtime/kasa/virtcontainers/portforward"
+	"github.com/kasa-runtime/kasa/virtcontainers/vmmuser"
 )
 
 // cgroupDeleteWait is how long the pod cgroup's removal waits for the
@@ -97,8 +98,12 @@ func shareWithGuest(ctx context.Context, sc SandboxConfig, share *fsshare.Share,
 		return nil, nil, nil, nil
 	case configuration.SharedFSVirtioFS:
 		sock := filepath.Join(stateDir(sc.ID), "virtiofsd.sock")
-		d, conn, err := share.StartVirtioFSD(ctx, h.VirtioFSDaemon, sock, cg.Add)
+		idFirst, err := virtiofsdIDs(sc.ID, h)
 		if err != nil {
+			return nil, nil, nil, err
+		}
+		d, conn, err := share.StartVirtioFSD(ctx, h.VirtioFSDaemon, sock, idFirst, cg.Add)
+		if err != nil { // CreateSandbox releases the ids once virtiofsd has left the pod cgroup
 			return nil, nil, nil, fmt.Errorf("sandbox %s: hypervisor.qemu.shared_fs = virtio-fs: %w", sc.ID, err)
 		}
 		return &hypervisor.SharedFS{Type: hypervisor.SharedFSVirtioFS, Tag: fsshare.MountTag, SocketPath: sock, Conn: conn},
@@ -142,6 +147,8 @@ func CreateSandbox(ctx context.Context, sc SandboxConfig) (_ *Sandbox, retErr er
 		return nil, err
 	}
 	undo.add("remove shared directory", share.Destroy)
+	// Undone after the pod cgroup, which waits for virtiofsd to be gone.
+	undo.add("release virtiofsd's ids", func() error { return vmmuser.ReleaseRange(vmmuser.LookupRange(sc.ID), sc.ID) })
 
 	st := &sandboxState{ID: sc.ID, Hypervisor: string(sc.Config.HypervisorName), SharedDir: share.HostDir, CreatedAt: time.Now().UTC(),
 		OwnerPID: os.Getpid(), OwnerStart: procStartTime(os.Getpid()), OwnerPIDNS: pidNamespace()}
@@ -490,6 +497,8 @@ func (s *Sandbox) Stop(ctx context.Context) error {
 	}
 	if err := s.cgroup.DeleteWithin(cgroupDeleteWait); err != nil {
 		errs = append(errs, err)
+	} else if err := vmmuser.ReleaseRange(vmmuser.LookupRange(s.ID), s.ID); err != nil {
+		errs = append(errs, err) // only once virtiofsd has left the cgroup
 	}
 	if len(errs) == 0 {
 		if err := removeState(s.ID); err != nil {
