@@ -171,13 +171,16 @@ type AgentConfig struct {
 	// DialTimeout bounds how long the shim waits for the agent to answer
 	// after boot. The file holds whole seconds (dial_timeout).
 	DialTimeout time.Duration
-	// DebugConsoleEnabled would start a shell on a guest console for
-	// `kasa exec`; not implemented yet, so Validate refuses true.
+	// DebugConsoleEnabled makes the agent serve a root shell on a pty on
+	// vsock port api.DebugConsoleVsockPort, which the shim exposes on the
+	// host for `kasa exec` (needs a vsock transport).
 	DebugConsoleEnabled bool
 	// KernelModules are loaded in the guest before the workload starts, in
 	// Kata's format: "name param=value ...".
 	KernelModules []string
-	// EnableDebug makes the agent log at debug level.
+	// EnableDebug makes the agent log at debug level and send the guest
+	// kernel's log of every level, not only warnings and above, to the
+	// shim's log.
 	EnableDebug bool
 	// Transport is the agent channel (Kasa-specific key).
 	Transport AgentTransport

@@ -134,8 +134,9 @@ func (c *Config) Validate() error {
 		}
 	}
 	oneOf(v, "agent.kata.transport", a.Transport, qemuTransports)
-	if a.DebugConsoleEnabled {
-		v.fail("agent.kata.debug_console_enabled", true, "the guest debug console (kasa exec) is not implemented yet; set false", nil)
+	if a.DebugConsoleEnabled && a.Transport == TransportVirtioSerial {
+		v.fail("agent.kata.debug_console_enabled", true, fmt.Sprintf(
+			"the debug console (kasa exec) is a vsock port: agent.kata.transport %q has none; use %q", a.Transport, TransportAuto), nil)
 	}
 	if name == HypervisorQEMU && c.Hypervisor.Rootless && a.Transport == TransportVirtioSerial {
 		v.fail("agent.kata.transport", a.Transport, fmt.Sprintf(

@@ -103,7 +103,7 @@ func VMConfigFor(id string, cfg *configuration.Config) hypervisor.VMConfig {
 		Path:           h.Path,
 		Kernel:         h.Kernel,
 		Initrd:         h.Initrd,
-		KernelParams:   h.KernelParamsList(),
+		KernelParams:   append(h.KernelParamsList(), agentKernelParams(cfg.Agent)...),
 		MachineType:    string(h.MachineType),
 		Firmware:       h.Firmware,
 		VCPUs:          uint32(h.DefaultVCPUs),

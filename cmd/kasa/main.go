@@ -1,5 +1,6 @@
 // Command kasa is the operator's tool: check the host, show the effective
-// configuration, serve the node's metrics, print versions.
+// configuration, serve the node's metrics, open a sandbox's debug console,
+// print versions.
 package main
 
 import (
@@ -38,6 +39,12 @@ commands:
             node (PSS of QEMU, virtiofsd and the runtime; QEMU's CPU) and
             print a RuntimeClass "kata" whose overhead.podFixed says so (needs
             root; kubectl apply -f the output)
+  exec SANDBOX-ID
+            open a root shell in the sandbox's guest (its VM, not the host)
+            on this terminal, over the debug console; SANDBOX-ID may be a
+            unique prefix (crictl pods shows it). Needs [agent.kata]
+            debug_console_enabled = true when the pod started, and root.
+            stdin may be a pipe: "echo 'uname -r' | kasa exec ID"
   reap      remove what dead shims left: the VM, mounts, taps, cgroup and
             state of every sandbox whose shim is gone (needs root; each
             shim's reaper and the next shim do it too)
@@ -60,6 +67,12 @@ options:
                   the *.toml files of config.d beside it (/etc/kasa/config.d
                   for the built-in defaults) are merged over it in name order
   --debug         log the runtime's steps (warnings are always shown)
+
+guest logs:
+  the agent's and the guest kernel's log lines go to the shim's log, i.e.
+  containerd's (journalctl -u containerd), with the sandbox id and
+  source=agent or source=kernel; [agent.kata] enable_debug = true makes them
+  verbose
 
 running pods:
   containerd  runtime type io.containerd.kasa.v2 (containerd-shim-kasa-v2 on
@@ -110,6 +123,12 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return selftest(*configPath, stdout, stderr)
 	case "runtimeclass":
 		return runtimeclass(*configPath, stdout, stderr)
+	case "exec":
+		if fs.NArg() != 2 {
+			fmt.Fprintf(stderr, "kasa exec: want one sandbox id (or a unique prefix)\n\n%s", usage)
+			return 2
+		}
+		return execConsole(fs.Arg(1), os.Stdin, stdout, stderr)
 	case "metrics":
 		return printMetrics(fs.Args()[1:], stdout, stderr)
 	case "monitor":

@@ -229,6 +229,10 @@ func testCRIPod(t *testing.T, ctd containerdUnderTest) {
 			t.Errorf("container kernel %q, host kernel %q: not in a VM", guest, host)
 		}
 	})
+	t.Run("no debug console by default", func(t *testing.T) { assertDebugConsoleRefused(t, ctx, podID) })
+	t.Run("guest log in containerd's log", func(t *testing.T) {
+		assertGuestLog(t, c.LogPath, map[string]*regexp.Regexp{"agent": guestLogLine("container created container="+tool, podID, "agent")})
+	})
 	t.Run("pod IP from the host", func(t *testing.T) {
 		body, err := httpGet(ctx, "http://"+podIP(t, ctx, c, podID)+"/")
 		if err != nil || body != ctrtest.WebServerBody {

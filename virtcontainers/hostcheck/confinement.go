@@ -52,6 +52,11 @@ func checkConfinement(ctx context.Context, cfg *configuration.Config) []Result {
 	}
 	out = append(out, sc)
 
+	if cfg.Agent.DebugConsoleEnabled {
+		out = append(out, Result{Name: "debug console", Status: Warn,
+			Detail: "agent.kata.debug_console_enabled = true: every pod's guest serves a root shell, which root on this node reaches with kasa exec"})
+	}
+
 	if h.SharedFS == configuration.SharedFSVirtioFS {
 		r := Result{Name: "virtiofsd", Status: Pass}
 		if desc, err := fsshare.DescribeDaemon(h.VirtioFSDaemon); err != nil {
