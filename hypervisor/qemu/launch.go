@@ -44,7 +44,7 @@ func (q *QEMU) launch(logger *log.Entry, cu *cleanup) (_ *launched, retErr error
 	for _, n := range cfg.NICs {
 		files = append(files, n.TapFile)
 	}
-	if v := cfg.VhostVsock; cfg.AgentTransport == hypervisor.TransportVsock && v != nil {
+	if v := cfg.VhostVsock; cfg.AgentTransport == hypervisor.TransportVsock && v != nil && hasPodDevices(cfg) {
 		files = append(files, v.File)
 	}
 	pair := func(name string) (*net.UnixConn, error) {
@@ -65,7 +65,7 @@ func (q *QEMU) launch(logger *log.Entry, cu *cleanup) (_ *launched, retErr error
 		return nil, err
 	}
 	cu.add(func() { consoleConn.Close() })
-	if cfg.AgentTransport == hypervisor.TransportVhostUserVsock {
+	if cfg.AgentTransport == hypervisor.TransportVhostUserVsock && hasPodDevices(cfg) {
 		frontend, err := pair("vhost-user-vsock")
 		if err != nil {
 			return nil, err
@@ -97,6 +97,10 @@ func (q *QEMU) launch(logger *log.Entry, cu *cleanup) (_ *launched, retErr error
 			}
 			files, childEnds = append(files, file), append(childEnds, file)
 		}
+	}
+
+	if s := cfg.Snapshot; s != nil {
+		files = append(files, s.Memory, s.State)
 	}
 
 	// QEMU's own output goes through a pipe the driver drains into a capped

@@ -33,7 +33,10 @@ const (
 	exitReapWait = 2 * time.Second
 )
 
-var _ hypervisor.Hypervisor = (*QEMU)(nil)
+var (
+	_ hypervisor.Hypervisor = (*QEMU)(nil)
+	_ hypervisor.Saver      = (*QEMU)(nil)
+)
 
 // vmState is where a QEMU is in its life; operations name the transition they
 // make and are refused from any other state.
@@ -290,6 +293,11 @@ func (q *QEMU) StartVM(ctx context.Context) (retErr error) {
 	}
 	q.qmp = qmp
 	cu.add(func() { qmp.Close() })
+	if s := q.cfg.Snapshot; s != nil && s.Role == hypervisor.SnapshotClone {
+		if err := q.restore(ctx); err != nil {
+			return err
+		}
+	}
 
 	q.state = stateRunning
 	cu.release()
@@ -448,36 +456,6 @@ func (q *QEMU) shutdown(ctx context.Context, logger *log.Entry) error {
 	case <-time.After(killWait):
 		return fmt.Errorf("QEMU (pid %d) not reaped %v after SIGKILL", q.PID(), killWait)
 	}
-}
-
-// PauseVM stops the guest's vCPUs.
-func (q *QEMU) PauseVM(ctx context.Context) error {
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	if q.state != stateRunning {
-		return q.invalidTransition(statePaused)
-	}
-	if _, err := q.qmp.Execute(ctx, "stop", nil); err != nil {
-		return fmt.Errorf("pausing VM: %w", err)
-	}
-	q.state = statePaused
-	q.logger(ctx).Debug("VM paused")
-	return nil
-}
-
-// ResumeVM restarts the guest's vCPUs after PauseVM.
-func (q *QEMU) ResumeVM(ctx context.Context) error {
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	if q.state != statePaused {
-		return q.invalidTransition(stateRunning)
-	}
-	if _, err := q.qmp.Execute(ctx, "cont", nil); err != nil {
-		return fmt.Errorf("resuming VM: %w", err)
-	}
-	q.state = stateRunning
-	q.logger(ctx).Debug("VM resumed")
-	return nil
 }
 
 // Done is closed when QEMU has exited (or StartVM failed, or the VM was

@@ -341,3 +341,22 @@ func (q *QMP) QueryStatus(ctx context.Context) (Status, error) {
 	}
 	return s, nil
 }
+
+// MigrationStatus is the state of a migration from query-migrate.
+type MigrationStatus struct {
+	Status    string `json:"status"` // "active", "completed", "failed", ...
+	ErrorDesc string `json:"error-desc"`
+}
+
+// QueryMigrate asks QEMU how its migration (here: a template's save) is going.
+func (q *QMP) QueryMigrate(ctx context.Context) (MigrationStatus, error) {
+	raw, err := q.Execute(ctx, "query-migrate", nil)
+	if err != nil {
+		return MigrationStatus{}, err
+	}
+	var m MigrationStatus
+	if err := json.Unmarshal(raw, &m); err != nil {
+		return MigrationStatus{}, fmt.Errorf("qmp: query-migrate: decoding %s: %w", raw, err)
+	}
+	return m, nil
+}
