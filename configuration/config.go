@@ -92,6 +92,7 @@ type Config struct {
 	Hypervisor     HypervisorConfig
 	Agent          AgentConfig
 	Runtime        RuntimeConfig
+	Factory        FactoryConfig
 	// Path is the file the configuration came from, "" for the embedded defaults.
 	Path string
 }
@@ -198,6 +199,18 @@ type RuntimeConfig struct {
 	// true, Kasa to false: the profile is a protection, turned off only
 	// explicitly).
 	DisableGuestSeccomp bool `toml:"disable_guest_seccomp"`
+}
+
+// FactoryConfig is the [factory] table: Kata's VM factory, of which Kasa
+// implements VM templates (docs/architecture.md, "VM templates").
+type FactoryConfig struct {
+	// EnableTemplate starts sandboxes from a saved template VM of their
+	// configuration instead of booting them; the first sandbox that needs a
+	// template makes it.
+	EnableTemplate bool `toml:"enable_template"`
+	// TemplatePath is the directory that holds the templates, one
+	// subdirectory per configuration key.
+	TemplatePath string `toml:"template_path"`
 }
 
 // KernelParamsList splits KernelParams into single parameters.

@@ -85,7 +85,7 @@ func ignoreNonCLHKeys(cfg *Config, md *toml.MetaData) []Warning {
 // Keys of Kata Containers' configuration.toml that Kasa does not implement.
 // Listing them turns "unknown key" into a clearer warning for Kata users.
 var (
-	kataSections = setOf("factory", "image", "netmon", "proxy", "shim")
+	kataSections = setOf("image", "netmon", "proxy", "shim")
 
 	kataHypervisorKeys = setOf(
 		"jailer_path", "valid_jailer_paths", "ctlpath", "valid_ctlpaths", "image", "rootfs_type",
@@ -111,6 +111,9 @@ var (
 		"kernel_verity_params", "default_gpus", "default_gpu_model", "enable_swap",
 		"remote_hypervisor_socket", "remote_hypervisor_timeout", "network_queues",
 	)
+
+	// Kata's VM cache (vm_cache_*) is a gRPC factory service; Kasa has templates only.
+	kataFactoryKeys = setOf("vm_cache_number", "vm_cache_endpoint")
 
 	kataAgentKeys = setOf("enable_tracing", "container_pipe_size", "mem_agent", "cdh_api_timeout")
 
@@ -154,6 +157,11 @@ func classify(name HypervisorName, key toml.Key) (WarningKind, toml.Key) {
 			return UnsupportedKataKey, key[:3]
 		}
 		return UnknownKey, key[:3]
+	case len(key) >= 2 && key[0] == "factory":
+		if kataFactoryKeys[key[1]] {
+			return UnsupportedKataKey, key[:2]
+		}
+		return UnknownKey, key[:2]
 	case len(key) >= 2 && key[0] == "runtime":
 		if kataRuntimeKeys[key[1]] {
 			return UnsupportedKataKey, key[:2]

@@ -89,6 +89,7 @@ type fileLayout struct {
 		Kata agentFile `toml:"kata"`
 	} `toml:"agent"`
 	Runtime RuntimeConfig `toml:"runtime"`
+	Factory FactoryConfig `toml:"factory"`
 }
 
 // decode turns a file's bytes into a validated Config. path is "" for the
@@ -107,7 +108,7 @@ func decode(path string, data []byte) (*Config, []Warning, error) {
 
 	cfg := defaultConfig(name)
 	cfg.Path = path
-	layout := fileLayout{Runtime: cfg.Runtime}
+	layout := fileLayout{Runtime: cfg.Runtime, Factory: cfg.Factory}
 	layout.Agent.Kata = cfg.Agent.toFile()
 	md, err := toml.Decode(string(data), &layout)
 	if err == nil {
@@ -118,6 +119,7 @@ func decode(path string, data []byte) (*Config, []Warning, error) {
 	}
 	cfg.Agent = layout.Agent.Kata.toConfig()
 	cfg.Runtime = layout.Runtime
+	cfg.Factory = layout.Factory
 
 	warnings := ignoreNonCLHKeys(cfg, &md)
 	warnings = append(warnings, undecodedWarnings(path, name, md.Undecoded())...)
@@ -162,6 +164,9 @@ func checkShape(path string, raw map[string]any) (HypervisorName, []error) {
 	}
 	if rt, ok := raw["runtime"]; ok {
 		errs = append(errs, checkTable(path, "runtime", rt, reflect.TypeFor[RuntimeConfig]())...)
+	}
+	if f, ok := raw["factory"]; ok {
+		errs = append(errs, checkTable(path, "factory", f, reflect.TypeFor[FactoryConfig]())...)
 	}
 	return name, errs
 }

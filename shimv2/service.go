@@ -373,12 +373,17 @@ func loadConfig(ctx context.Context, r *taskAPI.CreateTaskRequest, spec *specs.S
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", errdefs.ErrInvalidArgument, err)
 	}
+	file := cfg
 	cfg, err = cfg.ApplyAnnotations(spec.Annotations)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", errdefs.ErrInvalidArgument, err)
 	}
 	if cfg, err = virtcontainers.SizeForPod(cfg, spec.Annotations); err != nil {
 		return nil, fmt.Errorf("%w: %v", errdefs.ErrInvalidArgument, err)
+	}
+	if cfg.Factory.EnableTemplate && !virtcontainers.TemplateUsable(file, cfg) {
+		log.G(ctx).Info("the pod's annotations or limits change its VM: it boots cold, without a template")
+		cfg.Factory.EnableTemplate = false
 	}
 	return cfg, nil
 }

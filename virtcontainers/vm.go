@@ -165,6 +165,16 @@ func startVM(ctx context.Context, id string, cfg *configuration.Config, shared *
 			}
 		}()
 	}
+	if cfg.Factory.EnableTemplate {
+		snap, err := cloneFromTemplate(ctx, id, cfg, &vm.Config)
+		if err != nil {
+			return nil, err
+		}
+		if snap != nil {
+			defer snap.Memory.Close() // QEMU has its own copies once started
+			defer snap.State.Close()
+		}
+	}
 	if err := hv.CreateVM(ctx, vm.Config); err != nil {
 		return nil, fmt.Errorf("sandbox %s: create VM: %w", id, err)
 	}
@@ -253,7 +263,16 @@ func exitReason(err error) string {
 }
 
 func (vm *VM) consoleTail() string {
-	f, err := os.Open(vm.hv.ConsolePath())
+	t := tailOf(vm.hv.ConsolePath())
+	if t == "" {
+		return ""
+	}
+	return "; guest console ends with:\n" + t
+}
+
+// tailOf is the end of a guest console log, trimmed; "" if there is none.
+func tailOf(path string) string {
+	f, err := os.Open(path)
 	if err != nil {
 		return ""
 	}
@@ -264,10 +283,7 @@ func (vm *VM) consoleTail() string {
 		f.Seek(-consoleTail, io.SeekEnd)
 	}
 	b, _ := io.ReadAll(io.LimitReader(f, consoleTail))
-	if len(b) == 0 {
-		return ""
-	}
-	return "; guest console ends with:\n" + strings.TrimRight(string(b), "\n")
+	return strings.TrimRight(string(b), "\n")
 }
 
 // Stop powers the guest off through its agent, then makes sure the

@@ -340,7 +340,7 @@ func BuildArgs(cfg hypervisor.VMConfig, accel hypervisor.Accelerator) ([]string,
 	if c := cfg.Confinement.Seccomp; c != "" {
 		args = append(args, "-sandbox", c)
 	}
-	if hasPodDevices(cfg) {
+	if hasPodDevices(cfg) && !(isClone(cfg) && cfg.AgentTransport == hypervisor.TransportVhostUserVsock) {
 		args = append(args, agentArgs(cfg, model, paths, fds)...)
 	}
 	args = append(args,
@@ -350,6 +350,7 @@ func BuildArgs(cfg hypervisor.VMConfig, accel hypervisor.Accelerator) ([]string,
 		"-device", "virtio-rng"+model.virtioSuffix+",rng=rng0"+pciAddr(cfg, slotRNG),
 	)
 	if cfg.Snapshot != nil {
+		args = append(args, hotplugPortArgs(cfg)...)
 		args = append(args, snapshotMemoryArgs(cfg, fds)...)
 		args = append(args, incomingArgs(cfg)...)
 	} else {
@@ -358,7 +359,9 @@ func BuildArgs(cfg hypervisor.VMConfig, accel hypervisor.Accelerator) ([]string,
 	if !hasPodDevices(cfg) {
 		return args, nil
 	}
-	args = append(args, sharedFSArgs(cfg, model, fds)...)
+	if !(isClone(cfg) && cfg.SharedFS != nil && cfg.SharedFS.Type == hypervisor.SharedFSVirtioFS) {
+		args = append(args, sharedFSArgs(cfg, model, fds)...)
+	}
 	return append(args, nicArgs(cfg, model)...), nil
 }
 
@@ -418,10 +421,10 @@ func planFDs(cfg hypervisor.VMConfig) fdPlan {
 		p.vhostVsock = take()
 	}
 	p.qmp, p.console = take(), take()
-	if cfg.AgentTransport == hypervisor.TransportVhostUserVsock && hasPodDevices(cfg) {
+	if cfg.AgentTransport == hypervisor.TransportVhostUserVsock && hasPodDevices(cfg) && !isClone(cfg) {
 		p.vhostUserVsock = take()
 	}
-	if fs := cfg.SharedFS; fs != nil && fs.Type == hypervisor.SharedFSVirtioFS && fs.Conn != nil {
+	if fs := cfg.SharedFS; fs != nil && fs.Type == hypervisor.SharedFSVirtioFS && fs.Conn != nil && !isClone(cfg) {
 		p.virtioFS = take()
 	}
 	if cfg.Confinement.Unprivileged() {

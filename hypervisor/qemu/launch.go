@@ -66,8 +66,16 @@ func (q *QEMU) launch(logger *log.Entry, cu *cleanup) (_ *launched, retErr error
 	}
 	cu.add(func() { consoleConn.Close() })
 	if cfg.AgentTransport == hypervisor.TransportVhostUserVsock && hasPodDevices(cfg) {
-		frontend, err := pair("vhost-user-vsock")
-		if err != nil {
+		var frontend *net.UnixConn
+		if isClone(cfg) {
+			// Added after the restore (lateDevices): QEMU gets its end then.
+			host, vmm, err := socketPair("vhost-user-vsock")
+			if err != nil {
+				return nil, err
+			}
+			frontend, q.lateVsock = host, vmm
+			cu.add(func() { vmm.Close() })
+		} else if frontend, err = pair("vhost-user-vsock"); err != nil {
 			return nil, err
 		}
 		b, err := vsock.Listen(vsock.Config{
@@ -83,7 +91,7 @@ func (q *QEMU) launch(logger *log.Entry, cu *cleanup) (_ *launched, retErr error
 		q.vsock = b
 		cu.add(func() { b.Close() })
 	}
-	if fs := cfg.SharedFS; fs != nil && fs.Type == hypervisor.SharedFSVirtioFS && fs.Conn != nil {
+	if fs := cfg.SharedFS; fs != nil && fs.Type == hypervisor.SharedFSVirtioFS && fs.Conn != nil && !isClone(cfg) {
 		files = append(files, fs.Conn)
 	}
 	if conf.Unprivileged() {

@@ -74,6 +74,9 @@ type QEMU struct {
 	qmp   *QMP
 	// vsock is the in-process vhost-user-vsock backend (TransportVhostUserVsock).
 	vsock *vsock.Backend
+	// lateVsock is QEMU's end of the vsock backend's socket in a clone,
+	// handed over when the device is added after the restore.
+	lateVsock *os.File
 
 	// logDone is closed when QEMU's output has been drained into its log.
 	logDone chan struct{}
@@ -295,7 +298,12 @@ func (q *QEMU) StartVM(ctx context.Context) (retErr error) {
 	cu.add(func() { qmp.Close() })
 	if s := q.cfg.Snapshot; s != nil && s.Role == hypervisor.SnapshotClone {
 		if err := q.restore(ctx); err != nil {
-			return err
+			select { // QEMU's own last words say why, when it died
+			case <-q.done:
+				return fmt.Errorf("%w: %v", err, q.exitErr)
+			case <-time.After(exitReapWait):
+				return err
+			}
 		}
 	}
 

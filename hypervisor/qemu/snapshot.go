@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"strconv"
 	"time"
 
@@ -111,6 +112,9 @@ func (q *QEMU) restore(ctx context.Context) error {
 			return fmt.Errorf("restoring from the template: device state not loaded: %w", err)
 		}
 	}
+	if err := q.addLateDevices(ctx); err != nil {
+		return fmt.Errorf("restoring from the template: adding the pod's devices: %w", err)
+	}
 	if _, err := q.qmp.Execute(ctx, "cont", nil); err != nil {
 		return fmt.Errorf("restoring from the template: resuming: %w", err)
 	}
@@ -135,7 +139,11 @@ func (q *QEMU) SaveVM(ctx context.Context) error {
 	if _, err := q.qmp.Execute(ctx, "migrate-set-capabilities", ignoreShared); err != nil {
 		return fmt.Errorf("saving the template: %w", err)
 	}
-	if _, err := q.qmp.Execute(ctx, "migrate", map[string]any{"uri": "fd:" + strconv.Itoa(planFDs(q.cfg).snapState)}); err != nil {
+	// QEMU 7.2 takes only a named descriptor for an outgoing migration.
+	if err := q.qmp.SendFD(ctx, "template-state", q.cfg.Snapshot.State); err != nil {
+		return fmt.Errorf("saving the template: %w", err)
+	}
+	if _, err := q.qmp.Execute(ctx, "migrate", map[string]any{"uri": "fd:template-state"}); err != nil {
 		return fmt.Errorf("saving the template: %w", err)
 	}
 	for {
@@ -170,4 +178,82 @@ func sleepCtx(ctx context.Context, d time.Duration) error {
 	case <-time.After(d):
 		return nil
 	}
+}
+
+func isClone(cfg hypervisor.VMConfig) bool {
+	return cfg.Snapshot != nil && cfg.Snapshot.Role == hypervisor.SnapshotClone
+}
+
+// QEMU 7.2 refuses to load a VM's state while it has a device that cannot
+// migrate, and the vhost-user devices (vsock, virtio-fs) cannot: a clone
+// gets them after its state is loaded, before it runs. q35's root bus takes
+// no hotplug, so the template has a PCIe root port in their slots; pc's
+// root bus takes them directly. Either way the guest finds them with its
+// next bus scan.
+func hotplugPortArgs(cfg hypervisor.VMConfig) []string {
+	if cfg.MachineType != MachineQ35 {
+		return nil
+	}
+	var args []string
+	for _, slot := range []int{slotAgent, slotFS} {
+		n := strconv.Itoa(slot)
+		args = append(args, "-device", "pcie-root-port,id=kasa-port"+n+",bus=pcie.0,chassis="+n+",addr="+n)
+	}
+	return args
+}
+
+// lateDevice is a vhost-user device a clone gets after its restore: the
+// descriptor QEMU is given (getfd), the chardev on it and the device.
+type lateDevice struct {
+	fdName  string
+	file    *os.File
+	chardev map[string]any
+	device  map[string]any
+}
+
+// lateDevices lists a clone's vhost-user devices in the order they are
+// added. vsockEnd is QEMU's end of the vsock backend's socket.
+func lateDevices(cfg hypervisor.VMConfig, vsockEnd *os.File) []lateDevice {
+	place := func(dev map[string]any, slot int) map[string]any {
+		if cfg.MachineType == MachineQ35 {
+			dev["bus"], dev["addr"] = "kasa-port"+strconv.Itoa(slot), "0"
+		} else {
+			dev["bus"], dev["addr"] = "pci.0", strconv.Itoa(slot)
+		}
+		return dev
+	}
+	chardev := func(id, fdName string) map[string]any {
+		return map[string]any{"id": id, "backend": map[string]any{"type": "socket", "data": map[string]any{
+			"addr": map[string]any{"type": "fd", "data": map[string]any{"str": fdName}}, "server": false}}}
+	}
+	var out []lateDevice
+	if cfg.AgentTransport == hypervisor.TransportVhostUserVsock && vsockEnd != nil {
+		out = append(out, lateDevice{fdName: "vsock", file: vsockEnd, chardev: chardev("vsock", "vsock"),
+			device: place(map[string]any{"driver": "vhost-user-vsock-pci", "id": "vsock0", "chardev": "vsock"}, slotAgent)})
+	}
+	if fs := cfg.SharedFS; fs != nil && fs.Type == hypervisor.SharedFSVirtioFS && fs.Conn != nil {
+		out = append(out, lateDevice{fdName: "vfs", file: fs.Conn, chardev: chardev("vfs", "vfs"),
+			device: place(map[string]any{"driver": "vhost-user-fs-pci", "id": "vfs0", "chardev": "vfs", "tag": fs.Tag}, slotFS)})
+	}
+	return out
+}
+
+// addLateDevices adds a restored clone's vhost-user devices.
+func (q *QEMU) addLateDevices(ctx context.Context) error {
+	for _, d := range lateDevices(q.cfg, q.lateVsock) {
+		if err := q.qmp.SendFD(ctx, d.fdName, d.file); err != nil {
+			return err
+		}
+		if _, err := q.qmp.Execute(ctx, "chardev-add", d.chardev); err != nil {
+			return err
+		}
+		if _, err := q.qmp.Execute(ctx, "device_add", d.device); err != nil {
+			return err
+		}
+	}
+	if q.lateVsock != nil {
+		q.lateVsock.Close() // QEMU has its copy
+		q.lateVsock = nil
+	}
+	return nil
 }
