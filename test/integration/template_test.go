@@ -87,18 +87,22 @@ func TestVMTemplate(t *testing.T) {
 	}
 
 	// kill -9 of a clone's QEMU: the VM is gone, the template is intact.
-	if err := syscall.Kill(vms[0].PID(), syscall.SIGKILL); err != nil {
+	victim, err := virtcontainers.StartVM(ctx, newID(t), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Kill(victim.PID(), syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
 	select {
-	case <-vms[0].Done():
+	case <-victim.Done():
 	case <-time.After(10 * time.Second):
 		t.Fatal("killed clone's QEMU not reaped")
 	}
-	if err := vms[0].Stop(ctx); err != nil {
+	if err := victim.Stop(ctx); err != nil {
 		t.Errorf("stopping the killed clone: %v", err)
 	}
-	assertNothingLeft(t, vms[0].ID)
+	assertNothingLeft(t, victim.ID)
 	if _, err := store.Open(key); err != nil {
 		t.Errorf("template after a clone was killed: %v", err)
 	}
