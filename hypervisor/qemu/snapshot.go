@@ -15,12 +15,19 @@ import (
 // down to the PCI slot, and a clone puts the pod's own devices in slots the
 // template left empty, where the guest's agent finds them by rescanning the
 // bus (agent/internal/restore). So a snapshot VM places every device itself.
+//
+// Slots 3 and 4 are for the vhost-user devices a clone gets after its
+// restore (lateDevices): on q35 they hold the template's PCIe root ports.
+// The devices a clone has from the start sit in slots the template leaves
+// empty.
 const (
-	slotRNG     = 2
-	slotAgent   = 3
-	slotFS      = 4
-	slotNIC     = 5
-	maxSnapNICs = 8
+	slotRNG       = 2
+	slotLateAgent = 3
+	slotLateFS    = 4
+	slotNIC       = 5
+	maxSnapNICs   = 8
+	slotAgent     = slotNIC + maxSnapNICs
+	slotFS        = slotAgent + 1
 )
 
 // saveWait bounds SaveVM's wait for the device state to be written, and a
@@ -195,7 +202,7 @@ func hotplugPortArgs(cfg hypervisor.VMConfig) []string {
 		return nil
 	}
 	var args []string
-	for _, slot := range []int{slotAgent, slotFS} {
+	for _, slot := range []int{slotLateAgent, slotLateFS} {
 		n := strconv.Itoa(slot)
 		args = append(args, "-device", "pcie-root-port,id=kasa-port"+n+",bus=pcie.0,chassis="+n+",addr="+n)
 	}
@@ -229,11 +236,11 @@ func lateDevices(cfg hypervisor.VMConfig, vsockEnd *os.File) []lateDevice {
 	var out []lateDevice
 	if cfg.AgentTransport == hypervisor.TransportVhostUserVsock && vsockEnd != nil {
 		out = append(out, lateDevice{fdName: "vsock", file: vsockEnd, chardev: chardev("vsock", "vsock"),
-			device: place(map[string]any{"driver": "vhost-user-vsock-pci", "id": "vsock0", "chardev": "vsock"}, slotAgent)})
+			device: place(map[string]any{"driver": "vhost-user-vsock-pci", "id": "vsock0", "chardev": "vsock"}, slotLateAgent)})
 	}
 	if fs := cfg.SharedFS; fs != nil && fs.Type == hypervisor.SharedFSVirtioFS && fs.Conn != nil {
 		out = append(out, lateDevice{fdName: "vfs", file: fs.Conn, chardev: chardev("vfs", "vfs"),
-			device: place(map[string]any{"driver": "vhost-user-fs-pci", "id": "vfs0", "chardev": "vfs", "tag": fs.Tag}, slotFS)})
+			device: place(map[string]any{"driver": "vhost-user-fs-pci", "id": "vfs0", "chardev": "vfs", "tag": fs.Tag}, slotLateFS)})
 	}
 	return out
 }
