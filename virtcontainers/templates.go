@@ -207,3 +207,37 @@ func hasLine(b []byte, line string) bool {
 	}
 	return false
 }
+
+// TemplateState says whether sandboxes of cfg start from a template, and
+// which: what kasa check and kasa env show.
+type TemplateState struct {
+	Enabled bool   `json:"enabled"`
+	Path    string `json:"path,omitempty"`
+	Key     string `json:"key,omitempty"`
+	// Status is "ready", "not made yet (the next sandbox makes it)" or why
+	// the template is unusable (it is then made again).
+	Status string `json:"status,omitempty"`
+}
+
+// TemplateStatus reports the template state of cfg.
+func TemplateStatus(cfg *configuration.Config) TemplateState {
+	st := TemplateState{Enabled: cfg.Factory.EnableTemplate, Path: cfg.Factory.TemplatePath}
+	if !st.Enabled {
+		return st
+	}
+	_, key, err := TemplateSpec(cfg)
+	if err != nil {
+		st.Status = err.Error()
+		return st
+	}
+	st.Key = key
+	switch _, err := TemplateStore(cfg).Open(key); {
+	case err == nil:
+		st.Status = "ready"
+	case errors.Is(err, template.ErrNotFound):
+		st.Status = "not made yet (the next sandbox makes it)"
+	default:
+		st.Status = err.Error() + " (the next sandbox makes it again)"
+	}
+	return st
+}

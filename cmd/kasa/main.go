@@ -40,6 +40,12 @@ commands:
   reap      remove what dead shims left: the VM, mounts, taps, cgroup and
             state of every sandbox whose shim is gone (needs root; each
             shim's reaper and the next shim do it too)
+  template create|list|remove [KEY...]
+            VM templates ([factory] enable_template): create boots and saves
+            the template of the configuration now (replacing any); list shows
+            every template in template_path, its key, size and whether it is
+            usable; remove deletes the configuration's template, or those
+            named by KEY (running clones keep their own memory)
   version   print the runtime and agent API versions
 
 options:
@@ -97,6 +103,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return selftest(*configPath, stdout, stderr)
 	case "runtimeclass":
 		return runtimeclass(*configPath, stdout, stderr)
+	case "template":
+		return templateCmd(*configPath, fs.Args()[1:], stdout, stderr)
 	case "reap":
 		reaped, err := virtcontainers.ReapOrphans(context.Background())
 		for _, id := range reaped {
@@ -171,9 +179,10 @@ func env(path string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	out := struct {
-		Source string                `json:"source"`
-		Config *configuration.Config `json:"config"`
-	}{describeSource(cfg), cfg}
+		Source   string                       `json:"source"`
+		Config   *configuration.Config        `json:"config"`
+		Template virtcontainers.TemplateState `json:"template"`
+	}{describeSource(cfg), cfg, virtcontainers.TemplateStatus(cfg)}
 	enc := json.NewEncoder(stdout)
 	enc.SetIndent("", "  ")
 	if err := enc.Encode(out); err != nil {

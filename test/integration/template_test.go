@@ -4,8 +4,12 @@ package integration
 
 import (
 	"context"
+	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"regexp"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -136,6 +140,26 @@ func TestVMTemplate(t *testing.T) {
 	}
 	if m, err := store.Open(key); err != nil || !m.Created.Equal(remade.Created) {
 		t.Errorf("the first template changed: %v", err)
+	}
+
+	// The operator's view: kasa template list, then remove.
+	repo, _ := filepath.Abs("../..")
+	conf := filepath.Join(t.TempDir(), "configuration.toml")
+	os.WriteFile(conf, []byte(fmt.Sprintf("[hypervisor.qemu]\nkernel = %q\ninitrd = %q\n[factory]\nenable_template = true\ntemplate_path = %q\n",
+		cfg.Hypervisor.Kernel, cfg.Hypervisor.Initrd, cfg.Factory.TemplatePath)), 0o644)
+	kasa := func(args ...string) string {
+		out, err := exec.Command(filepath.Join(repo, "bin", "kasa"), append([]string{"--config", conf, "template"}, args...)...).CombinedOutput()
+		if err != nil {
+			t.Fatalf("kasa template %v: %v\n%s", args, err, out)
+		}
+		return string(out)
+	}
+	if out := kasa("list"); !regexp.MustCompile(`(?m)^`+key+`\s+yes\s`).MatchString(out) || !strings.Contains(out, otherKey) {
+		t.Errorf("kasa template list does not show both templates, %s in use:\n%s", key, out)
+	}
+	kasa("remove", key, otherKey)
+	if left, _ := os.ReadDir(cfg.Factory.TemplatePath); len(left) != 0 {
+		t.Errorf("left after kasa template remove: %v", left)
 	}
 }
 
