@@ -8,6 +8,8 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/containerd/log"
+
 	"github.com/kasa-runtime/kasa/hypervisor"
 )
 
@@ -98,6 +100,7 @@ var ignoreShared = map[string]any{"capabilities": []map[string]any{{"capability"
 func (q *QEMU) restore(ctx context.Context) error {
 	ctx, cancel := withDefaultTimeout(ctx, saveWait)
 	defer cancel()
+	start := time.Now()
 	if _, err := q.qmp.Execute(ctx, "migrate-set-capabilities", ignoreShared); err != nil {
 		return fmt.Errorf("restoring from the template: %w", err)
 	}
@@ -119,12 +122,14 @@ func (q *QEMU) restore(ctx context.Context) error {
 			return fmt.Errorf("restoring from the template: device state not loaded: %w", err)
 		}
 	}
+	loaded := time.Since(start)
 	if err := q.addLateDevices(ctx); err != nil {
 		return fmt.Errorf("restoring from the template: adding the pod's devices: %w", err)
 	}
 	if _, err := q.qmp.Execute(ctx, "cont", nil); err != nil {
 		return fmt.Errorf("restoring from the template: resuming: %w", err)
 	}
+	q.logger(ctx).WithFields(log.Fields{"load": loaded.Round(time.Millisecond), "devices": (time.Since(start) - loaded).Round(time.Millisecond)}).Info("restored from the template")
 	return nil
 }
 
