@@ -213,6 +213,21 @@ type FactoryConfig struct {
 	TemplatePath string `toml:"template_path"`
 }
 
+// TemplatesApply reports whether sandboxes of this configuration can start
+// from a VM template, and if not, why: templates need QEMU and a machine
+// with a PCI bus for each clone's own devices.
+func (c *Config) TemplatesApply() (bool, string) {
+	switch {
+	case !c.Factory.EnableTemplate:
+		return false, "factory.enable_template = false"
+	case c.HypervisorName != HypervisorQEMU:
+		return false, "VM templates are implemented for QEMU only"
+	case c.Hypervisor.MachineType == MachineMicroVM:
+		return false, `machine_type "microvm" has no PCI bus for a clone's own devices; use "q35" or "pc"`
+	}
+	return true, ""
+}
+
 // KernelParamsList splits KernelParams into single parameters.
 func (h *HypervisorConfig) KernelParamsList() []string {
 	return strings.Fields(h.KernelParams)

@@ -34,7 +34,8 @@ func defaultConfig(name HypervisorName) *Config {
 			InterNetworkingModel: NetTCFilter,
 		},
 		Factory: FactoryConfig{
-			TemplatePath: DefaultTemplatePath,
+			EnableTemplate: true,
+			TemplatePath:   DefaultTemplatePath,
 		},
 	}
 }

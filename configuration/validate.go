@@ -147,15 +147,8 @@ func (c *Config) Validate() error {
 			"hypervisor.qemu.rootless = true: QEMU would create the virtio-serial socket in a directory it cannot write; use %q, or set rootless = false", TransportAuto), nil)
 	}
 
-	if f := &c.Factory; f.EnableTemplate {
-		if !filepath.IsAbs(f.TemplatePath) {
-			v.fail("factory.template_path", f.TemplatePath, "must be an absolute path", nil)
-		}
-		if name != HypervisorQEMU {
-			v.fail("factory.enable_template", true, "VM templates are implemented for QEMU only; set false", nil)
-		} else if c.Hypervisor.MachineType == MachineMicroVM {
-			v.fail("factory.enable_template", true, `a clone gets its pod's devices on a PCI bus, which machine_type "microvm" has not; use "q35" or "pc", or set false`, nil)
-		}
+	if f := &c.Factory; f.EnableTemplate && !filepath.IsAbs(f.TemplatePath) {
+		v.fail("factory.template_path", f.TemplatePath, "must be an absolute path", nil)
 	}
 
 	r := &c.Runtime

@@ -222,7 +222,8 @@ type TemplateState struct {
 // TemplateStatus reports the template state of cfg.
 func TemplateStatus(cfg *configuration.Config) TemplateState {
 	st := TemplateState{Enabled: cfg.Factory.EnableTemplate, Path: cfg.Factory.TemplatePath}
-	if !st.Enabled {
+	if ok, why := cfg.TemplatesApply(); !ok {
+		st.Enabled, st.Status = false, why
 		return st
 	}
 	_, key, err := TemplateSpec(cfg)

@@ -165,7 +165,9 @@ func startVM(ctx context.Context, id string, cfg *configuration.Config, shared *
 			}
 		}()
 	}
-	if cfg.Factory.EnableTemplate {
+	if ok, why := cfg.TemplatesApply(); !ok && cfg.Factory.EnableTemplate {
+		log.G(ctx).WithField("reason", why).Info("no VM template for this sandbox; booting it cold")
+	} else if ok {
 		snap, err := cloneFromTemplate(ctx, id, cfg, &vm.Config)
 		if err != nil {
 			return nil, err

@@ -10,7 +10,7 @@ func checkTemplate(cfg *configuration.Config) Result {
 	st := virtcontainers.TemplateStatus(cfg)
 	r := Result{Name: "VM template", Status: Info}
 	if !st.Enabled {
-		r.Detail = "off (factory.enable_template = false): every sandbox boots cold"
+		r.Detail = "off (" + st.Status + "): every sandbox boots cold"
 		return r
 	}
 	r.Detail = "on: key " + st.Key + " in " + st.Path + ": " + st.Status

@@ -4,6 +4,7 @@
 package template
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -29,6 +30,8 @@ const (
 	stateName    = "state"
 	manifestName = "manifest.json"
 	lockSuffix   = ".lock"
+	// failedSuffix marks a key whose template could not be made, with why.
+	failedSuffix = ".failed"
 )
 
 const (
@@ -41,6 +44,13 @@ const (
 	// lockPoll is how often a sandbox waiting for another's template retries
 	// the lock.
 	lockPoll = 50 * time.Millisecond
+	// RetryFailedAfter is how long after a failed attempt sandboxes boot
+	// cold instead of trying to make the template again: an attempt can
+	// take as long as the agent's dial timeout.
+	RetryFailedAfter = 5 * time.Minute
+	// MaxTemplates is how many templates the directory keeps; making one
+	// more removes the oldest (clones keep their own copies).
+	MaxTemplates = 4
 )
 
 // ErrNotFound is returned (wrapped) when no valid template has the key.
@@ -87,7 +97,17 @@ func (s Store) Get(ctx context.Context, key string, spec Spec, boot Boot) (*Mani
 	if m, err := s.Open(key); err == nil {
 		return m, nil // another sandbox made it while we waited
 	}
-	return s.create(ctx, key, spec, boot)
+	if b, err := os.ReadFile(s.Dir(key) + failedSuffix); err == nil {
+		if fi, err := os.Stat(s.Dir(key) + failedSuffix); err == nil && time.Since(fi.ModTime()) < RetryFailedAfter {
+			return nil, fmt.Errorf("template %s could not be made %s ago, not retried before %s: %s",
+				key, time.Since(fi.ModTime()).Round(time.Second), RetryFailedAfter, bytes.TrimSpace(b[:min(len(b), 2048)]))
+		}
+	}
+	m, err := s.create(ctx, key, spec, boot)
+	if err != nil && ctx.Err() == nil {
+		_ = os.WriteFile(s.Dir(key)+failedSuffix, []byte(err.Error()+"\n"), 0o600)
+	}
+	return m, err
 }
 
 // Create makes the template of spec afresh, replacing any.
@@ -102,6 +122,8 @@ func (s Store) Create(ctx context.Context, key string, spec Spec, boot Boot) (*M
 
 func (s Store) create(ctx context.Context, key string, spec Spec, boot Boot) (_ *Manifest, retErr error) {
 	dir := s.Dir(key)
+	os.Remove(dir + failedSuffix)
+	s.prune(ctx, key)
 	if err := os.RemoveAll(dir); err != nil {
 		return nil, fmt.Errorf("template %s: removing the old one: %w", key, err)
 	}
@@ -199,6 +221,34 @@ func (s Store) Open(key string) (*Manifest, error) {
 	return &m, nil
 }
 
+// prune removes the oldest templates other than keep, so that the directory
+// holds at most MaxTemplates once keep is made. A template being made or
+// removed by someone else (locked) is left alone.
+func (s Store) prune(ctx context.Context, keep string) {
+	ms, broken, err := s.List()
+	if err != nil {
+		return
+	}
+	var old []string
+	for _, k := range broken {
+		if k != keep {
+			old = append(old, k)
+		}
+	}
+	for _, m := range ms { // oldest first
+		if m.Key != keep {
+			old = append(old, m.Key)
+		}
+	}
+	for len(old) > MaxTemplates-1 {
+		k := old[0]
+		old = old[1:]
+		rctx, cancel := context.WithTimeout(ctx, 2*lockPoll)
+		_ = s.Remove(rctx, k)
+		cancel()
+	}
+}
+
 // List returns the manifests of the valid templates, and the keys of
 // directories that are not (unfinished or broken).
 func (s Store) List() ([]Manifest, []string, error) {
@@ -239,6 +289,7 @@ func (s Store) Remove(ctx context.Context, key string) error {
 	if err := os.RemoveAll(s.Dir(key)); err != nil {
 		return err
 	}
+	os.Remove(s.Dir(key) + failedSuffix)
 	return os.Remove(s.Dir(key) + lockSuffix)
 }
 

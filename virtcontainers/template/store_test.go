@@ -183,3 +183,52 @@ func TestRemove(t *testing.T) {
 		t.Error("Remove took a path for a key")
 	}
 }
+
+// A template that cannot be made is not tried again by every sandbox (each
+// attempt may last the agent's dial timeout); kasa template create does.
+func TestFailedAttemptNotRetriedAtOnce(t *testing.T) {
+	spec := testSpec(t)
+	key, _ := Key(spec)
+	s := Store{Root: t.TempDir()}
+	var calls atomic.Int32
+	failing := func(context.Context, *os.File, *os.File) error { calls.Add(1); return errors.New("no ready line") }
+	for range 2 {
+		if _, err := s.Get(context.Background(), key, spec, failing); err == nil {
+			t.Fatal("Get succeeded")
+		}
+	}
+	if n := calls.Load(); n != 1 {
+		t.Errorf("%d attempts, want 1", n)
+	}
+	if _, err := s.Create(context.Background(), key, spec, fakeBoot(&calls)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Get(context.Background(), key, spec, failing); err != nil {
+		t.Errorf("after a successful create: %v", err)
+	}
+}
+
+// The directory keeps the newest MaxTemplates templates.
+func TestPrune(t *testing.T) {
+	spec := testSpec(t)
+	s := Store{Root: t.TempDir()}
+	var calls atomic.Int32
+	var keys []string
+	for i := range MaxTemplates + 2 {
+		spec.MemoryMiB = uint32(4 + i)
+		key, _ := Key(spec)
+		keys = append(keys, key)
+		if _, err := s.Get(context.Background(), key, spec, fakeBoot(&calls)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ms, _, _ := s.List()
+	if len(ms) != MaxTemplates {
+		t.Fatalf("%d templates kept, want %d", len(ms), MaxTemplates)
+	}
+	for _, gone := range keys[:2] {
+		if _, err := s.Open(gone); err == nil {
+			t.Errorf("old template %s kept", gone)
+		}
+	}
+}
