@@ -189,6 +189,17 @@ type VhostVsock struct {
 	CID  uint32
 }
 
+// Driver is one hypervisor implementation: it makes a Hypervisor per VM,
+// and cleans up after a VM whose owner died, from what the owner persisted
+// (the VM's StateDir, its id and its Confinement.UID). The sandbox layer
+// knows drivers only through this.
+type Driver interface {
+	New() Hypervisor
+	// KillOrphan ends the hypervisor of VM id that a dead owner left
+	// running and removes stateDir. A VM that is gone is not an error.
+	KillOrphan(stateDir, id string, vmmUID uint32) error
+}
+
 // Hypervisor drives one VM through its life. Optional capabilities (saving
 // a template: Saver) are separate interfaces a driver may also implement.
 type Hypervisor interface {

@@ -47,14 +47,22 @@ type VM struct {
 	Config hypervisor.VMConfig
 }
 
-// newHypervisor is the one place a driver is chosen.
-func newHypervisor(name configuration.HypervisorName) (hypervisor.Hypervisor, error) {
+// driverFor is the one place a driver is chosen.
+func driverFor(name configuration.HypervisorName) (hypervisor.Driver, error) {
 	switch name {
 	case configuration.HypervisorQEMU:
-		return qemu.New(), nil
+		return qemu.Driver{}, nil
 	default:
 		return nil, fmt.Errorf("hypervisor %q: %w", name, hypervisor.ErrNotSupported)
 	}
+}
+
+func newHypervisor(name configuration.HypervisorName) (hypervisor.Hypervisor, error) {
+	d, err := driverFor(name)
+	if err != nil {
+		return nil, err
+	}
+	return d.New(), nil
 }
 
 // SelectTransport resolves the configured agent transport for this host and

@@ -102,6 +102,19 @@ type vmInfo struct {
 	consolePath  string
 }
 
+// Driver is the QEMU hypervisor.Driver.
+type Driver struct{}
+
+var _ hypervisor.Driver = Driver{}
+
+// New returns a driver for one VM.
+func (Driver) New() hypervisor.Hypervisor { return New() }
+
+// KillOrphan is the package's KillOrphan.
+func (Driver) KillOrphan(stateDir, id string, vmmUID uint32) error {
+	return KillOrphan(stateDir, id, vmmUID)
+}
+
 // New returns a driver for one VM.
 func New() *QEMU {
 	q := &QEMU{done: make(chan struct{})}
