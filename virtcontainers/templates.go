@@ -191,7 +191,6 @@ func cloneFromTemplate(ctx context.Context, id string, cfg *configuration.Config
 			return nil, fmt.Errorf("sandbox %s: clone memory: %w", id, err)
 		}
 	}
-	vc.KernelParams = append(vc.KernelParams, api.TemplateParam)
 	vc.Snapshot = snap
 	log.G(ctx).WithFields(log.Fields{"template": key, "elapsed": time.Since(start).Round(time.Millisecond)}).Info("starting from a VM template")
 	return snap, nil

@@ -185,7 +185,15 @@ func startVM(ctx context.Context, id string, cfg *configuration.Config, shared *
 			defer snap.State.Close()
 		}
 	}
-	if err := hv.CreateVM(ctx, vm.Config); err != nil {
+	err = hv.CreateVM(ctx, vm.Config)
+	if err != nil && vm.Config.Snapshot != nil {
+		// A pod the template cannot serve (more NICs than it has slots):
+		// boot it cold.
+		log.G(ctx).WithError(err).Warn("the VM template cannot serve this sandbox; booting it cold")
+		vm.Config.Snapshot = nil
+		err = hv.CreateVM(ctx, vm.Config)
+	}
+	if err != nil {
 		return nil, fmt.Errorf("sandbox %s: create VM: %w", id, err)
 	}
 	start := time.Now()
