@@ -355,15 +355,20 @@ type Status struct {
 
 // QueryStatus asks QEMU for the VM's run state.
 func (q *QMP) QueryStatus(ctx context.Context) (Status, error) {
-	raw, err := q.Execute(ctx, "query-status", nil)
+	return query[Status](ctx, q, "query-status")
+}
+
+// query runs a query command without arguments and decodes its reply.
+func query[T any](ctx context.Context, q *QMP, cmd string) (T, error) {
+	var v T
+	raw, err := q.Execute(ctx, cmd, nil)
 	if err != nil {
-		return Status{}, err
+		return v, err
 	}
-	var s Status
-	if err := json.Unmarshal(raw, &s); err != nil {
-		return Status{}, fmt.Errorf("qmp: query-status: decoding %s: %w", raw, err)
+	if err := json.Unmarshal(raw, &v); err != nil {
+		return v, fmt.Errorf("qmp: %s: decoding %s: %w", cmd, raw, err)
 	}
-	return s, nil
+	return v, nil
 }
 
 // MigrationStatus is the state of a migration from query-migrate.
@@ -374,13 +379,5 @@ type MigrationStatus struct {
 
 // QueryMigrate asks QEMU how its migration (here: a template's save) is going.
 func (q *QMP) QueryMigrate(ctx context.Context) (MigrationStatus, error) {
-	raw, err := q.Execute(ctx, "query-migrate", nil)
-	if err != nil {
-		return MigrationStatus{}, err
-	}
-	var m MigrationStatus
-	if err := json.Unmarshal(raw, &m); err != nil {
-		return MigrationStatus{}, fmt.Errorf("qmp: query-migrate: decoding %s: %w", raw, err)
-	}
-	return m, nil
+	return query[MigrationStatus](ctx, q, "query-migrate")
 }
