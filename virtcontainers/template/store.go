@@ -355,7 +355,9 @@ func (s Store) Clone(m *Manifest) (_ *hypervisor.Snapshot, retErr error) {
 }
 
 // copyData copies the data extents of src (SEEK_DATA/SEEK_HOLE) into dst at
-// the same offsets; the holes stay holes.
+// the same offsets; the holes stay holes, and so do pages of zeros (the
+// guest wrote and freed them): a zero page costs the clone nothing until
+// its guest writes it.
 func copyData(dst, src *os.File, size int64) error {
 	buf := make([]byte, 1<<20)
 	sfd := int(src.Fd())
@@ -379,7 +381,7 @@ func copyData(dst, src *os.File, size int64) error {
 			if _, err := src.ReadAt(buf[:n], p); err != nil {
 				return err
 			}
-			if _, err := dst.WriteAt(buf[:n], p); err != nil {
+			if err := writeNonZero(dst, buf[:n], p); err != nil {
 				return err
 			}
 			p += n
@@ -387,6 +389,37 @@ func copyData(dst, src *os.File, size int64) error {
 		off = end
 	}
 	return nil
+}
+
+// writeNonZero writes b at off, leaving out the 4 KiB pages that are all zero.
+func writeNonZero(dst *os.File, b []byte, off int64) error {
+	const page = 4096
+	for start := 0; start < len(b); {
+		for start < len(b) && isZero(b[start:min(start+page, len(b))]) {
+			start += page
+		}
+		end := start
+		for end < len(b) && !isZero(b[end:min(end+page, len(b))]) {
+			end += page
+		}
+		end = min(end, len(b))
+		if start < end {
+			if _, err := dst.WriteAt(b[start:end], off+int64(start)); err != nil {
+				return err
+			}
+		}
+		start = end
+	}
+	return nil
+}
+
+func isZero(b []byte) bool {
+	for _, c := range b {
+		if c != 0 {
+			return false
+		}
+	}
+	return true
 }
 
 func hashFile(path string) (int64, string, error) {

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -230,5 +231,34 @@ func TestPrune(t *testing.T) {
 		if _, err := s.Open(gone); err == nil {
 			t.Errorf("old template %s kept", gone)
 		}
+	}
+}
+
+// A clone's memory has the template's data where it was written, and holes
+// for its zero pages.
+func TestWriteNonZero(t *testing.T) {
+	f, err := os.CreateTemp(t.TempDir(), "mem")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	b := make([]byte, 5*4096+100)
+	b[4096+7], b[4*4096], b[5*4096+99] = 1, 2, 3
+	if err := writeNonZero(f, b, 4096); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, len(b))
+	if _, err := f.ReadAt(got, 4096); err != nil {
+		t.Fatal(err)
+	}
+	if string(got) != string(b) {
+		t.Error("content differs")
+	}
+	var st syscall.Stat_t
+	if err := syscall.Fstat(int(f.Fd()), &st); err != nil {
+		t.Fatal(err)
+	}
+	if st.Blocks*512 > 4*4096 {
+		t.Errorf("%d bytes allocated for 3 non-zero pages", st.Blocks*512)
 	}
 }
