@@ -3,6 +3,7 @@
 package integration
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"os"
@@ -16,6 +17,7 @@ import (
 	"time"
 
 	"github.com/kasa-runtime/kasa/configuration"
+	"github.com/kasa-runtime/kasa/guest-image/cpio"
 	"github.com/kasa-runtime/kasa/virtcontainers"
 )
 
@@ -32,9 +34,9 @@ func templateConfig(t *testing.T) *configuration.Config {
 // every sandbox is: a burst of sandboxes that all need the missing template
 // share the one that is made; each clone reseeds its RNG, so two clones
 // read different random bytes; a clone whose QEMU is killed leaves the
-// template intact; a truncated template is made again; a template of
-// another configuration (another kernel command line here, another guest
-// image in life) is not used.
+// template intact; a truncated template is made again; the template of an
+// older guest image is not used with a newer one; kasa template list shows
+// them and kasa template remove deletes their files.
 func TestVMTemplate(t *testing.T) {
 	cfg := templateConfig(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
@@ -124,22 +126,24 @@ func TestVMTemplate(t *testing.T) {
 		t.Errorf("truncated template was not made again (created %v, before %v)", remade.Created, made.Created)
 	}
 
-	// Another configuration has another key: the template above is not used.
+	// A newer guest image (here: the same initrd with one more file
+	// appended, as a rebuilt agent would change it) has another key: the
+	// template of the older one is not used, a new one is made and boots.
 	other := cfg.Clone()
-	other.Hypervisor.KernelParams = "kasa.test=1"
+	other.Hypervisor.Initrd = newerInitrd(t, cfg.Hypervisor.Initrd)
 	_, otherKey, err := virtcontainers.TemplateSpec(other)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if otherKey == key {
-		t.Fatal("another kernel command line has the same template key")
+		t.Fatal("a newer initrd has the older one's template key")
 	}
 	startAndStop(ctx, t, other)
 	if _, err := store.Open(otherKey); err != nil {
-		t.Errorf("template of the other configuration: %v", err)
+		t.Errorf("template of the newer image: %v", err)
 	}
 	if m, err := store.Open(key); err != nil || !m.Created.Equal(remade.Created) {
-		t.Errorf("the first template changed: %v", err)
+		t.Errorf("the older image's template changed: %v", err)
 	}
 
 	// The operator's view: kasa template list, then remove.
@@ -176,4 +180,25 @@ func startAndStop(ctx context.Context, t *testing.T, cfg *configuration.Config) 
 	if err := vm.Stop(ctx); err != nil {
 		t.Error(err)
 	}
+}
+
+// newerInitrd is a copy of initrd with a second archive appended (the
+// kernel unpacks both): another image that boots the same.
+func newerInitrd(t *testing.T, initrd string) string {
+	t.Helper()
+	b, err := os.ReadFile(initrd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var extra bytes.Buffer
+	w := cpio.NewWriter(&extra)
+	w.Add(cpio.Entry{Name: "kasa-newer-image", Mode: cpio.TypeReg | 0o644, Data: []byte("newer\n")})
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "initrd-newer.img")
+	if err := os.WriteFile(path, append(b, extra.Bytes()...), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return path
 }
