@@ -4,6 +4,7 @@ package integration
 
 import (
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -17,8 +18,9 @@ import (
 // first pod makes the template, the second is a clone of it too. The web
 // pod answers HTTP on its IP, its containers share an emptyDir and write
 // logs; the two pods have different MACs, IPs and random bytes, and neither
-// sees the other's files. Stopping and removing them leaves nothing, and
-// the template stays for the next pod.
+// sees the other's files. kill -9 of one clone's QEMU ends its container
+// and not its sibling. Stopping and removing them leaves nothing, and the
+// template stays for the next pod.
 func TestCRIPodFromTemplate(t *testing.T) {
 	templates := filepath.Join(t.TempDir(), "template")
 	c, ctx := startCRIHarness(t, 6*time.Minute, func(o *ctrtest.Options) {
@@ -88,6 +90,20 @@ func TestCRIPodFromTemplate(t *testing.T) {
 			if a == "" || a == b {
 				t.Errorf("%q: both clones answer %q", probe, a)
 			}
+		}
+	})
+
+	t.Run("kill -9 of a clone's QEMU", func(t *testing.T) {
+		pids := qemuProcesses(other)
+		if len(pids) != 1 {
+			t.Fatalf("pod %s: QEMU processes %v", other, pids)
+		}
+		if err := exec.Command("kill", "-KILL", pids[0]).Run(); err != nil {
+			t.Fatal(err)
+		}
+		waitExited(t, ctx, c, otherTool)
+		if got := inPod(t, webTool, "cat", "/shared/note"); got != "written-by-httpd" {
+			t.Errorf("the web pod after its sibling's QEMU was killed: %q", got)
 		}
 	})
 
