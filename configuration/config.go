@@ -100,6 +100,7 @@ type Config struct {
 	Hypervisor     HypervisorConfig
 	Agent          AgentConfig
 	Runtime        RuntimeConfig
+	Factory        FactoryConfig
 	// Path is the file the configuration came from, "" for the embedded defaults.
 	Path string
 	// DropIns are the config.d files merged over Path, in order.
@@ -218,6 +219,33 @@ type RuntimeConfig struct {
 	// true, Kasa to false: the profile is a protection, turned off only
 	// explicitly).
 	DisableGuestSeccomp bool `toml:"disable_guest_seccomp"`
+}
+
+// FactoryConfig is the [factory] table: Kata's VM factory, of which Kasa
+// implements VM templates (docs/architecture.md, "VM templates").
+type FactoryConfig struct {
+	// EnableTemplate starts sandboxes from a saved template VM of their
+	// configuration instead of booting them; the first sandbox that needs a
+	// template makes it.
+	EnableTemplate bool `toml:"enable_template"`
+	// TemplatePath is the directory that holds the templates, one
+	// subdirectory per configuration key.
+	TemplatePath string `toml:"template_path"`
+}
+
+// TemplatesApply reports whether sandboxes of this configuration can start
+// from a VM template, and if not, why: templates need QEMU and a machine
+// with a PCI bus for each clone's own devices.
+func (c *Config) TemplatesApply() (bool, string) {
+	switch {
+	case !c.Factory.EnableTemplate:
+		return false, "factory.enable_template = false"
+	case c.HypervisorName != HypervisorQEMU:
+		return false, "VM templates are implemented for QEMU only"
+	case c.Hypervisor.MachineType == MachineMicroVM:
+		return false, `machine_type "microvm" has no PCI bus for a clone's own devices; use "q35" or "pc"`
+	}
+	return true, ""
 }
 
 // KernelParamsList splits KernelParams into single parameters.

@@ -143,6 +143,10 @@ func (c *Config) Validate() error {
 			"hypervisor.qemu.rootless = true: QEMU would create the virtio-serial socket in a directory it cannot write; use %q, or set rootless = false", TransportAuto), nil)
 	}
 
+	if f := &c.Factory; f.EnableTemplate && !filepath.IsAbs(f.TemplatePath) {
+		v.fail("factory.template_path", f.TemplatePath, "must be an absolute path", nil)
+	}
+
 	r := &c.Runtime
 	oneOf(v, "runtime.internetworking_model", r.InterNetworkingModel, interNetworkingModels)
 	if r.DisableNewNetns && r.InterNetworkingModel != NetNone {

@@ -22,6 +22,7 @@ import (
 	"github.com/kasa-runtime/kasa/agent/internal/guestlog"
 	"github.com/kasa-runtime/kasa/agent/internal/pid1"
 	"github.com/kasa-runtime/kasa/agent/internal/portforward"
+	"github.com/kasa-runtime/kasa/agent/internal/restore"
 	"github.com/kasa-runtime/kasa/agent/internal/server"
 	"github.com/kasa-runtime/kasa/agent/internal/transport"
 	"github.com/kasa-runtime/kasa/agent/internal/vsockecho"
@@ -94,6 +95,12 @@ func run(ctx context.Context, logger *logrus.Logger, logQueue *guestlog.Queue) e
 	}
 	log.G(ctx).WithField("version", version.Version).WithField("api", api.APIVersion).WithField("uptime", uptime()).Info("kasa-agent starting")
 
+	if cmdline, _ := os.ReadFile("/proc/cmdline"); restore.IsTemplate(string(cmdline)) {
+		// A template waits here, is saved, and every clone resumes here.
+		if err := restore.AwaitClone(ctx, transport.Present); err != nil {
+			return err
+		}
+	}
 	listeners, err := transport.Listen(ctx, transportWait)
 	if err != nil {
 		return err

@@ -48,6 +48,12 @@ commands:
   reap      remove what dead shims left: the VM, mounts, taps, cgroup and
             state of every sandbox whose shim is gone (needs root; each
             shim's reaper and the next shim do it too)
+  template create|list|remove [KEY...]
+            VM templates ([factory] enable_template): create boots and saves
+            the template of the configuration now (replacing any); list shows
+            every template in template_path, its key, size and whether it is
+            usable; remove deletes the configuration's template, or those
+            named by KEY (running clones keep their own memory)
   metrics [SANDBOX-ID]
             print once what monitor serves (Prometheus text), or only that
             sandbox's series; needs root
@@ -129,6 +135,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 			return 2
 		}
 		return execConsole(fs.Arg(1), os.Stdin, stdout, stderr)
+	case "template":
+		return templateCmd(*configPath, fs.Args()[1:], stdout, stderr)
 	case "metrics":
 		return printMetrics(fs.Args()[1:], stdout, stderr)
 	case "monitor":
@@ -207,10 +215,11 @@ func env(path string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	out := struct {
-		Source   string                  `json:"source"`
-		DropIns  []string                `json:"drop_ins"`
-		Settings []configuration.Setting `json:"settings"`
-	}{describeSource(cfg), cfg.DropIns, cfg.Settings()}
+		Source   string                       `json:"source"`
+		DropIns  []string                     `json:"drop_ins"`
+		Settings []configuration.Setting      `json:"settings"`
+		Template virtcontainers.TemplateState `json:"template"`
+	}{describeSource(cfg), cfg.DropIns, cfg.Settings(), virtcontainers.TemplateStatus(cfg)}
 	if out.DropIns == nil {
 		out.DropIns = []string{}
 	}
