@@ -128,7 +128,9 @@ bench-run: build guest-image
 
 # CRI pods through crictl: pod-ready latency, bursts of pods started at once,
 # memory per idle pod; the kata handler (this build) beside runc, same
-# containerd. BENCH_POD_FLAGS=-bursts=10,20,50 adds a burst of 50.
+# containerd. BENCH_POD_FLAGS=-bursts=10,20,50 adds a burst of 50. Kasa pods
+# start from a VM template as configured (on by default);
+# BENCH_POD_FLAGS=-template=off measures cold boots, -template=on clones.
 bench-pod: build guest-image cri-tools
 	printf '[hypervisor.qemu]\nkernel = "%s"\ninitrd = "%s"\n' $(CURDIR)/$(GUEST)/vmlinuz $(CURDIR)/$(GUEST)/initrd.img > build/bench-kasa.toml
 	$(GO) run ./test/bench/pod -shim-dir bin -kasa-config $(CURDIR)/build/bench-kasa.toml $(BENCH_POD_FLAGS)

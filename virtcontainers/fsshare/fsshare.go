@@ -37,6 +37,11 @@ type Share struct {
 	HostDir string
 	// MSize is the 9p message size the guest mounts with.
 	MSize uint32
+	// userns, once set, is the user namespace of an unprivileged
+	// virtiofsd: what is mounted in the share is idmapped into it, whose
+	// root is host uid usernsRoot.
+	userns     *os.File
+	usernsRoot uint32
 }
 
 // New creates the sandbox's shared directory.
@@ -84,7 +89,11 @@ func (s *Share) MountRootfs(containerID string, mounts []mount.Mount, bundleRoot
 	if len(mounts) == 0 {
 		mounts = []mount.Mount{{Type: "bind", Source: bundleRootfs, Options: []string{"rbind"}}}
 	}
-	if err := mount.All(mounts, target); err != nil {
+	mountAll := mount.All
+	if s.userns != nil {
+		mountAll = s.mountRootfsIdmapped
+	}
+	if err := mountAll(mounts, target); err != nil {
 		os.RemoveAll(s.containerDir(containerID))
 		return "", fmt.Errorf("mount rootfs of %s: %w", containerID, err)
 	}
@@ -117,7 +126,11 @@ func (s *Share) BindVolume(containerID string, index int, source string, readOnl
 	if err != nil {
 		return "", err
 	}
-	if err := unix.Mount(source, target, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
+	bind := func() error { return unix.Mount(source, target, "", unix.MS_BIND|unix.MS_REC, "") }
+	if s.userns != nil {
+		bind = func() error { return s.bindIdmapped(source, target) }
+	}
+	if err := bind(); err != nil {
 		return "", fmt.Errorf("bind volume %s: %w", source, err)
 	}
 	if err := restrict(target, readOnly); err != nil {
@@ -188,7 +201,7 @@ func (s *Share) RemoveContainer(containerID string) error {
 
 // Destroy unmounts everything in the share and removes it. It is idempotent.
 func (s *Share) Destroy() error {
-	return unmountAndRemove(s.HostDir)
+	return errors.Join(unmountAndRemove(s.HostDir), s.destroyUserns())
 }
 
 // unmountAndRemove detaches every mount at or below dir, deepest first, then
