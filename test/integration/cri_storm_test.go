@@ -189,7 +189,6 @@ func runpAsKubelet(ctx context.Context, c *ctrtest.Containerd, podPath string, l
 	}
 }
 
-
 // quantile is the p-th percentile of ds (0 when empty).
 func quantile(ds []time.Duration, p int) time.Duration {
 	if len(ds) == 0 {
