@@ -20,9 +20,6 @@ func isBind(m specs.Mount) bool {
 	return slices.Contains(m.Options, "bind") || slices.Contains(m.Options, "rbind")
 }
 
-// isReadOnly reports whether an OCI mount asks for read-only.
-func isReadOnly(m specs.Mount) bool { return slices.Contains(m.Options, "ro") }
-
 // guestSpec adapts a container's OCI spec, written for the host, to the
 // guest: the root is the rootfs in the shared directory, bind mounts point at
 // their copies in the shared directory (volumes maps a mount's index to its

@@ -88,41 +88,9 @@ func (s *Share) MountRootfs(containerID string, mounts []mount.Mount, bundleRoot
 		os.RemoveAll(s.containerDir(containerID))
 		return "", fmt.Errorf("mount rootfs of %s: %w", containerID, err)
 	}
-	if err := restrict(target, false); err != nil {
+	if err := restrict(target, false, false); err != nil {
 		unmountAndRemove(s.containerDir(containerID))
 		return "", fmt.Errorf("rootfs of %s: %w", containerID, err)
-	}
-	return s.guestPath(target), nil
-}
-
-// BindVolume bind-mounts a host file or directory into the share, read-only
-// if asked, and returns its guest path.
-func (s *Share) BindVolume(containerID string, index int, source string, readOnly bool) (string, error) {
-	fi, err := os.Stat(source)
-	if err != nil {
-		return "", fmt.Errorf("volume source: %w", err)
-	}
-	target := filepath.Join(s.containerDir(containerID), "volumes", strconv.Itoa(index)+"-"+filepath.Base(source))
-	if err := os.MkdirAll(filepath.Dir(target), 0o755); err != nil {
-		return "", err
-	}
-	if fi.IsDir() {
-		err = os.MkdirAll(target, 0o755)
-	} else {
-		var f *os.File
-		if f, err = os.OpenFile(target, os.O_CREATE|os.O_WRONLY, 0o644); err == nil {
-			f.Close()
-		}
-	}
-	if err != nil {
-		return "", err
-	}
-	if err := unix.Mount(source, target, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
-		return "", fmt.Errorf("bind volume %s: %w", source, err)
-	}
-	if err := restrict(target, readOnly); err != nil {
-		unix.Unmount(target, unix.MNT_DETACH)
-		return "", fmt.Errorf("volume %s: %w", source, err)
 	}
 	return s.guestPath(target), nil
 }
@@ -150,12 +118,19 @@ func (s *Share) makeShared() error {
 }
 
 // restrict makes the mount at target and every mount below it nosuid and
-// nodev, and read-only too if asked: what a guest writes into a volume (a
-// set-uid binary, a device node) must never work as such on the host.
-func restrict(target string, readOnly bool) error {
+// nodev, and read-only and noexec too if asked: what a guest writes into
+// the share (a set-uid binary, a device node) must never work as such on
+// the host.
+func restrict(target string, readOnly, noExec bool) error {
 	attr := uint64(unix.MOUNT_ATTR_NOSUID | unix.MOUNT_ATTR_NODEV)
+	flags := uintptr(unix.MS_BIND | unix.MS_REMOUNT | unix.MS_NOSUID | unix.MS_NODEV)
 	if readOnly {
 		attr |= unix.MOUNT_ATTR_RDONLY
+		flags |= unix.MS_RDONLY
+	}
+	if noExec {
+		attr |= unix.MOUNT_ATTR_NOEXEC
+		flags |= unix.MS_NOEXEC
 	}
 	err := unix.MountSetattr(-1, target, unix.AT_RECURSIVE|unix.AT_SYMLINK_NOFOLLOW, &unix.MountAttr{Attr_set: attr})
 	if !errors.Is(err, unix.ENOSYS) {
@@ -168,10 +143,6 @@ func restrict(target string, readOnly bool) error {
 	mounts, err := mountsUnder(target)
 	if err != nil {
 		return err
-	}
-	flags := uintptr(unix.MS_BIND | unix.MS_REMOUNT | unix.MS_NOSUID | unix.MS_NODEV)
-	if readOnly {
-		flags |= unix.MS_RDONLY
 	}
 	for _, m := range mounts {
 		if err := unix.Mount("", m, "", flags, ""); err != nil {

@@ -55,14 +55,14 @@ func TestIntegrationShareMountsAndCleanup(t *testing.T) {
 	if b, err := os.ReadFile(filepath.Join(s.HostDir, "c1", "rootfs", "hello")); err != nil || string(b) != "hi" {
 		t.Fatalf("rootfs content: %q %v", b, err)
 	}
-	// A tmpfs below the volume's source: read-only reaches it too.
+	// A tmpfs below the volume's source: recursive read-only reaches it too.
 	sub := filepath.Join(src, "sub")
 	os.Mkdir(sub, 0o755)
 	if err := unix.Mount("tmpfs", sub, "tmpfs", 0, "size=1m"); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { unix.Unmount(sub, unix.MNT_DETACH) })
-	roGuest, err := s.BindVolume("c1", 0, src, true)
+	roGuest, err := s.BindVolume("c1", 0, Volume{Source: src, Recursive: true, RecursiveReadOnly: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -73,7 +73,7 @@ func TestIntegrationShareMountsAndCleanup(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(roHost, "sub", "x"), nil, 0o644); err == nil {
 		t.Fatal("wrote into a mount below a read-only volume")
 	}
-	rwGuest, err := s.BindVolume("c1", 1, hostFile, false)
+	rwGuest, err := s.BindVolume("c1", 1, Volume{Source: hostFile})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -89,7 +89,7 @@ func TestIntegrationShareMountsAndCleanup(t *testing.T) {
 			t.Errorf("%s: mount flags %#x lack nosuid or nodev", p, st.Flags)
 		}
 	}
-	if _, err := s.BindVolume("c1", 2, "/nonexistent/dir", false); err == nil {
+	if _, err := s.BindVolume("c1", 2, Volume{Source: "/nonexistent/dir"}); err == nil {
 		t.Fatal("volume with a missing source succeeded")
 	}
 

@@ -1,0 +1,193 @@
+package fsshare
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// How volumes reach the share, and virtiofsd's view of it, with the real
+// C virtiofsd (its own mount namespace, slave of the share): "ro" makes
+// the bind read-only and leaves a mount below it writable, as runc does;
+// "rro" makes both read-only; a mount the host makes below the source
+// after the binds reaches the share and virtiofsd through a FollowHost
+// (rslave) volume only, never through a private one, even though the
+// source is a shared mount. Needs root (make test-integration).
+func TestIntegrationVolumeSemantics(t *testing.T) {
+	if os.Geteuid() != 0 {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("needs root")
+		}
+		t.Skip("needs root")
+	}
+	const daemon = "/usr/lib/qemu/virtiofsd"
+	if _, err := os.Stat(daemon); err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("needs %s: %v", daemon, err)
+		}
+		t.Skipf("needs %s", daemon)
+	}
+	Root = t.TempDir()
+	// The source is a shared mount, as HostToContainer requires of it, with
+	// a writable tmpfs below it.
+	src := t.TempDir()
+	mustMount(t, src, src, "", unix.MS_BIND)
+	mustMount(t, "", src, "", unix.MS_SHARED)
+	sub := filepath.Join(src, "sub")
+	os.Mkdir(sub, 0o755)
+	os.Mkdir(filepath.Join(src, "late"), 0o755)
+	mustMount(t, "tmpfs", sub, "tmpfs", 0)
+
+	s, err := New("sb1", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Destroy() })
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	d, conn, err := s.StartVirtioFSD(ctx, daemon, filepath.Join(t.TempDir(), "vfs.sock"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close() // virtiofsd sets its sandbox up once connected
+	t.Cleanup(func() { d.Stop() })
+
+	volumes := map[string]Volume{
+		"ro":      {Source: src, Recursive: true, ReadOnly: true},
+		"rro":     {Source: src, Recursive: true, RecursiveReadOnly: true},
+		"private": {Source: src, Recursive: true},
+		"rslave":  {Source: src, Recursive: true, FollowHost: true},
+		"bind":    {Source: src},
+	}
+	host := map[string]string{}
+	i := 0
+	for name, v := range volumes {
+		g, err := s.BindVolume("c1", i, v)
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		host[name] = filepath.Join(s.HostDir, strings.TrimPrefix(g, GuestRoot+"/"))
+		i++
+	}
+	writable := func(p string) bool {
+		err := os.WriteFile(filepath.Join(p, "probe"), nil, 0o644)
+		os.Remove(filepath.Join(p, "probe"))
+		if err != nil && !errors.Is(err, unix.EROFS) {
+			t.Fatalf("write into %s: %v", p, err)
+		}
+		return err == nil
+	}
+	for _, c := range []struct {
+		path string
+		want bool
+	}{
+		{host["ro"], false}, {filepath.Join(host["ro"], "sub"), true},
+		{host["rro"], false}, {filepath.Join(host["rro"], "sub"), false},
+		{host["private"], true}, {filepath.Join(host["private"], "sub"), true},
+	} {
+		if got := writable(c.path); got != c.want {
+			t.Errorf("%s writable = %v, want %v", c.path, got, c.want)
+		}
+	}
+	if isMount(t, filepath.Join(host["bind"], "sub")) {
+		t.Errorf("a non-recursive bind took the mount below its source along")
+	}
+	for name, p := range host {
+		var st unix.Statfs_t
+		for _, q := range []string{p, filepath.Join(p, "sub")} {
+			if err := unix.Statfs(q, &st); err != nil {
+				t.Fatal(err)
+			}
+			if st.Flags&unix.ST_NOSUID == 0 || st.Flags&unix.ST_NODEV == 0 {
+				t.Errorf("%s (%s): mount flags %#x lack nosuid or nodev", q, name, st.Flags)
+			}
+		}
+	}
+
+	// The host mounts below the source after the binds.
+	late := filepath.Join(src, "late")
+	mustMount(t, "tmpfs", late, "tmpfs", 0)
+	view := virtiofsdMounts(t, d.PID())
+	for name, p := range host {
+		want := name == "rslave"
+		if got := isMount(t, filepath.Join(p, "late")); got != want {
+			t.Errorf("%s volume: the host's later mount is in the share: %v, want %v", name, got, want)
+		}
+		rel := strings.TrimPrefix(p, s.HostDir) + "/late"
+		if got := view[rel]; got != want {
+			t.Errorf("%s volume: the host's later mount is in virtiofsd's view: %v, want %v", name, got, want)
+		}
+	}
+	if err := unix.Unmount(late, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.RemoveContainer("c1"); err != nil {
+		t.Fatal(err)
+	}
+	if left, _ := mountsUnder(s.containerDir("c1")); len(left) != 0 {
+		t.Fatalf("mounts left: %v", left)
+	}
+	if !isMount(t, sub) {
+		t.Fatal("removing the container unmounted the source's own submount")
+	}
+}
+
+func mustMount(t *testing.T, source, target, fstype string, flags uintptr) {
+	t.Helper()
+	if err := unix.Mount(source, target, fstype, flags, ""); err != nil {
+		t.Fatalf("mount %s on %s: %v", source, target, err)
+	}
+	if flags&(unix.MS_SHARED|unix.MS_PRIVATE|unix.MS_SLAVE) == 0 {
+		t.Cleanup(func() { unix.Unmount(target, unix.MNT_DETACH) })
+	}
+}
+
+// isMount reports whether p is a mount point in the test's namespace.
+func isMount(t *testing.T, p string) bool {
+	t.Helper()
+	mounts, err := mountsUnder(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range mounts {
+		if m == p {
+			return true
+		}
+	}
+	return false
+}
+
+// virtiofsdMounts lists the mount points that the serving virtiofsd
+// process (pid or the child it forked into its pid namespace) sees, as
+// paths in the share.
+func virtiofsdMounts(t *testing.T, pid int) map[string]bool {
+	t.Helper()
+	var b []byte
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		// The C daemon forks its server into a new pid namespace.
+		if kids, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/task/" + strconv.Itoa(pid) + "/children"); len(strings.Fields(string(kids))) == 1 {
+			pid, _ = strconv.Atoi(strings.Fields(string(kids))[0])
+		}
+		var err error
+		if b, err = os.ReadFile("/proc/" + strconv.Itoa(pid) + "/mountinfo"); err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(string(b), " / / ") || time.Now().After(deadline) {
+			break // pivoted into the share: its root is the share
+		}
+	}
+	out := map[string]bool{}
+	for _, line := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(line); len(f) > 4 {
+			out[unescapeMountinfo(f[4])] = true
+		}
+	}
+	return out
+}
