@@ -16,6 +16,7 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/kasa-runtime/kasa/agent/api"
+	"github.com/kasa-runtime/kasa/virtcontainers/fsshare"
 )
 
 // criContainerSpec is close to what containerd's CRI plugin writes for a
@@ -187,7 +188,7 @@ func FuzzGuestSpec(f *testing.F) {
 		in, before := decodeSpec(t, data)
 		const rootfs = "/run/kasa/shared/c1/rootfs"
 		shared := sharedVolumes(in)
-		volumes := map[int]string{}
+		volumes := map[int]fsshare.Bound{}
 		for k, i := range shared {
 			if i < 0 || i >= len(in.Mounts) || !isBind(in.Mounts[i]) || !filepath.IsAbs(in.Mounts[i].Source) {
 				t.Fatalf("sharedVolumes listed mount %d: %+v", i, in.Mounts)
@@ -195,7 +196,7 @@ func FuzzGuestSpec(f *testing.F) {
 			if k < 8 && omit&(1<<k) != 0 {
 				continue
 			}
-			volumes[i] = fmt.Sprintf("/run/kasa/shared/c1/volumes/%d", i)
+			volumes[i] = fsshare.Bound{GuestPath: fmt.Sprintf("/run/kasa/shared/c1/volumes/%d", i)}
 		}
 		out, sandboxNS, err := guestSpec(in, rootfs, volumes)
 		if after, _ := json.Marshal(in); !bytes.Equal(after, before) {
@@ -222,8 +223,8 @@ func FuzzGuestSpec(f *testing.F) {
 				if m.Source != api.GuestPodShm {
 					t.Errorf("/dev/shm from %q, want %q", m.Source, api.GuestPodShm)
 				}
-			case m.Source != volumes[i] || volumes[i] == "":
-				t.Errorf("bind mount %d from %q, not its shared volume %q", i, m.Source, volumes[i])
+			case m.Source != volumes[i].GuestPath || volumes[i].GuestPath == "":
+				t.Errorf("bind mount %d from %q, not its shared volume %q", i, m.Source, volumes[i].GuestPath)
 			}
 		}
 		checkHostOnlyDropped(t, out)

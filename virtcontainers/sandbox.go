@@ -305,10 +305,8 @@ func (s *Sandbox) CreateContainer(ctx context.Context, cc ContainerConfig) (retE
 // shareContainer shares a workload container's root filesystem and
 // volumes with the guest and returns its guest spec.
 func (s *Sandbox) shareContainer(cc ContainerConfig, undo *cleanup) (*specs.Spec, []string, error) {
-	// What cannot be done is refused before anything is mounted.
-	if err := checkRootfsPropagation(cc.Spec); err != nil {
-		return nil, nil, fmt.Errorf("container %s: %w: %v", cc.ID, errdefs.ErrInvalidArgument, err)
-	}
+	// What cannot be done is refused before anything is mounted, the
+	// mount that asks for it first (CRI's Bidirectional sets both).
 	binds := map[int]fsshare.Volume{}
 	for _, i := range sharedVolumes(cc.Spec) {
 		v, err := volumeFor(cc.Spec.Mounts[i])
@@ -317,12 +315,15 @@ func (s *Sandbox) shareContainer(cc ContainerConfig, undo *cleanup) (*specs.Spec
 		}
 		binds[i] = v
 	}
+	if err := checkRootfsPropagation(cc.Spec); err != nil {
+		return nil, nil, fmt.Errorf("container %s: %w: %v", cc.ID, errdefs.ErrInvalidArgument, err)
+	}
 	rootfs, err := s.share.MountRootfs(cc.ID, cc.Rootfs, cc.BundleRootfs)
 	if err != nil {
 		return nil, nil, err
 	}
 	undo.add("unshare container files", func() error { return s.share.RemoveContainer(cc.ID) })
-	volumes := map[int]string{}
+	volumes := map[int]fsshare.Bound{}
 	for i, v := range binds {
 		m := cc.Spec.Mounts[i]
 		g, err := s.share.BindVolume(cc.ID, i, v)

@@ -2,6 +2,8 @@ package virtcontainers
 
 import (
 	"fmt"
+	"path"
+	"slices"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
@@ -67,4 +69,42 @@ func checkRootfsPropagation(s *specs.Spec) error {
 		return fmt.Errorf("rootfsPropagation %q is not possible in a VM: the container's mounts stay in the pod's VM, which the host cannot see", p)
 	}
 	return nil
+}
+
+// guestSubmounts are the guest's mounts for the mounts below a volume's
+// source (fsshare.Bound.Submounts), to follow the volume's own mount m.
+//
+// The guest sees a mount below the source as a virtio-fs submount, which
+// its kernel mounts when a path first crosses it, with the flags of the
+// mount it is crossed from. Under runc's non-recursive "ro" the container
+// would so get a read-only copy of what runc leaves writable. Binding each
+// one explicitly, from the agent's writable view of the share, gives it
+// its own flags: read-only only if it is read-only on the host, where the
+// share enforces it anyway. Under "rro" all of it is read-only, and the
+// inherited flags are right.
+func guestSubmounts(m specs.Mount, subs []fsshare.Submount) []specs.Mount {
+	if slices.Contains(m.Options, "rro") {
+		return nil
+	}
+	var prop []string
+	for _, o := range m.Options {
+		switch o {
+		case "slave", "rslave", "private", "rprivate", "unbindable", "runbindable":
+			prop = append(prop, o)
+		}
+	}
+	var out []specs.Mount
+	for _, sub := range subs {
+		opts := append([]string{"rbind"}, prop...)
+		if sub.ReadOnly {
+			opts = append(opts, "ro")
+		}
+		out = append(out, specs.Mount{
+			Destination: path.Join(m.Destination, sub.Path),
+			Type:        "bind",
+			Source:      path.Join(m.Source, sub.Path),
+			Options:     opts,
+		})
+	}
+	return out
 }

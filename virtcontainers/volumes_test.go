@@ -1,6 +1,7 @@
 package virtcontainers
 
 import (
+	"reflect"
 	"strings"
 	"testing"
 
@@ -58,5 +59,34 @@ func TestCheckRootfsPropagation(t *testing.T) {
 	}
 	if err := checkRootfsPropagation(&specs.Spec{}); err != nil {
 		t.Errorf("no linux section: %v", err)
+	}
+}
+
+// The mounts below a volume's source become binds of their own in the
+// guest, after the volume's, with its propagation and their own
+// read-only state, unless the volume is recursively read-only.
+func TestGuestSpecSubmounts(t *testing.T) {
+	in := hostSpec()
+	in.Mounts[1].Options = []string{"rbind", "rslave", "ro"}
+	subs := []fsshare.Submount{{Path: "sub"}, {Path: "sub/deeper", ReadOnly: true}}
+	out, _, err := guestSpec(in, "/r", map[int]fsshare.Bound{1: {GuestPath: "/run/kasa/shared/c1/volumes/1-data", Submounts: subs}, 2: {GuestPath: "/y"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []specs.Mount{
+		in.Mounts[0],
+		{Destination: "/data", Type: "bind", Source: "/run/kasa/shared/c1/volumes/1-data", Options: []string{"rbind", "rslave", "ro"}},
+		{Destination: "/data/sub", Type: "bind", Source: "/run/kasa/shared/c1/volumes/1-data/sub", Options: []string{"rbind", "rslave"}},
+		{Destination: "/data/sub/deeper", Type: "bind", Source: "/run/kasa/shared/c1/volumes/1-data/sub/deeper", Options: []string{"rbind", "rslave", "ro"}},
+		{Destination: "/etc/hosts", Source: "/y", Options: []string{"bind"}},
+	}
+	if !reflect.DeepEqual(out.Mounts, want) {
+		t.Errorf("mounts:\n%+v\nwant\n%+v", out.Mounts, want)
+	}
+
+	in.Mounts[1].Options = []string{"rbind", "rprivate", "rro"}
+	out, _, err = guestSpec(in, "/r", map[int]fsshare.Bound{1: {GuestPath: "/g", Submounts: subs}, 2: {GuestPath: "/y"}})
+	if err != nil || len(out.Mounts) != len(in.Mounts) {
+		t.Errorf("rro: %d mounts (%v), want no more than the spec's %d", len(out.Mounts), err, len(in.Mounts))
 	}
 }

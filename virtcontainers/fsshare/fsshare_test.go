@@ -66,7 +66,7 @@ func TestIntegrationShareMountsAndCleanup(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	roHost := filepath.Join(s.HostDir, strings.TrimPrefix(roGuest, GuestRoot+"/"))
+	roHost := filepath.Join(s.HostDir, strings.TrimPrefix(roGuest.GuestPath, GuestRoot+"/"))
 	if err := os.WriteFile(filepath.Join(roHost, "x"), nil, 0o644); err == nil {
 		t.Fatal("wrote into a read-only volume")
 	}
@@ -80,7 +80,7 @@ func TestIntegrationShareMountsAndCleanup(t *testing.T) {
 	// What the guest writes into a share is never set-uid or a device on
 	// the host: every mount of it is nosuid and nodev.
 	for _, p := range []string{filepath.Join(s.HostDir, "c1", "rootfs"), roHost, filepath.Join(roHost, "sub"),
-		filepath.Join(s.HostDir, strings.TrimPrefix(rwGuest, GuestRoot+"/"))} {
+		filepath.Join(s.HostDir, strings.TrimPrefix(rwGuest.GuestPath, GuestRoot+"/"))} {
 		var st unix.Statfs_t
 		if err := unix.Statfs(p, &st); err != nil {
 			t.Fatal(err)

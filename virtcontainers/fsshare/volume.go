@@ -5,7 +5,9 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
+	"strings"
 
 	"golang.org/x/sys/unix"
 )
@@ -34,16 +36,36 @@ type Volume struct {
 	FollowHost bool
 }
 
-// BindVolume binds v.Source into the share as v says and returns its
-// guest path.
-func (s *Share) BindVolume(containerID string, index int, v Volume) (string, error) {
+// MaxSubmounts bounds the mounts below a volume's source that the guest
+// is told about (Bound.Submounts): the source is the pod spec's choice.
+const MaxSubmounts = 256
+
+// Bound is a volume in the share.
+type Bound struct {
+	// GuestPath is where the guest finds the volume.
+	GuestPath string
+	// Submounts are the mounts below the source that the bind took along
+	// (Volume.Recursive), parents first.
+	Submounts []Submount
+}
+
+// Submount is a mount below a volume's source.
+type Submount struct {
+	// Path is relative to the volume.
+	Path string
+	// ReadOnly tells that the mount is read-only in the share.
+	ReadOnly bool
+}
+
+// BindVolume binds v.Source into the share as v says.
+func (s *Share) BindVolume(containerID string, index int, v Volume) (Bound, error) {
 	fi, err := os.Stat(v.Source)
 	if err != nil {
-		return "", fmt.Errorf("volume source: %w", err)
+		return Bound{}, fmt.Errorf("volume source: %w", err)
 	}
 	target := filepath.Join(s.containerDir(containerID), "volumes", strconv.Itoa(index)+"-"+filepath.Base(v.Source))
 	if err := os.MkdirAll(filepath.Dir(target), 0o755); err != nil {
-		return "", err
+		return Bound{}, err
 	}
 	if fi.IsDir() {
 		err = os.MkdirAll(target, 0o755)
@@ -54,12 +76,44 @@ func (s *Share) BindVolume(containerID string, index int, v Volume) (string, err
 		}
 	}
 	if err != nil {
-		return "", err
+		return Bound{}, err
 	}
 	if err := bindTree(v, target); err != nil {
-		return "", fmt.Errorf("bind volume %s: %w", v.Source, err)
+		return Bound{}, fmt.Errorf("bind volume %s: %w", v.Source, err)
 	}
-	return s.guestPath(target), nil
+	b := Bound{GuestPath: s.guestPath(target)}
+	if v.Recursive {
+		if b.Submounts, err = submounts(target); err != nil {
+			unix.Unmount(target, unix.MNT_DETACH)
+			return Bound{}, fmt.Errorf("volume %s: %w", v.Source, err)
+		}
+	}
+	return b, nil
+}
+
+// submounts lists the mounts strictly below target, parents first, each
+// once (a mount point with mounts stacked on it is listed once).
+func submounts(target string) ([]Submount, error) {
+	mounts, err := mountsUnder(target)
+	if err != nil {
+		return nil, err
+	}
+	slices.Reverse(mounts) // shallowest first
+	var out []Submount
+	for _, m := range mounts {
+		if m == target || slices.ContainsFunc(out, func(o Submount) bool { return filepath.Join(target, o.Path) == m }) {
+			continue
+		}
+		if len(out) == MaxSubmounts {
+			return nil, fmt.Errorf("more than %d mounts below the source", MaxSubmounts)
+		}
+		var st unix.Statfs_t
+		if err := unix.Statfs(m, &st); err != nil {
+			return nil, fmt.Errorf("submount %s: %w", m, err)
+		}
+		out = append(out, Submount{Path: strings.TrimPrefix(m, target+"/"), ReadOnly: st.Flags&unix.ST_RDONLY != 0})
+	}
+	return out, nil
 }
 
 // bindTree mounts a copy of v.Source's mount tree at target. The copy is

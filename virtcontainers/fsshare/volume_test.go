@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strconv"
 	"strings"
 	"testing"
@@ -73,8 +74,14 @@ func TestIntegrationVolumeSemantics(t *testing.T) {
 		if err != nil {
 			t.Fatalf("%s: %v", name, err)
 		}
-		host[name] = filepath.Join(s.HostDir, strings.TrimPrefix(g, GuestRoot+"/"))
+		host[name] = filepath.Join(s.HostDir, strings.TrimPrefix(g.GuestPath, GuestRoot+"/"))
 		i++
+		// The guest is told of the mount below the source if the bind took
+		// it along, and of its state in the share.
+		want := []Submount{{Path: "sub", ReadOnly: v.RecursiveReadOnly}}
+		if v.Recursive != reflect.DeepEqual(g.Submounts, want) {
+			t.Errorf("%s: submounts %+v", name, g.Submounts)
+		}
 	}
 	writable := func(p string) bool {
 		err := os.WriteFile(filepath.Join(p, "probe"), nil, 0o644)
