@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"slices"
+	"strings"
 	"testing"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
@@ -129,7 +130,8 @@ func addSpecSeeds(f *testing.F) {
 		f.Add(b, uint8(1))
 	}
 	for _, s := range []string{`{}`, `{"process":{}}`, `{"process":{},"linux":{}}`, `{"process":{},"linux":{"namespaces":[{"type":"user","path":"/proc/1/ns/user"}]}}`,
-		`{"process":{},"linux":{},"mounts":[{"destination":"/dev/shm","type":"bind","source":"shm"},{"destination":"/x","options":["rbind"],"source":"/"}]}`} {
+		`{"process":{},"linux":{},"mounts":[{"destination":"/dev/shm","type":"bind","source":"shm"},{"destination":"/x","options":["rbind"],"source":"/"}]}`,
+		`{"process":{},"linux":{"rootfsPropagation":"rslave"},"mounts":[{"destination":"/a","type":"bind","source":"/a","options":["rbind","rslave","ro"]},{"destination":"/b","type":"bind","source":"/b","options":["rbind","rprivate","rro"]},{"destination":"/c","type":"bind","source":"/c","options":["rbind","rshared"]}]}`} {
 		f.Add([]byte(s), uint8(0))
 	}
 }
@@ -197,6 +199,7 @@ func FuzzGuestSpec(f *testing.F) {
 				continue
 			}
 			volumes[i] = fsshare.Bound{GuestPath: fmt.Sprintf("/run/kasa/shared/c1/volumes/%d", i)}
+			checkVolumeFor(t, in.Mounts[i])
 		}
 		out, sandboxNS, err := guestSpec(in, rootfs, volumes)
 		if after, _ := json.Marshal(in); !bytes.Equal(after, before) {
@@ -428,4 +431,18 @@ func FuzzAgentStreams(f *testing.F) {
 			t.Fatalf("Read after eof = %d, %v", n, err)
 		}
 	})
+}
+
+// checkVolumeFor: a volume is bound from its own source, and refused
+// exactly when it asks for propagation to the host or for recursive
+// read-only with propagation from it.
+func checkVolumeFor(t *testing.T, m specs.Mount) {
+	v, err := volumeFor(m)
+	shared := slices.Contains(m.Options, "shared") || slices.Contains(m.Options, "rshared")
+	if shared != (err != nil && strings.Contains(err.Error(), "propagation \"")) {
+		t.Fatalf("options %q: err %v", m.Options, err)
+	}
+	if err == nil && (v.Source != m.Source || (v.FollowHost && v.RecursiveReadOnly)) {
+		t.Fatalf("options %q: volume %+v", m.Options, v)
+	}
 }
