@@ -37,7 +37,8 @@ type Volume struct {
 }
 
 // MaxSubmounts bounds the mounts below a volume's source that the guest
-// is told about (Bound.Submounts): the source is the pod spec's choice.
+// is told about (Bound.Submounts): the source is the pod spec's choice,
+// and a node's / has a mount for every runc container it runs.
 const MaxSubmounts = 256
 
 // Bound is a volume in the share.
@@ -47,6 +48,9 @@ type Bound struct {
 	// Submounts are the mounts below the source that the bind took along
 	// (Volume.Recursive), parents first.
 	Submounts []Submount
+	// SubmountsOmitted tells that there were more than MaxSubmounts, and
+	// Submounts is empty.
+	SubmountsOmitted bool
 }
 
 // Submount is a mount below a volume's source.
@@ -87,12 +91,16 @@ func (s *Share) BindVolume(containerID string, index int, v Volume) (Bound, erro
 			unix.Unmount(target, unix.MNT_DETACH)
 			return Bound{}, fmt.Errorf("volume %s: %w", v.Source, err)
 		}
+		if len(b.Submounts) > MaxSubmounts {
+			b.Submounts, b.SubmountsOmitted = nil, true
+		}
 	}
 	return b, nil
 }
 
 // submounts lists the mounts strictly below target, parents first, each
-// once (a mount point with mounts stacked on it is listed once).
+// once (a mount point with mounts stacked on it is listed once), and
+// stops after MaxSubmounts+1.
 func submounts(target string) ([]Submount, error) {
 	mounts, err := mountsUnder(target)
 	if err != nil {
@@ -104,8 +112,8 @@ func submounts(target string) ([]Submount, error) {
 		if m == target || slices.ContainsFunc(out, func(o Submount) bool { return filepath.Join(target, o.Path) == m }) {
 			continue
 		}
-		if len(out) == MaxSubmounts {
-			return nil, fmt.Errorf("more than %d mounts below the source", MaxSubmounts)
+		if len(out) > MaxSubmounts {
+			break
 		}
 		var st unix.Statfs_t
 		if err := unix.Statfs(m, &st); err != nil {
@@ -147,7 +155,9 @@ func bindTree(v Volume, target string) error {
 	if v.FollowHost {
 		all.Propagation = unix.MS_SLAVE
 	}
-	if err := unix.MountSetattr(fd, "", unix.AT_EMPTY_PATH|unix.AT_RECURSIVE, all); err != nil {
+	if err := unix.MountSetattr(fd, "", unix.AT_EMPTY_PATH|unix.AT_RECURSIVE, all); errors.Is(err, unix.ENOSYS) {
+		return bindTreeClassic(v, target) // Linux 5.2 to 5.11; the clone goes with fd
+	} else if err != nil {
 		return fmt.Errorf("mount_setattr: %w", err)
 	}
 	if v.ReadOnly && !v.RecursiveReadOnly {
@@ -161,8 +171,8 @@ func bindTree(v Volume, target string) error {
 	return nil
 }
 
-// bindTreeClassic is bindTree for kernels before 5.2, with mount(2)
-// only. There a private volume whose source is a shared mount may still
+// bindTreeClassic is bindTree for kernels before 5.12 (no mount_setattr),
+// with mount(2) only. There a private volume whose source is a shared mount may still
 // receive host mounts in virtiofsd's view (see bindTree).
 func bindTreeClassic(v Volume, target string) error {
 	flags := uintptr(unix.MS_BIND)

@@ -135,6 +135,17 @@ func TestIntegrationVolumeSemantics(t *testing.T) {
 	if err := unix.Unmount(late, 0); err != nil {
 		t.Fatal(err)
 	}
+	// A source with more mounts below it than the guest is told of.
+	many := t.TempDir()
+	for i := 0; i <= MaxSubmounts; i++ {
+		d := filepath.Join(many, strconv.Itoa(i))
+		os.Mkdir(d, 0o755)
+		mustMount(t, "tmpfs", d, "tmpfs", 0)
+	}
+	if b, err := s.BindVolume("c1", 9, Volume{Source: many, Recursive: true}); err != nil || !b.SubmountsOmitted || len(b.Submounts) != 0 {
+		t.Errorf("%d mounts below a source: submounts %d, omitted %v, %v", MaxSubmounts+1, len(b.Submounts), b.SubmountsOmitted, err)
+	}
+
 	if err := s.RemoveContainer("c1"); err != nil {
 		t.Fatal(err)
 	}
