@@ -209,3 +209,52 @@ func virtiofsdMounts(t *testing.T, pid int) map[string]bool {
 	}
 	return out
 }
+
+// The mount(2) fallback of kernels without mount_setattr gives the same
+// flags and host propagation in the share.
+func TestIntegrationBindTreeClassic(t *testing.T) {
+	if os.Geteuid() != 0 {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("needs root")
+		}
+		t.Skip("needs root")
+	}
+	src := t.TempDir()
+	mustMount(t, src, src, "", unix.MS_BIND)
+	mustMount(t, "", src, "", unix.MS_SHARED)
+	for _, d := range []string{"sub", "late"} {
+		os.Mkdir(filepath.Join(src, d), 0o755)
+	}
+	mustMount(t, "tmpfs", filepath.Join(src, "sub"), "tmpfs", 0)
+	targets := map[string]string{}
+	for name, v := range map[string]Volume{
+		"ro":      {Source: src, Recursive: true, ReadOnly: true},
+		"rro":     {Source: src, Recursive: true, RecursiveReadOnly: true},
+		"rslave":  {Source: src, Recursive: true, FollowHost: true},
+		"private": {Source: src, Recursive: true},
+	} {
+		targets[name] = t.TempDir()
+		if err := bindTreeClassic(v, targets[name]); err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		t.Cleanup(func() { unmountAndRemove(targets[name]) })
+	}
+	for p, want := range map[string]bool{
+		targets["ro"]: false, targets["ro"] + "/sub": true, targets["rro"]: false, targets["rro"] + "/sub": false,
+		targets["private"] + "/sub": true,
+	} {
+		var st unix.Statfs_t
+		if err := unix.Statfs(p, &st); err != nil {
+			t.Fatal(err)
+		}
+		if got := st.Flags&unix.ST_RDONLY == 0; got != want || st.Flags&unix.ST_NOSUID == 0 || st.Flags&unix.ST_NODEV == 0 {
+			t.Errorf("%s: flags %#x, want writable %v, nosuid, nodev", p, st.Flags, want)
+		}
+	}
+	mustMount(t, "tmpfs", filepath.Join(src, "late"), "tmpfs", 0)
+	for name, p := range targets {
+		if got := isMount(t, filepath.Join(p, "late")); got != (name == "rslave") {
+			t.Errorf("%s: the host's later mount is there: %v", name, got)
+		}
+	}
+}
