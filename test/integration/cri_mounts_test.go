@@ -167,4 +167,3 @@ func hostMount(t *testing.T, source, target, fstype string, flags uintptr) {
 	}
 	t.Cleanup(func() { unix.Unmount(target, unix.MNT_DETACH) })
 }
-
