@@ -101,9 +101,19 @@ func testCRIConfinedVMM(t *testing.T, sandboxCgroupOnly bool) {
 	if err != nil || st.Mode()&os.ModeSetuid == 0 {
 		t.Fatalf("the guest's set-uid file did not reach the volume: %v %v", st, err)
 	}
-	shared, _ := filepath.Glob(filepath.Join("/run/kasa/shared", podID, id, "volumes", "*-"+filepath.Base(vol)))
+	// The share's copy of a volume lives in virtiofsd's mount namespace
+	// only: look through the daemon's root, which is the share.
+	var shared []string
+	for what, pid := range inGroup {
+		if strings.HasPrefix(what, "virtiofsd") {
+			shared, _ = filepath.Glob(filepath.Join("/proc", strconv.Itoa(pid), "root", id, "volumes", "*-"+filepath.Base(vol)))
+			if len(shared) == 1 {
+				break
+			}
+		}
+	}
 	if len(shared) != 1 {
-		t.Fatalf("the volume in the share: %v", shared)
+		t.Fatalf("the volume in virtiofsd's view of the share: %v", shared)
 	}
 	var fs unix.Statfs_t
 	if err := unix.Statfs(filepath.Join(shared[0], "suid"), &fs); err != nil || fs.Flags&unix.ST_NOSUID == 0 {

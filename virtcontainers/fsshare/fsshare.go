@@ -13,6 +13,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 
 	"github.com/containerd/containerd/mount"
 	"golang.org/x/sys/unix"
@@ -37,6 +38,14 @@ type Share struct {
 	HostDir string
 	// MSize is the 9p message size the guest mounts with.
 	MSize uint32
+
+	mu sync.Mutex
+	// daemonPID is virtiofsd's, once StartVirtioFSD started it.
+	daemonPID int
+	// volumeNS is virtiofsd's mount namespace, where volumes are
+	// attached (volumens.go); nil until the first volume, or without
+	// virtiofsd.
+	volumeNS *os.File
 }
 
 // New creates the sandbox's shared directory.
@@ -154,11 +163,17 @@ func restrict(target string, readOnly, noExec bool) error {
 
 // RemoveContainer unmounts everything of one container and removes its directory.
 func (s *Share) RemoveContainer(containerID string) error {
+	if err := s.detachVolumes(containerID); err != nil {
+		return err
+	}
 	return unmountAndRemove(s.containerDir(containerID))
 }
 
-// Destroy unmounts everything in the share and removes it. It is idempotent.
+// Destroy unmounts everything in the share and removes it. It is
+// idempotent. The volumes in virtiofsd's namespace go with it once the
+// daemon is gone too.
 func (s *Share) Destroy() error {
+	s.closeVolumeNamespace()
 	return unmountAndRemove(s.HostDir)
 }
 

@@ -174,6 +174,9 @@ func (s *Share) StartVirtioFSD(ctx context.Context, daemon, socket string, place
 	if conn, err = c.(*net.UnixConn).File(); err != nil {
 		return nil, nil, err
 	}
+	s.mu.Lock()
+	s.daemonPID = cmd.Process.Pid
+	s.mu.Unlock()
 	return d, conn, nil
 }
 

@@ -82,13 +82,12 @@ func (s *Share) BindVolume(containerID string, index int, v Volume) (Bound, erro
 	if err != nil {
 		return Bound{}, err
 	}
-	if err := bindTree(v, target); err != nil {
+	if err := s.bindTree(v, target); err != nil {
 		return Bound{}, fmt.Errorf("bind volume %s: %w", v.Source, err)
 	}
 	b := Bound{GuestPath: s.guestPath(target)}
 	if v.Recursive {
-		if b.Submounts, err = submounts(target); err != nil {
-			unix.Unmount(target, unix.MNT_DETACH)
+		if b.Submounts, err = submountsOf(v); err != nil {
 			return Bound{}, fmt.Errorf("volume %s: %w", v.Source, err)
 		}
 		if len(b.Submounts) > MaxSubmounts {
@@ -98,18 +97,25 @@ func (s *Share) BindVolume(containerID string, index int, v Volume) (Bound, erro
 	return b, nil
 }
 
-// submounts lists the mounts strictly below target, parents first, each
-// once (a mount point with mounts stacked on it is listed once), and
-// stops after MaxSubmounts+1.
-func submounts(target string) ([]Submount, error) {
-	mounts, err := mountsUnder(target)
+// submountsOf lists the mounts strictly below v.Source on the node, which
+// a recursive bind takes along, parents first, each once (a mount point
+// with mounts stacked on it is listed once), and stops after
+// MaxSubmounts+1.
+func submountsOf(v Volume) ([]Submount, error) {
+	src, err := filepath.EvalSymlinks(v.Source)
+	if err != nil {
+		return nil, err
+	}
+	mounts, err := mountsUnder(src)
 	if err != nil {
 		return nil, err
 	}
 	slices.Reverse(mounts) // shallowest first
+	prefix := strings.TrimSuffix(src, "/") + "/"
 	var out []Submount
 	for _, m := range mounts {
-		if m == target || slices.ContainsFunc(out, func(o Submount) bool { return filepath.Join(target, o.Path) == m }) {
+		rel, ok := strings.CutPrefix(m, prefix)
+		if !ok || slices.ContainsFunc(out, func(o Submount) bool { return o.Path == rel }) {
 			continue
 		}
 		if len(out) > MaxSubmounts {
@@ -119,19 +125,21 @@ func submounts(target string) ([]Submount, error) {
 		if err := unix.Statfs(m, &st); err != nil {
 			return nil, fmt.Errorf("submount %s: %w", m, err)
 		}
-		out = append(out, Submount{Path: strings.TrimPrefix(m, target+"/"), ReadOnly: st.Flags&unix.ST_RDONLY != 0})
+		out = append(out, Submount{Path: rel, ReadOnly: v.RecursiveReadOnly || st.Flags&unix.ST_RDONLY != 0})
 	}
 	return out, nil
 }
 
-// bindTree mounts a copy of v.Source's mount tree at target. The copy is
-// made detached (open_tree), given its flags and propagation there, and
-// only then attached (move_mount): the share is a shared mount whose
-// slave is virtiofsd's view, and what is attached to it is copied into
-// that view as a slave of the copy attached here. Binding first and
-// changing the propagation after would leave virtiofsd's copy a slave of
-// the host's peer group, receiving host mounts even for a private volume.
-func bindTree(v Volume, target string) error {
+// bindTree mounts a copy of v.Source's mount tree at target: in
+// virtiofsd's mount namespace if it has one (volumens.go), in the node's
+// otherwise. The copy is made detached (open_tree), given its flags and
+// propagation there, and only then attached (move_mount), so that no copy
+// of it ever has other flags. (In the node's namespace the share is a
+// shared mount whose slave is virtiofsd's view, and what is attached to it
+// is copied there as a slave of the copy attached here: binding first and
+// changing the propagation after would leave that copy a slave of the
+// node's peer group, receiving host mounts even for a private volume.)
+func (s *Share) bindTree(v Volume, target string) error {
 	flags := uint(unix.OPEN_TREE_CLONE | unix.OPEN_TREE_CLOEXEC)
 	if v.Recursive {
 		flags |= unix.AT_RECURSIVE
@@ -165,10 +173,22 @@ func bindTree(v Volume, target string) error {
 			return fmt.Errorf("mount_setattr read-only: %w", err)
 		}
 	}
-	if err := unix.MoveMount(fd, "", unix.AT_FDCWD, target, unix.MOVE_MOUNT_F_EMPTY_PATH); err != nil {
-		return fmt.Errorf("move_mount to %s: %w", target, err)
+	ns, err := s.volumeNamespace()
+	if err != nil {
+		return err
 	}
-	return nil
+	if ns == nil {
+		if err := unix.MoveMount(fd, "", unix.AT_FDCWD, target, unix.MOVE_MOUNT_F_EMPTY_PATH); err != nil {
+			return fmt.Errorf("move_mount to %s: %w", target, err)
+		}
+		return nil
+	}
+	return inMountNamespace(ns, func() error {
+		if err := unix.MoveMount(fd, "", unix.AT_FDCWD, s.inView(target), unix.MOVE_MOUNT_F_EMPTY_PATH); err != nil {
+			return fmt.Errorf("move_mount to %s in virtiofsd's namespace: %w", s.inView(target), err)
+		}
+		return nil
+	})
 }
 
 // bindTreeClassic is bindTree for kernels before 5.12 (no mount_setattr),

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -14,13 +15,15 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// How volumes reach the share, and virtiofsd's view of it, with the real
-// C virtiofsd (its own mount namespace, slave of the share): "ro" makes
-// the bind read-only and leaves a mount below it writable, as runc does;
-// "rro" makes both read-only; a mount the host makes below the source
-// after the binds reaches the share and virtiofsd through a FollowHost
-// (rslave) volume only, never through a private one, even though the
-// source is a shared mount. Needs root (make test-integration).
+// How volumes reach virtiofsd's view of the share, with the real C
+// virtiofsd (its own mount namespace): "ro" makes the bind read-only and
+// leaves a mount below it writable, as runc does; "rro" makes both
+// read-only; a mount the node makes below the source after the binds
+// reaches virtiofsd through a FollowHost (rslave) volume only, never
+// through a private one, even though the source is a shared mount. The
+// node's own namespace holds no copy of any volume, so the node can
+// remove a directory below a source that has a mount in a copy. Needs
+// root (make test-integration).
 func TestIntegrationVolumeSemantics(t *testing.T) {
 	if os.Geteuid() != 0 {
 		if os.Getenv("CI") == "true" {
@@ -42,9 +45,12 @@ func TestIntegrationVolumeSemantics(t *testing.T) {
 	mustMount(t, src, src, "", unix.MS_BIND)
 	mustMount(t, "", src, "", unix.MS_SHARED)
 	sub := filepath.Join(src, "sub")
-	os.Mkdir(sub, 0o755)
-	os.Mkdir(filepath.Join(src, "late"), 0o755)
+	for _, d := range []string{"sub", "late", "gone"} {
+		os.Mkdir(filepath.Join(src, d), 0o755)
+	}
 	mustMount(t, "tmpfs", sub, "tmpfs", 0)
+	gone := filepath.Join(src, "gone")
+	mustMount(t, "tmpfs", gone, "tmpfs", 0)
 
 	s, err := New("sb1", 0)
 	if err != nil {
@@ -67,21 +73,29 @@ func TestIntegrationVolumeSemantics(t *testing.T) {
 		"rslave":  {Source: src, Recursive: true, FollowHost: true},
 		"bind":    {Source: src},
 	}
-	host := map[string]string{}
+	// Each volume as virtiofsd sees it (through its root), and as its
+	// mount table names it.
+	root := "/proc/" + strconv.Itoa(serverPID(d.PID())) + "/root"
+	view, rel := map[string]string{}, map[string]string{}
 	i := 0
 	for name, v := range volumes {
 		g, err := s.BindVolume("c1", i, v)
 		if err != nil {
 			t.Fatalf("%s: %v", name, err)
 		}
-		host[name] = filepath.Join(s.HostDir, strings.TrimPrefix(g.GuestPath, GuestRoot+"/"))
+		rel[name] = strings.TrimPrefix(g.GuestPath, GuestRoot)
+		view[name] = root + rel[name]
 		i++
-		// The guest is told of the mount below the source if the bind took
-		// it along, and of its state in the share.
-		want := []Submount{{Path: "sub", ReadOnly: v.RecursiveReadOnly}}
+		// The guest is told of the mounts below the source if the bind
+		// took them along, and of their state in the share.
+		want := []Submount{{Path: "gone", ReadOnly: v.RecursiveReadOnly}, {Path: "sub", ReadOnly: v.RecursiveReadOnly}}
+		slices.SortFunc(g.Submounts, func(a, b Submount) int { return strings.Compare(a.Path, b.Path) })
 		if v.Recursive != reflect.DeepEqual(g.Submounts, want) {
 			t.Errorf("%s: submounts %+v", name, g.Submounts)
 		}
+	}
+	if left, _ := mountsUnder(s.containerDir("c1")); len(left) != 0 {
+		t.Errorf("volumes in the node's mount namespace: %v", left)
 	}
 	writable := func(p string) bool {
 		err := os.WriteFile(filepath.Join(p, "probe"), nil, 0o644)
@@ -95,18 +109,20 @@ func TestIntegrationVolumeSemantics(t *testing.T) {
 		path string
 		want bool
 	}{
-		{host["ro"], false}, {filepath.Join(host["ro"], "sub"), true},
-		{host["rro"], false}, {filepath.Join(host["rro"], "sub"), false},
-		{host["private"], true}, {filepath.Join(host["private"], "sub"), true},
+		{view["ro"], false}, {filepath.Join(view["ro"], "sub"), true},
+		{view["rro"], false}, {filepath.Join(view["rro"], "sub"), false},
+		{view["private"], true}, {filepath.Join(view["private"], "sub"), true},
 	} {
 		if got := writable(c.path); got != c.want {
 			t.Errorf("%s writable = %v, want %v", c.path, got, c.want)
 		}
 	}
-	if isMount(t, filepath.Join(host["bind"], "sub")) {
-		t.Errorf("a non-recursive bind took the mount below its source along")
+	mounts := virtiofsdMounts(t, d.PID())
+	if mounts[rel["bind"]+"/sub"] || !mounts[rel["ro"]+"/sub"] {
+		t.Errorf("the mount below the source in virtiofsd's view: under a non-recursive bind %v, under a recursive one %v",
+			mounts[rel["bind"]+"/sub"], mounts[rel["ro"]+"/sub"])
 	}
-	for name, p := range host {
+	for name, p := range view {
 		var st unix.Statfs_t
 		for _, q := range []string{p, filepath.Join(p, "sub")} {
 			if err := unix.Statfs(q, &st); err != nil {
@@ -118,21 +134,23 @@ func TestIntegrationVolumeSemantics(t *testing.T) {
 		}
 	}
 
-	// The host mounts below the source after the binds.
+	// The node mounts below the source after the binds, and removes a
+	// mount below it, and its mount point, as it could under runc.
 	late := filepath.Join(src, "late")
 	mustMount(t, "tmpfs", late, "tmpfs", 0)
-	view := virtiofsdMounts(t, d.PID())
-	for name, p := range host {
-		want := name == "rslave"
-		if got := isMount(t, filepath.Join(p, "late")); got != want {
-			t.Errorf("%s volume: the host's later mount is in the share: %v, want %v", name, got, want)
-		}
-		rel := strings.TrimPrefix(p, s.HostDir) + "/late"
-		if got := view[rel]; got != want {
-			t.Errorf("%s volume: the host's later mount is in virtiofsd's view: %v, want %v", name, got, want)
+	mounts = virtiofsdMounts(t, d.PID())
+	for name := range view {
+		if got, want := mounts[rel[name]+"/late"], name == "rslave"; got != want {
+			t.Errorf("%s volume: the node's later mount is in virtiofsd's view: %v, want %v", name, got, want)
 		}
 	}
-	if err := unix.Unmount(late, 0); err != nil {
+	if err := unix.Unmount(gone, unix.MNT_DETACH); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(gone); err != nil {
+		t.Errorf("removing a directory below a source that the volumes had a mount on: %v", err)
+	}
+	if err := unix.Unmount(late, unix.MNT_DETACH); err != nil {
 		t.Fatal(err)
 	}
 	// A source with more mounts below it than the guest is told of.
@@ -149,8 +167,10 @@ func TestIntegrationVolumeSemantics(t *testing.T) {
 	if err := s.RemoveContainer("c1"); err != nil {
 		t.Fatal(err)
 	}
-	if left, _ := mountsUnder(s.containerDir("c1")); len(left) != 0 {
-		t.Fatalf("mounts left: %v", left)
+	for m := range virtiofsdMounts(t, d.PID()) {
+		if strings.HasPrefix(m, "/c1/") {
+			t.Errorf("left in virtiofsd's view: %s", m)
+		}
 	}
 	if !isMount(t, sub) {
 		t.Fatal("removing the container unmounted the source's own submount")
@@ -182,24 +202,22 @@ func isMount(t *testing.T, p string) bool {
 	return false
 }
 
-// virtiofsdMounts lists the mount points that the serving virtiofsd
-// process (pid or the child it forked into its pid namespace) sees, as
-// paths in the share.
+// serverPID is the virtiofsd process that serves: the child the C
+// daemon forks into its pid namespace, or the daemon itself.
+func serverPID(pid int) int {
+	if kids := childrenOf(pid); len(kids) == 1 {
+		return kids[0]
+	}
+	return pid
+}
+
+// virtiofsdMounts lists the mount points of virtiofsd's view, as paths
+// in the share.
 func virtiofsdMounts(t *testing.T, pid int) map[string]bool {
 	t.Helper()
-	var b []byte
-	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(50 * time.Millisecond) {
-		// The C daemon forks its server into a new pid namespace.
-		if kids, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/task/" + strconv.Itoa(pid) + "/children"); len(strings.Fields(string(kids))) == 1 {
-			pid, _ = strconv.Atoi(strings.Fields(string(kids))[0])
-		}
-		var err error
-		if b, err = os.ReadFile("/proc/" + strconv.Itoa(pid) + "/mountinfo"); err != nil {
-			t.Fatal(err)
-		}
-		if !strings.Contains(string(b), " / / ") || time.Now().After(deadline) {
-			break // pivoted into the share: its root is the share
-		}
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(serverPID(pid)) + "/mountinfo")
+	if err != nil {
+		t.Fatal(err)
 	}
 	out := map[string]bool{}
 	for _, line := range strings.Split(string(b), "\n") {
