@@ -511,8 +511,9 @@ func testCRICrictl(t *testing.T, ctd containerdUnderTest) {
 
 // critestFocus is the critest (cri-tools v1.30) focus set CI runs against
 // the "kata" handler: pod sandboxes, basic container operations and
-// execSync, volumes, logs, streaming and networking.
-const critestFocus = `\[k8s\.io\] (PodSandbox runtime should support basic operations|Container runtime should support (basic operations|adding volume|log)|Streaming|Networking)`
+// execSync, volumes, read-only mounts (non-recursive and, where containerd
+// passes it, recursive), logs, streaming and networking.
+const critestFocus = `\[k8s\.io\] (PodSandbox runtime should support basic operations|Container runtime should support (basic operations|adding volume|log)|Container Mount Readonly|Streaming|Networking)`
 
 // critestSkip: a hostNetwork pod is refused by the kata handler
 // (allow_host_namespaces is off), so port forwarding in one cannot run.
