@@ -68,21 +68,7 @@ func (s *Share) BindVolume(containerID string, index int, v Volume) (Bound, erro
 		return Bound{}, fmt.Errorf("volume source: %w", err)
 	}
 	target := filepath.Join(s.containerDir(containerID), "volumes", strconv.Itoa(index)+"-"+filepath.Base(v.Source))
-	if err := os.MkdirAll(filepath.Dir(target), 0o755); err != nil {
-		return Bound{}, err
-	}
-	if fi.IsDir() {
-		err = os.MkdirAll(target, 0o755)
-	} else {
-		var f *os.File
-		if f, err = os.OpenFile(target, os.O_CREATE|os.O_WRONLY, 0o644); err == nil {
-			f.Close()
-		}
-	}
-	if err != nil {
-		return Bound{}, err
-	}
-	if err := s.bindTree(v, target); err != nil {
+	if err := s.bindTree(v, target, fi.IsDir()); err != nil {
 		return Bound{}, fmt.Errorf("bind volume %s: %w", v.Source, err)
 	}
 	b := Bound{GuestPath: s.guestPath(target)}
@@ -130,29 +116,65 @@ func submountsOf(v Volume) ([]Submount, error) {
 	return out, nil
 }
 
-// bindTree mounts a copy of v.Source's mount tree at target: in
-// virtiofsd's mount namespace if it has one (volumens.go), in the node's
-// otherwise. The copy is made detached (open_tree), given its flags and
-// propagation there, and only then attached (move_mount), so that no copy
-// of it ever has other flags. (In the node's namespace the share is a
-// shared mount whose slave is virtiofsd's view, and what is attached to it
-// is copied there as a slave of the copy attached here: binding first and
-// changing the propagation after would leave that copy a slave of the
-// node's peer group, receiving host mounts even for a private volume.)
-func (s *Share) bindTree(v Volume, target string) error {
+// bindTree mounts a copy of v.Source's mount tree at target, which it
+// creates (a directory, or a file for a file's bind): in virtiofsd's mount
+// namespace if it has one (volumens.go), in the node's otherwise. There,
+// the mount point is made and resolved within the daemon's root, the
+// share, whatever the guest made of the share's directories. The copy is
+// made detached (open_tree), given its flags and propagation there, and
+// only then attached (move_mount), so that no copy of it ever has other
+// flags. (In the node's namespace the share is a shared mount whose slave
+// is virtiofsd's view, and what is attached to it is copied there as a
+// slave of the copy attached here: binding first and changing the
+// propagation after would leave that copy a slave of the node's peer
+// group, receiving host mounts even for a private volume.)
+func (s *Share) bindTree(v Volume, target string, dir bool) error {
+	fd, err := cloneTree(v)
+	if errors.Is(err, unix.ENOSYS) {
+		// Before Linux 5.12: mount(2) in the node's namespace.
+		if err := makeMountPoint(target, dir); err != nil {
+			return err
+		}
+		return bindTreeClassic(v, target)
+	}
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	attach := func(target string) error {
+		if err := makeMountPoint(target, dir); err != nil {
+			return err
+		}
+		if err := unix.MoveMount(fd, "", unix.AT_FDCWD, target, unix.MOVE_MOUNT_F_EMPTY_PATH); err != nil {
+			return fmt.Errorf("move_mount to %s: %w", target, err)
+		}
+		return nil
+	}
+	ns, err := s.volumeNamespace()
+	if err != nil {
+		return err
+	}
+	if ns == nil {
+		return attach(target)
+	}
+	return inMountNamespace(ns, func() error { return attach(s.inView(target)) })
+}
+
+// cloneTree returns a detached copy of v.Source's mount tree (of the
+// source's mount alone without v.Recursive) with v's flags and
+// propagation, or ENOSYS before Linux 5.12.
+func cloneTree(v Volume) (int, error) {
 	flags := uint(unix.OPEN_TREE_CLONE | unix.OPEN_TREE_CLOEXEC)
 	if v.Recursive {
 		flags |= unix.AT_RECURSIVE
 	}
 	fd, err := unix.OpenTree(unix.AT_FDCWD, v.Source, flags)
 	if errors.Is(err, unix.ENOSYS) {
-		return bindTreeClassic(v, target)
+		return -1, err
 	}
 	if err != nil {
-		return fmt.Errorf("open_tree: %w", err)
+		return -1, fmt.Errorf("open_tree: %w", err)
 	}
-	defer unix.Close(fd)
-
 	all := &unix.MountAttr{Attr_set: unix.MOUNT_ATTR_NOSUID | unix.MOUNT_ATTR_NODEV, Propagation: unix.MS_PRIVATE}
 	if v.NoExec {
 		all.Attr_set |= unix.MOUNT_ATTR_NOEXEC
@@ -163,32 +185,34 @@ func (s *Share) bindTree(v Volume, target string) error {
 	if v.FollowHost {
 		all.Propagation = unix.MS_SLAVE
 	}
-	if err := unix.MountSetattr(fd, "", unix.AT_EMPTY_PATH|unix.AT_RECURSIVE, all); errors.Is(err, unix.ENOSYS) {
-		return bindTreeClassic(v, target) // Linux 5.2 to 5.11; the clone goes with fd
-	} else if err != nil {
-		return fmt.Errorf("mount_setattr: %w", err)
+	err = unix.MountSetattr(fd, "", unix.AT_EMPTY_PATH|unix.AT_RECURSIVE, all)
+	if err == nil && v.ReadOnly && !v.RecursiveReadOnly {
+		err = unix.MountSetattr(fd, "", unix.AT_EMPTY_PATH, &unix.MountAttr{Attr_set: unix.MOUNT_ATTR_RDONLY})
 	}
-	if v.ReadOnly && !v.RecursiveReadOnly {
-		if err := unix.MountSetattr(fd, "", unix.AT_EMPTY_PATH, &unix.MountAttr{Attr_set: unix.MOUNT_ATTR_RDONLY}); err != nil {
-			return fmt.Errorf("mount_setattr read-only: %w", err)
+	if err != nil {
+		unix.Close(fd) // the clone goes with it
+		if errors.Is(err, unix.ENOSYS) {
+			return -1, err // Linux 5.2 to 5.11
 		}
+		return -1, fmt.Errorf("mount_setattr: %w", err)
 	}
-	ns, err := s.volumeNamespace()
+	return fd, nil
+}
+
+// makeMountPoint creates target, a directory or an empty file, and its
+// parents.
+func makeMountPoint(target string, dir bool) error {
+	if err := os.MkdirAll(filepath.Dir(target), 0o755); err != nil {
+		return err
+	}
+	if dir {
+		return os.MkdirAll(target, 0o755)
+	}
+	f, err := os.OpenFile(target, os.O_CREATE|os.O_WRONLY|unix.O_NOFOLLOW, 0o644)
 	if err != nil {
 		return err
 	}
-	if ns == nil {
-		if err := unix.MoveMount(fd, "", unix.AT_FDCWD, target, unix.MOVE_MOUNT_F_EMPTY_PATH); err != nil {
-			return fmt.Errorf("move_mount to %s: %w", target, err)
-		}
-		return nil
-	}
-	return inMountNamespace(ns, func() error {
-		if err := unix.MoveMount(fd, "", unix.AT_FDCWD, s.inView(target), unix.MOVE_MOUNT_F_EMPTY_PATH); err != nil {
-			return fmt.Errorf("move_mount to %s in virtiofsd's namespace: %w", s.inView(target), err)
-		}
-		return nil
-	})
+	return f.Close()
 }
 
 // bindTreeClassic is bindTree for kernels before 5.12 (no mount_setattr),

@@ -164,6 +164,22 @@ func TestIntegrationVolumeSemantics(t *testing.T) {
 		t.Errorf("%d mounts below a source: submounts %d, omitted %v, %v", MaxSubmounts+1, len(b.Submounts), b.SubmountsOmitted, err)
 	}
 
+	// The guest can rewrite the share's directories: a container's volumes
+	// directory made a symlink to a node directory leads the mount into
+	// the share, never onto the node.
+	outside := t.TempDir()
+	os.MkdirAll(filepath.Join(s.HostDir, "c2"), 0o755)
+	if err := os.Symlink(outside, filepath.Join(s.HostDir, "c2", "volumes")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.BindVolume("c2", 0, Volume{Source: src, Recursive: true}); err != nil {
+		t.Logf("a volume below a planted symlink: %v", err)
+	}
+	if entries, _ := os.ReadDir(outside); len(entries) != 0 || isMount(t, filepath.Join(outside, "0-"+filepath.Base(src))) {
+		t.Errorf("a planted symlink led the volume onto the node: %v", entries)
+	}
+	s.RemoveContainer("c2")
+
 	if err := s.RemoveContainer("c1"); err != nil {
 		t.Fatal(err)
 	}

@@ -196,18 +196,18 @@ func (s *Share) detachVolumes(containerID string) error {
 	if ns == nil {
 		return nil
 	}
-	dir := filepath.Join(s.containerDir(containerID), "volumes")
-	entries, err := os.ReadDir(dir)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil
-	} else if err != nil {
-		return err
-	}
+	dir := s.inView(filepath.Join(s.containerDir(containerID), "volumes"))
 	return inMountNamespace(ns, func() error {
+		entries, err := os.ReadDir(dir)
+		if errors.Is(err, os.ErrNotExist) {
+			return nil
+		} else if err != nil {
+			return err
+		}
 		var errs []error
 		for _, e := range entries {
-			p := s.inView(filepath.Join(dir, e.Name()))
-			if err := unix.Unmount(p, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
+			p := filepath.Join(dir, e.Name())
+			if err := unix.Unmount(p, unix.MNT_DETACH|unix.UMOUNT_NOFOLLOW); err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
 				errs = append(errs, fmt.Errorf("unmount volume %s: %w", p, err))
 			}
 		}
