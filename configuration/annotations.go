@@ -39,7 +39,6 @@ var hypervisorOverrides = map[string]override{
 	"default_maxvcpus":  {"default_maxvcpus", "", setInt(func(h *HypervisorConfig) *int { return &h.DefaultMaxVCPUs })},
 	"default_max_vcpus": {"default_maxvcpus", "", setInt(func(h *HypervisorConfig) *int { return &h.DefaultMaxVCPUs })}, // Kata's annotation name
 	"default_memory":    {"default_memory", "", setInt(func(h *HypervisorConfig) *int { return &h.DefaultMemory })},
-	"memory_slots":      {"memory_slots", "", setInt(func(h *HypervisorConfig) *int { return &h.MemorySlots })},
 	"msize_9p":          {"msize_9p", "", setInt(func(h *HypervisorConfig) *int { return &h.MSize9P })},
 	"enable_debug":      {"enable_debug", "", setBool(func(h *HypervisorConfig) *bool { return &h.EnableDebug })},
 }
@@ -128,8 +127,6 @@ func (c *Config) ApplyAnnotations(annotations map[string]string) (*Config, error
 			refuse(prefix+name, "cannot be overridden by pod annotations")
 		case !ok:
 			refuse("", "unknown annotation")
-		case !usedBy(c.HypervisorName, o.key):
-			refuse("", fmt.Sprintf("%q is not used by hypervisor %s", o.key, c.HypervisorName))
 		case !matchesAny(enabled, name, o.key):
 			refuse(prefix+o.key, fmt.Sprintf("not enabled: no %senable_annotations entry in %s matches %q",
 				prefix, fileLabel(c.Path), name))

@@ -81,9 +81,11 @@ func TestApplyAnnotationsRefused(t *testing.T) {
 		ann       map[string]string
 		want      string
 	}{
-		{"not enabled", nil, map[string]string{hv + "memory_slots": "4"},
-			`pod annotation io.katacontainers.config.hypervisor.memory_slots: hypervisor.qemu.memory_slots = "4": ` +
-				`not enabled: no hypervisor.qemu.enable_annotations entry in /etc/kasa/configuration.toml matches "memory_slots"`},
+		{"not enabled", func(c *Config) { c.Hypervisor.EnableAnnotations = []string{"default_vcpus"} }, map[string]string{hv + "msize_9p": "4096"},
+			`pod annotation io.katacontainers.config.hypervisor.msize_9p: hypervisor.qemu.msize_9p = "4096": ` +
+				`not enabled: no hypervisor.qemu.enable_annotations entry in /etc/kasa/configuration.toml matches "msize_9p"`},
+		{"memory_slots is a Kata key Kasa lacks", nil, map[string]string{hv + "memory_slots": "4"},
+			"recognised Kata annotation, not supported by Kasa"},
 		{"regexp is anchored", func(c *Config) { c.Hypervisor.EnableAnnotations = []string{"memory", "kernel"} },
 			map[string]string{hv + "default_memory": "1024"}, "not enabled"},
 		{"regexp is anchored at the end", func(c *Config) { c.Hypervisor.EnableAnnotations = []string{"kernel"} },
@@ -129,11 +131,6 @@ func TestApplyAnnotationsRefused(t *testing.T) {
 		{"unknown section", nil, map[string]string{AnnotationPrefix + "shim.debug": "1"}, "unknown annotation"},
 		{"agent", nil, map[string]string{AnnotationPrefix + "agent.kernel_modules": "e1000e"},
 			"agent options cannot be overridden by pod annotations"},
-		{"QEMU key with clh", func(c *Config) {
-			c.HypervisorName = HypervisorCLH
-			c.Hypervisor = defaultHypervisor(HypervisorCLH)
-			c.Hypervisor.EnableAnnotations = []string{".*"}
-		}, map[string]string{hv + "machine_type": "pc"}, `"machine_type" is not used by hypervisor clh`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -162,7 +159,7 @@ func TestApplyAnnotationsRefused(t *testing.T) {
 func TestApplyAnnotationsReportsEveryRefusal(t *testing.T) {
 	_, err := annotatedBase().ApplyAnnotations(map[string]string{
 		hv + "default_vcpus": "x",
-		hv + "memory_slots":  "2",
+		hv + "rootless":      "false",
 		hv + "path":          "/tmp/q",
 	})
 	var joined interface{ Unwrap() []error }

@@ -23,14 +23,21 @@ func TestGoDefaultsAreValid(t *testing.T) {
 // The shipped file and the Go defaults must not drift: a key missing from
 // one of them would silently change what an operator gets.
 func TestEmbeddedFileEqualsGoDefaults(t *testing.T) {
-	cfg, warnings, err := decode("", embeddedFile)
+	cfg, warnings, err := decode([]source{{path: "", data: embeddedFile}})
 	if err != nil {
 		t.Fatalf("embedded configuration.toml: %v", err)
 	}
 	if len(warnings) > 0 {
 		t.Errorf("embedded configuration.toml has warnings: %v", warnings)
 	}
-	if want := defaultConfig(HypervisorQEMU); !reflect.DeepEqual(cfg, want) {
+	for key, file := range cfg.Origins {
+		if file != "" {
+			t.Errorf("origin of %s = %q, want the embedded file", key, file)
+		}
+	}
+	want := defaultConfig(HypervisorQEMU)
+	want.Origins = cfg.Origins
+	if !reflect.DeepEqual(cfg, want) {
 		t.Errorf("embedded file decodes to\n%+v\nGo defaults are\n%+v", cfg, want)
 	}
 	if got := Default(); !reflect.DeepEqual(got, cfg) || got.Path != "" {

@@ -25,7 +25,7 @@ func DefaultFile() []byte {
 func defaultConfig(name HypervisorName) *Config {
 	return &Config{
 		HypervisorName: name,
-		Hypervisor:     defaultHypervisor(name),
+		Hypervisor:     defaultHypervisor(),
 		Agent: AgentConfig{
 			DialTimeout: 45 * time.Second,
 			Transport:   TransportAuto,
@@ -44,19 +44,7 @@ const DefaultSeccompSandbox = "on,obsolete=deny,elevateprivileges=deny,spawn=den
 // DefaultVirtioFSDaemon is the virtiofsd Debian 12 ships with QEMU 7.2.
 const DefaultVirtioFSDaemon = "/usr/lib/qemu/virtiofsd"
 
-func defaultHypervisor(name HypervisorName) HypervisorConfig {
-	if name == HypervisorCLH {
-		// Cloud Hypervisor boots an uncompressed vmlinux and has no 9p.
-		return HypervisorConfig{
-			Path:           "/usr/bin/cloud-hypervisor",
-			Kernel:         "/usr/share/kasa/vmlinux",
-			Initrd:         "/usr/share/kasa/initrd.img",
-			DefaultVCPUs:   1,
-			DefaultMemory:  512,
-			SharedFS:       SharedFSVirtioFS,
-			VirtioFSDaemon: "/usr/libexec/virtiofsd",
-		}
-	}
+func defaultHypervisor() HypervisorConfig {
 	return HypervisorConfig{
 		Path:           "/usr/bin/qemu-system-x86_64",
 		Kernel:         "/usr/share/kasa/vmlinuz",
@@ -64,18 +52,18 @@ func defaultHypervisor(name HypervisorName) HypervisorConfig {
 		MachineType:    MachineQ35,
 		DefaultVCPUs:   1,
 		DefaultMemory:  512,
-		MemorySlots:    10,
 		SharedFS:       SharedFSVirtioFS,
 		VirtioFSDaemon: DefaultVirtioFSDaemon,
 		MSize9P:        8192,
 		Accelerator:    AccelAuto,
 		Rootless:       true,
+		VirtioFSUserns: true,
 		SeccompSandbox: DefaultSeccompSandbox,
 	}
 }
 
 var parseEmbedded = sync.OnceValues(func() (*Config, error) {
-	cfg, warnings, err := decode("", embeddedFile)
+	cfg, warnings, err := decode([]source{{path: "", data: embeddedFile}})
 	if err == nil && len(warnings) > 0 {
 		err = fmt.Errorf("embedded configuration.toml: %s", warnings[0])
 	}

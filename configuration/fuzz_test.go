@@ -29,35 +29,31 @@ func parseFuzzAnnotations(s string) map[string]string {
 // that passes Validate and differs from the file only in hypervisor keys an
 // annotation on the allowlist, enabled by enable_annotations and used by
 // the hypervisor, may set; path values match their valid_*_paths, kernel
-// parameters are only appended to, and rootless and seccompsandbox never
-// change. The original is not modified.
+// parameters are only appended to, and rootless, virtio_fs_userns and
+// seccompsandbox never change. The original is not modified.
 func FuzzApplyAnnotations(f *testing.F) {
-	all := "default_vcpus\ndefault_memory\nkernel_params\nmachine_type\npath\nkernel\ninitrd\nvirtio_fs_daemon\nmsize_9p\nenable_debug\ndefault_max.*\nshared_fs\nmemory_slots"
+	all := "default_vcpus\ndefault_memory\nkernel_params\nmachine_type\npath\nkernel\ninitrd\nvirtio_fs_daemon\nmsize_9p\nenable_debug\ndefault_max.*\nshared_fs"
 	paths := "/usr/bin/qemu-system-*\n/usr/share/kasa/*\n/usr/libexec/virtiofsd"
 	for _, s := range []struct {
-		clh            bool
 		enable, valid  string
 		annotationList string
 	}{
-		{false, all, paths, "hypervisor.default_vcpus=2\nhypervisor.default_memory=1024\nhypervisor.kernel_params=debug panic=1"},
-		{false, all, paths, "hypervisor.default_max_vcpus=4\nhypervisor.default_maxvcpus=8"},
-		{false, all, paths, "hypervisor.path=/usr/bin/qemu-system-aarch64\nhypervisor.kernel=/usr/share/kasa/../../../etc/shadow"},
-		{false, all, paths, "hypervisor.shared_fs=virtio-9p\nhypervisor.machine_type=microvm\nhypervisor.enable_debug=true"},
-		{false, ".*", "*", "hypervisor.rootless=false\nhypervisor.seccompsandbox=\nhypervisor.kernel_params=\x00init=/bin/sh"},
-		{false, "", "", "hypervisor.default_vcpus=2"},
-		{false, all, paths, "agent.kernel_modules=evil\nruntime.disable_new_netns=true\nio.katacontainers.config_path=/tmp/x.toml\nio.kubernetes.cri.container-type=sandbox"},
-		{false, "kernel_params|default_vcpus", "", "hypervisor.kernel_params=a b\nhypervisor.default_vcpus=-1\nhypervisor.msize_9p=4096"},
-		{false, all, paths, "hypervisor.virtio_fs_daemon=/usr/libexec/virtiofsd\nhypervisor.block_device_driver=virtio-blk\nhypervisor.firmware=/x"},
-		{true, all, paths, "hypervisor.default_vcpus=2\nhypervisor.machine_type=q35\nhypervisor.kernel=/usr/share/kasa/vmlinux"},
-		{true, "(?i)KERNEL_PARAMS", paths, "hypervisor.kernel_params=console=hvc0"},
+		{all, paths, "hypervisor.default_vcpus=2\nhypervisor.default_memory=1024\nhypervisor.kernel_params=debug panic=1"},
+		{all, paths, "hypervisor.default_max_vcpus=4\nhypervisor.default_maxvcpus=8"},
+		{all, paths, "hypervisor.path=/usr/bin/qemu-system-aarch64\nhypervisor.kernel=/usr/share/kasa/../../../etc/shadow"},
+		{all, paths, "hypervisor.shared_fs=virtio-9p\nhypervisor.machine_type=microvm\nhypervisor.enable_debug=true"},
+		{".*", "*", "hypervisor.rootless=false\nhypervisor.seccompsandbox=\nhypervisor.virtio_fs_userns=false\nhypervisor.kernel_params=\x00init=/bin/sh"},
+		{"", "", "hypervisor.default_vcpus=2"},
+		{all, paths, "agent.kernel_modules=evil\nruntime.disable_new_netns=true\nio.katacontainers.config_path=/tmp/x.toml\nio.kubernetes.cri.container-type=sandbox"},
+		{"kernel_params|default_vcpus", "", "hypervisor.kernel_params=a b\nhypervisor.default_vcpus=-1\nhypervisor.msize_9p=4096"},
+		{all, paths, "hypervisor.virtio_fs_daemon=/usr/libexec/virtiofsd\nhypervisor.block_device_driver=virtio-blk\nhypervisor.firmware=/x"},
+		{all, paths, "hypervisor.default_vcpus=2\nhypervisor.machine_type=q35\nhypervisor.kernel=/usr/share/kasa/vmlinux"},
+		{"(?i)KERNEL_PARAMS", paths, "hypervisor.kernel_params=console=hvc0"},
 	} {
-		f.Add(s.clh, s.enable, s.valid, s.annotationList)
+		f.Add(s.enable, s.valid, s.annotationList)
 	}
-	f.Fuzz(func(t *testing.T, clh bool, enable, valid, annotationList string) {
+	f.Fuzz(func(t *testing.T, enable, valid, annotationList string) {
 		base := Default()
-		if clh {
-			base = defaultConfig(HypervisorCLH)
-		}
 		base.Path = "/etc/kasa/configuration.toml"
 		h := &base.Hypervisor
 		h.EnableAnnotations = strings.Split(enable, "\n")
@@ -89,8 +85,9 @@ func FuzzApplyAnnotations(f *testing.F) {
 			!reflect.DeepEqual(out.Agent, base.Agent) || !reflect.DeepEqual(out.Runtime, base.Runtime) {
 			t.Fatal("an annotation changed more than hypervisor keys")
 		}
-		if out.Hypervisor.Rootless != base.Hypervisor.Rootless || out.Hypervisor.SeccompSandbox != base.Hypervisor.SeccompSandbox {
-			t.Fatal("rootless or seccompsandbox changed")
+		if out.Hypervisor.Rootless != base.Hypervisor.Rootless || out.Hypervisor.SeccompSandbox != base.Hypervisor.SeccompSandbox ||
+			out.Hypervisor.VirtioFSUserns != base.Hypervisor.VirtioFSUserns {
+			t.Fatal("rootless, virtio_fs_userns or seccompsandbox changed")
 		}
 
 		// The keys the annotations may set.
@@ -105,7 +102,7 @@ func FuzzApplyAnnotations(f *testing.F) {
 			if !ok {
 				continue
 			}
-			if o, ok := hypervisorOverrides[name]; ok && usedBy(base.HypervisorName, o.key) && matchesAny(enabled, name, o.key) {
+			if o, ok := hypervisorOverrides[name]; ok && matchesAny(enabled, name, o.key) {
 				settable[o.key] = true
 			}
 		}

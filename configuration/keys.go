@@ -2,7 +2,6 @@ package configuration
 
 import (
 	"fmt"
-	"reflect"
 	"slices"
 
 	"github.com/BurntSushi/toml"
@@ -16,8 +15,6 @@ const (
 	UnknownKey WarningKind = iota
 	// UnsupportedKataKey is a Kata Containers key Kasa does not implement.
 	UnsupportedKataKey
-	// IgnoredForHypervisor is a key the file's hypervisor does not use.
-	IgnoredForHypervisor
 )
 
 // Warning is a key of a configuration file that was ignored. Ignoring keys
@@ -42,44 +39,10 @@ func newWarning(file string, key toml.Key, kind WarningKind) Warning {
 	switch kind {
 	case UnsupportedKataKey:
 		msg = fmt.Sprintf("key %q: recognised Kata key, not supported by Kasa; ignored", k)
-	case IgnoredForHypervisor:
-		msg = fmt.Sprintf("key %q: not used by hypervisor %s; ignored", k, key[1])
 	default:
 		msg = fmt.Sprintf("unknown key %q ignored", k)
 	}
 	return Warning{File: file, Key: k, Kind: kind, Message: msg}
-}
-
-// clhKeys are the [hypervisor.clh] keys Cloud Hypervisor uses; the other
-// HypervisorConfig keys are QEMU's.
-var clhKeys = setOf(
-	"path", "kernel", "initrd", "default_vcpus", "default_memory", "kernel_params",
-	"shared_fs", "virtio_fs_daemon", "enable_annotations", "valid_hypervisor_paths",
-	"valid_kernel_paths", "valid_initrd_paths", "valid_virtio_fs_daemon_paths", "enable_debug",
-)
-
-// usedBy reports whether hypervisor name uses the HypervisorConfig key.
-func usedBy(name HypervisorName, key string) bool {
-	return name != HypervisorCLH || clhKeys[key]
-}
-
-// ignoreNonCLHKeys resets the QEMU-only keys a [hypervisor.clh] table sets,
-// so that they neither reach the driver nor fail validation, and warns.
-func ignoreNonCLHKeys(cfg *Config, md *toml.MetaData) []Warning {
-	if cfg.HypervisorName != HypervisorCLH {
-		return nil
-	}
-	var warnings []Warning
-	v := reflect.ValueOf(&cfg.Hypervisor).Elem()
-	for _, f := range reflect.VisibleFields(v.Type()) {
-		key := f.Tag.Get("toml")
-		if usedBy(HypervisorCLH, key) || !md.IsDefined("hypervisor", "clh", key) {
-			continue
-		}
-		v.FieldByIndex(f.Index).SetZero()
-		warnings = append(warnings, newWarning(cfg.Path, toml.Key{"hypervisor", "clh", key}, IgnoredForHypervisor))
-	}
-	return warnings
 }
 
 // Keys of Kata Containers' configuration.toml that Kasa does not implement.
@@ -110,6 +73,9 @@ var (
 		"disable_seccomp", "disable_selinux", "disable_guest_selinux", "use_legacy_serial",
 		"kernel_verity_params", "default_gpus", "default_gpu_model", "enable_swap",
 		"remote_hypervisor_socket", "remote_hypervisor_timeout", "network_queues",
+		// Memory hotplug: Kasa sizes the VM at boot (SizeForPod) and has
+		// no hotplug, so slots would only reserve address space.
+		"memory_slots",
 	)
 
 	kataAgentKeys = setOf("enable_tracing", "container_pipe_size", "mem_agent", "cdh_api_timeout")

@@ -25,7 +25,8 @@ var (
 // Load finds, decodes and validates the configuration. The first existing
 // file of explicitPath (the shim's ConfigPath option), $KASA_CONF_FILE,
 // SystemConfigPath and DefaultsConfigPath wins; when none exists the embedded
-// defaults are used. Warnings (unknown or unsupported keys) are returned
+// defaults are used. The drop-in files of config.d beside it (DropInDir)
+// are merged on top. Warnings (unknown or unsupported keys) are returned
 // even when err is not nil.
 func Load(explicitPath string) (*Config, []Warning, error) {
 	path, err := ResolvePath(explicitPath)
@@ -33,7 +34,7 @@ func Load(explicitPath string) (*Config, []Warning, error) {
 		return nil, nil, err
 	}
 	if path == "" {
-		return Default(), nil, nil
+		return loadSources(source{path: "", data: embeddedFile}, DropInDir(""))
 	}
 	return LoadFile(path)
 }
@@ -72,13 +73,30 @@ func ResolvePath(explicitPath string) (string, error) {
 	return "", nil
 }
 
-// LoadFile decodes and validates one configuration file.
+// LoadFile decodes and validates one configuration file and the drop-in
+// files beside it (DropInDir).
 func LoadFile(path string) (*Config, []Warning, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return nil, nil, fmt.Errorf("failed to read config from %q: %w", path, err)
 	}
-	return decode(path, data)
+	return loadSources(source{path: path, data: data}, DropInDir(path))
+}
+
+// loadSources reads the drop-in files of dir and decodes them over main.
+func loadSources(main source, dir string) (*Config, []Warning, error) {
+	dropIns, err := readDropIns(dir)
+	if err != nil {
+		return nil, nil, err
+	}
+	return decode(append([]source{main}, dropIns...))
+}
+
+// source is one configuration file's name ("" for the embedded defaults)
+// and bytes.
+type source struct {
+	path string
+	data []byte
 }
 
 // fileLayout is the top level of a file. The hypervisor table stays raw
@@ -91,46 +109,69 @@ type fileLayout struct {
 	Runtime RuntimeConfig `toml:"runtime"`
 }
 
-// decode turns a file's bytes into a validated Config. path is "" for the
-// embedded defaults.
-func decode(path string, data []byte) (*Config, []Warning, error) {
+// decode turns the main file and its drop-ins, in order, into a validated
+// Config: each file sets only the keys it names, so a later file overrides
+// an earlier one key by key. srcs[0] is the main file.
+func decode(srcs []source) (*Config, []Warning, error) {
 	// A first, untyped pass finds every wrong table shape and value type at
 	// once, with the key's full name; the typed decoder stops at the first.
-	var raw map[string]any
-	if _, err := toml.Decode(string(data), &raw); err != nil {
-		return nil, nil, fmt.Errorf("failed to read config from %q: %w", fileLabel(path), err)
+	var name HypervisorName
+	var errs []error
+	for i, src := range srcs {
+		var raw map[string]any
+		if _, err := toml.Decode(string(src.data), &raw); err != nil {
+			return nil, nil, fmt.Errorf("failed to read config from %q: %w", fileLabel(src.path), err)
+		}
+		n, shapeErrs := checkShape(src.path, raw, i == 0)
+		errs = append(errs, shapeErrs...)
+		switch {
+		case i == 0:
+			name = n
+		case n != "" && n != name && len(shapeErrs) == 0:
+			errs = append(errs, &FieldError{File: src.path, Key: "hypervisor." + string(n),
+				Reason: fmt.Sprintf("a drop-in file may only set keys of the main file's [hypervisor.%s] table (%s)", name, fileLabel(srcs[0].path))})
+		}
 	}
-	name, errs := checkShape(path, raw)
 	if len(errs) > 0 {
 		return nil, nil, errors.Join(errs...)
 	}
 
 	cfg := defaultConfig(name)
-	cfg.Path = path
+	cfg.Path = srcs[0].path
+	cfg.Origins = map[string]string{}
 	layout := fileLayout{Runtime: cfg.Runtime}
 	layout.Agent.Kata = cfg.Agent.toFile()
-	md, err := toml.Decode(string(data), &layout)
-	if err == nil {
-		err = md.PrimitiveDecode(layout.Hypervisor[string(name)], &cfg.Hypervisor)
-	}
-	if err != nil {
-		return nil, nil, fmt.Errorf("failed to read config from %q: %w", fileLabel(path), err)
+	var warnings []Warning
+	for i, src := range srcs {
+		layout.Hypervisor = nil
+		md, err := toml.Decode(string(src.data), &layout)
+		if prim, ok := layout.Hypervisor[string(name)]; ok && err == nil {
+			err = md.PrimitiveDecode(prim, &cfg.Hypervisor)
+		}
+		if err != nil {
+			return nil, nil, fmt.Errorf("failed to read config from %q: %w", fileLabel(src.path), err)
+		}
+		if i > 0 {
+			cfg.DropIns = append(cfg.DropIns, src.path)
+		}
+		undecoded := md.Undecoded()
+		recordOrigins(cfg.Origins, src.path, &md, undecoded)
+		warnings = append(warnings, undecodedWarnings(src.path, name, undecoded)...)
 	}
 	cfg.Agent = layout.Agent.Kata.toConfig()
 	cfg.Runtime = layout.Runtime
 
-	warnings := ignoreNonCLHKeys(cfg, &md)
-	warnings = append(warnings, undecodedWarnings(path, name, md.Undecoded())...)
 	if err := cfg.Validate(); err != nil {
 		return nil, warnings, err
 	}
 	return cfg, warnings, nil
 }
 
-// checkShape checks that the file has exactly one supported hypervisor table,
-// that the known sections are tables and that every known key has the right
-// TOML type. It returns the hypervisor's name.
-func checkShape(path string, raw map[string]any) (HypervisorName, []error) {
+// checkShape checks that the file has exactly one supported hypervisor table
+// (at most one for a drop-in, !main), that the known sections are tables
+// and that every known key has the right TOML type. It returns the
+// hypervisor's name, "" when a drop-in has none.
+func checkShape(path string, raw map[string]any, main bool) (HypervisorName, []error) {
 	var errs []error
 	fail := func(key string, value any, format string, args ...any) {
 		errs = append(errs, &FieldError{File: path, Key: key, Value: value, Reason: fmt.Sprintf(format, args...)})
@@ -141,6 +182,7 @@ func checkShape(path string, raw map[string]any) (HypervisorName, []error) {
 	switch {
 	case raw["hypervisor"] != nil && !ok:
 		fail("hypervisor", raw["hypervisor"], "must be a table [hypervisor.<name>]")
+	case len(hypervisors) == 0 && !main:
 	case len(hypervisors) != 1:
 		fail("hypervisor", nil, "exactly one [hypervisor.<name>] table is required, found %d; supported names are %s",
 			len(hypervisors), joinValues(hypervisorNames))
@@ -148,7 +190,8 @@ func checkShape(path string, raw map[string]any) (HypervisorName, []error) {
 	for n, table := range hypervisors {
 		name = HypervisorName(n)
 		if len(hypervisors) == 1 && !isOneOf(name, hypervisorNames) {
-			fail("hypervisor."+n, nil, "unsupported hypervisor; supported names are %s", joinValues(hypervisorNames))
+			fail("hypervisor."+n, nil, "%s", unsupportedHypervisor(name))
+			continue
 		}
 		errs = append(errs, checkTable(path, "hypervisor."+n, table, reflect.TypeFor[HypervisorConfig]())...)
 	}

@@ -153,6 +153,12 @@ disable_new_netns = true
 	want.Agent.KernelModules = []string{"vsock", "9p debug=0"}
 	want.Runtime.InterNetworkingModel = NetNone
 	want.Runtime.DisableNewNetns = true
+	want.Origins = map[string]string{}
+	for _, k := range []string{"hypervisor.qemu.machine_type", "hypervisor.qemu.default_vcpus", "hypervisor.qemu.kernel_params",
+		"hypervisor.qemu.enable_annotations", "agent.kata.dial_timeout", "agent.kata.kernel_modules",
+		"runtime.internetworking_model", "runtime.disable_new_netns"} {
+		want.Origins[k] = cfg.Path
+	}
 	if !reflect.DeepEqual(cfg, want) {
 		t.Errorf("got  %+v\nwant %+v", cfg, want)
 	}
@@ -162,9 +168,9 @@ func TestHypervisorTable(t *testing.T) {
 	tests := []struct {
 		name, content, want string
 	}{
-		{"none", "[runtime]\n", "exactly one [hypervisor.<name>] table is required, found 0; supported names are qemu, clh"},
+		{"none", "[runtime]\n", "exactly one [hypervisor.<name>] table is required, found 0; supported names are qemu"},
 		{"two", "[hypervisor.qemu]\n[hypervisor.clh]\n", "found 2"},
-		{"unsupported", "[hypervisor.firecracker]\n", "hypervisor.firecracker: unsupported hypervisor; supported names are qemu, clh"},
+		{"unsupported", "[hypervisor.firecracker]\n", "hypervisor.firecracker: unsupported hypervisor; supported names are qemu"},
 		{"not a table", "hypervisor = 1\n", "hypervisor = 1: must be a table"},
 	}
 	for _, tt := range tests {
@@ -260,22 +266,13 @@ template_path = "/run/vc/vm/template"
 	}
 }
 
-func TestCloudHypervisorFile(t *testing.T) {
-	_, cfg, warnings, err := loadText(t, `
-[hypervisor.clh]
-default_memory = 1024
-machine_type = "q35"
-msize_9p = 1
-`)
-	if err != nil {
-		t.Fatalf("LoadFile: %v", err)
-	}
-	if cfg.HypervisorName != HypervisorCLH || cfg.Hypervisor.Path != "/usr/bin/cloud-hypervisor" ||
-		cfg.Hypervisor.DefaultMemory != 1024 || cfg.Hypervisor.MachineType != "" || cfg.Hypervisor.MSize9P != 0 {
-		t.Errorf("got %+v", cfg)
-	}
-	if len(warnings) != 2 || warnings[0].Kind != IgnoredForHypervisor || warnings[0].Key != "hypervisor.clh.machine_type" {
-		t.Errorf("warnings = %v, want machine_type and msize_9p ignored for clh", warnings)
+// Cloud Hypervisor has no driver: its table is refused when the file is
+// loaded, not at the first pod start.
+func TestCloudHypervisorFileRefused(t *testing.T) {
+	path, _, _, err := loadText(t, "[hypervisor.clh]\ndefault_memory = 1024\n")
+	want := path + ": hypervisor.clh: Cloud Hypervisor is not supported yet: Kasa has no driver for it; use [hypervisor.qemu]"
+	if err == nil || err.Error() != want {
+		t.Errorf("err = %v, want %q", err, want)
 	}
 }
 

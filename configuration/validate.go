@@ -19,8 +19,6 @@ const (
 	minVCPUs              = 1
 	minMemoryMiB          = 128
 	maxMemoryMiB          = 4 << 20 // 4 TiB
-	minMemorySlots        = 1
-	maxMemorySlots        = 256
 	minMSize9P            = 4096
 	maxMSize9P            = 1 << 20
 	minDialTimeoutSeconds = 1
@@ -68,12 +66,13 @@ func (e *FieldError) Unwrap() error { return e.Err }
 
 // validator collects every problem rather than stopping at the first.
 type validator struct {
-	file string
+	cfg  *Config
 	errs []error
 }
 
+// fail records a bad value, naming the file that set it.
 func (v *validator) fail(key string, value any, reason string, err error) {
-	v.errs = append(v.errs, &FieldError{File: v.file, Key: key, Value: value, Reason: reason, Err: err})
+	v.errs = append(v.errs, &FieldError{File: v.cfg.originOf(key), Key: key, Value: value, Reason: reason, Err: err})
 }
 
 func (v *validator) intRange(key string, value, lo, hi int) {
@@ -111,10 +110,10 @@ var moduleName = regexp.MustCompile(`^[A-Za-z0-9_-]+$`)
 // the file, the key and what is allowed. It does not look at the host: see
 // CheckPaths.
 func (c *Config) Validate() error {
-	v := &validator{file: c.Path}
+	v := &validator{cfg: c}
 	name := c.HypervisorName
 	if !isOneOf(name, hypervisorNames) {
-		v.fail("hypervisor."+string(name), nil, "unsupported hypervisor; supported names are "+joinValues(hypervisorNames), nil)
+		v.fail("hypervisor."+string(name), nil, unsupportedHypervisor(name), nil)
 		return errors.Join(v.errs...)
 	}
 	c.validateHypervisor(v)
@@ -134,11 +133,7 @@ func (c *Config) Validate() error {
 				`want "module_name param=value ...", with a name of letters, digits, "_" and "-"`, nil)
 		}
 	}
-	transports := qemuTransports
-	if name == HypervisorCLH {
-		transports = clhTransports
-	}
-	oneOf(v, "agent.kata.transport", a.Transport, transports)
+	oneOf(v, "agent.kata.transport", a.Transport, qemuTransports)
 	if a.DebugConsoleEnabled {
 		v.fail("agent.kata.debug_console_enabled", true, "the guest debug console (kasa exec) is not implemented yet; set false", nil)
 	}
@@ -155,41 +150,36 @@ func (c *Config) Validate() error {
 	return errors.Join(v.errs...)
 }
 
+// unsupportedHypervisor says why a [hypervisor.<name>] table is refused.
+func unsupportedHypervisor(name HypervisorName) string {
+	if name == HypervisorCLH {
+		return "Cloud Hypervisor is not supported yet: Kasa has no driver for it; use [hypervisor.qemu]"
+	}
+	return "unsupported hypervisor; supported names are " + joinValues(hypervisorNames)
+}
+
 func (c *Config) validateHypervisor(v *validator) {
 	h := &c.Hypervisor
 	prefix := "hypervisor." + string(c.HypervisorName) + "."
-	qemu := c.HypervisorName == HypervisorQEMU
 
 	// In the order of the default file, so messages read top to bottom.
 	v.absPath(prefix+"path", h.Path, true)
 	v.absPath(prefix+"kernel", h.Kernel, true)
 	v.absPath(prefix+"initrd", h.Initrd, true)
-	if qemu {
-		oneOf(v, prefix+"machine_type", h.MachineType, machineTypes)
-		v.absPath(prefix+"firmware", h.Firmware, false)
-	}
+	oneOf(v, prefix+"machine_type", h.MachineType, machineTypes)
+	v.absPath(prefix+"firmware", h.Firmware, false)
 	if strings.ContainsFunc(h.KernelParams, func(r rune) bool { return unicode.IsControl(r) && r != '\t' }) {
 		v.fail(prefix+"kernel_params", h.KernelParams, "must not contain control characters", nil)
 	}
 	v.intRange(prefix+"default_vcpus", h.DefaultVCPUs, minVCPUs, maxVCPULimit)
-	if qemu && h.DefaultMaxVCPUs != 0 && (h.DefaultMaxVCPUs < h.DefaultVCPUs || h.DefaultMaxVCPUs > maxVCPULimit) {
+	if h.DefaultMaxVCPUs != 0 && (h.DefaultMaxVCPUs < h.DefaultVCPUs || h.DefaultMaxVCPUs > maxVCPULimit) {
 		v.fail(prefix+"default_maxvcpus", h.DefaultMaxVCPUs, fmt.Sprintf(
 			"allowed values are 0 (the number of host CPUs) or default_vcpus (%d)..%d", h.DefaultVCPUs, maxVCPULimit), nil)
 	}
 	v.intRange(prefix+"default_memory", h.DefaultMemory, minMemoryMiB, maxMemoryMiB)
-	if qemu {
-		v.intRange(prefix+"memory_slots", h.MemorySlots, minMemorySlots, maxMemorySlots)
-	}
-
-	sharedFS := clhSharedFS
-	if qemu {
-		sharedFS = qemuSharedFS
-	}
-	oneOf(v, prefix+"shared_fs", h.SharedFS, sharedFS)
+	oneOf(v, prefix+"shared_fs", h.SharedFS, qemuSharedFS)
 	v.absPath(prefix+"virtio_fs_daemon", h.VirtioFSDaemon, h.SharedFS == SharedFSVirtioFS)
-	if qemu {
-		v.intRange(prefix+"msize_9p", h.MSize9P, minMSize9P, maxMSize9P)
-	}
+	v.intRange(prefix+"msize_9p", h.MSize9P, minMSize9P, maxMSize9P)
 
 	for i, expr := range h.EnableAnnotations {
 		if _, err := compileAnchored(expr); err != nil {
@@ -200,15 +190,13 @@ func (c *Config) validateHypervisor(v *validator) {
 	v.globs(prefix+"valid_kernel_paths", h.ValidKernelPaths)
 	v.globs(prefix+"valid_initrd_paths", h.ValidInitrdPaths)
 	v.globs(prefix+"valid_virtio_fs_daemon_paths", h.ValidVirtioFSDaemonPaths)
-	if qemu {
-		oneOf(v, prefix+"accelerator", h.Accelerator, accelerators)
-		if strings.ContainsAny(h.SeccompSandbox, " \t\n") {
-			v.fail(prefix+"seccompsandbox", h.SeccompSandbox, `QEMU's -sandbox value, e.g. "`+DefaultSeccompSandbox+`", or "" for none`, nil)
-		}
-		if h.Rootless && h.SharedFS == SharedFS9P {
-			v.fail(prefix+"shared_fs", h.SharedFS, fmt.Sprintf(
-				"rootless = true: virtio-9p is served by QEMU itself, which would need root to read and write the containers' files; use %q, or set rootless = false", SharedFSVirtioFS), nil)
-		}
+	oneOf(v, prefix+"accelerator", h.Accelerator, accelerators)
+	if strings.ContainsAny(h.SeccompSandbox, " \t\n") {
+		v.fail(prefix+"seccompsandbox", h.SeccompSandbox, `QEMU's -sandbox value, e.g. "`+DefaultSeccompSandbox+`", or "" for none`, nil)
+	}
+	if h.Rootless && h.SharedFS == SharedFS9P {
+		v.fail(prefix+"shared_fs", h.SharedFS, fmt.Sprintf(
+			"rootless = true: virtio-9p is served by QEMU itself, which would need root to read and write the containers' files; use %q, or set rootless = false", SharedFSVirtioFS), nil)
 	}
 }
 
@@ -226,7 +214,7 @@ func compileAnchored(expr string) (*regexp.Regexp, error) {
 // virtiofsd. Validate leaves this out so a file can be checked anywhere;
 // `kasa check` and sandbox creation call it.
 func (c *Config) CheckPaths() []error {
-	v := &validator{file: c.Path}
+	v := &validator{cfg: c}
 	h := &c.Hypervisor
 	prefix := "hypervisor." + string(c.HypervisorName) + "."
 	checkFile := func(key, path string, executable bool) {

@@ -27,6 +27,7 @@ import (
 	"github.com/kasa-runtime/kasa/agent/api"
 	"github.com/kasa-runtime/kasa/agent/client"
 	"github.com/kasa-runtime/kasa/configuration"
+	"github.com/kasa-runtime/kasa/metrics"
 	"github.com/kasa-runtime/kasa/virtcontainers"
 )
 
@@ -75,8 +76,9 @@ type fakeShim struct {
 func newFakeShim(t *testing.T) *fakeShim {
 	t.Helper()
 	dir := t.TempDir()
-	oldRoot, oldCreate := virtcontainers.SandboxStateRoot, createSandbox
+	oldRoot, oldCreate, oldNode := virtcontainers.SandboxStateRoot, createSandbox, metrics.NodeRoot
 	virtcontainers.SandboxStateRoot = filepath.Join(dir, "sbs")
+	metrics.NodeRoot = filepath.Join(dir, "node-metrics")
 	conf := filepath.Join(dir, "configuration.toml")
 	if err := os.WriteFile(conf, []byte("[hypervisor.qemu]\n"), 0o644); err != nil {
 		t.Fatal(err)
@@ -128,7 +130,7 @@ func newFakeShim(t *testing.T) *fakeShim {
 		}
 		sd.Shutdown()
 		cancel()
-		virtcontainers.SandboxStateRoot, createSandbox = oldRoot, oldCreate
+		virtcontainers.SandboxStateRoot, createSandbox, metrics.NodeRoot = oldRoot, oldCreate, oldNode
 	})
 	return &fakeShim{s: s, a: a, events: rec, dir: dir}
 }

@@ -27,6 +27,7 @@ import (
 	"google.golang.org/protobuf/types/known/emptypb"
 
 	"github.com/kasa-runtime/kasa/configuration"
+	"github.com/kasa-runtime/kasa/metrics"
 	"github.com/kasa-runtime/kasa/virtcontainers"
 )
 
@@ -85,6 +86,9 @@ type service struct {
 
 	// unknownIDs rate-limits the warnings about ids the guest made up.
 	unknownIDs rateLimit
+
+	// metrics are the sandbox's (metrics.go); set when its boot begins.
+	metrics *shimMetrics
 }
 
 // boot is a VM boot under way; done is closed when it has ended, either way.
@@ -113,6 +117,7 @@ func (s *service) RegisterTTRPC(server *ttrpc.Server) error {
 
 func newService(ctx context.Context, publisher shim.Publisher, noEventSink bool, sd shutdown.Service) *service {
 	limitGuestProvokedLogs(logrus.StandardLogger())
+	ctx = tagLogsWithSandbox(ctx, shimIDFromArgs(os.Args[1:]))
 	s := &service{ctx: ctx, shutdown: sd, events: make(chan event, 256), noEventSink: noEventSink,
 		containers: map[string]*container{}, creating: map[string]*creation{}}
 	go s.forward(publisher)
@@ -318,6 +323,7 @@ func (s *service) ensureSandbox(ctx context.Context, r *taskAPI.CreateTaskReques
 		if needReaper {
 			w, err := startReaper(r.ID)
 			if err != nil {
+				recordStartFailure(ctx, metrics.ReasonReaper)
 				s.mu.Lock()
 				s.boot = nil
 				s.mu.Unlock()
@@ -329,6 +335,10 @@ func (s *service) ensureSandbox(ctx context.Context, r *taskAPI.CreateTaskReques
 			s.mu.Unlock()
 		}
 
+		sm := newShimMetrics(r.ID, spec)
+		s.mu.Lock()
+		s.metrics = sm
+		s.mu.Unlock()
 		cfg, err := loadConfig(ctx, r, spec)
 		if err == nil {
 			err = checkHostNamespaces(r.ID, spec, cfg)
@@ -339,7 +349,7 @@ func (s *service) ensureSandbox(ctx context.Context, r *taskAPI.CreateTaskReques
 			if spec.Linux != nil {
 				sc.CgroupsPath = spec.Linux.CgroupsPath
 			}
-			sb, err = createSandbox(ctx, sc)
+			sb, err = createSandbox(ctx, sm.withMetrics(sc))
 		}
 		if err == nil && ctx.Err() != nil {
 			// Cancelled just as the boot ended: take it back.
@@ -353,6 +363,7 @@ func (s *service) ensureSandbox(ctx context.Context, r *taskAPI.CreateTaskReques
 		}
 		s.mu.Unlock()
 		close(b.done)
+		sm.started(ctx, sb, err)
 		if err != nil {
 			return err
 		}
@@ -372,6 +383,9 @@ func loadConfig(ctx context.Context, r *taskAPI.CreateTaskRequest, spec *specs.S
 	}
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", errdefs.ErrInvalidArgument, err)
+	}
+	if cfg.Runtime.EnableDebug {
+		logrus.SetLevel(logrus.DebugLevel)
 	}
 	cfg, err = cfg.ApplyAnnotations(spec.Annotations)
 	if err != nil {
@@ -466,6 +480,7 @@ func (s *service) forwardOOM(sb *virtcontainers.Sandbox) {
 			}
 			continue
 		}
+		s.metricsNow().oom()
 		s.publish(runtime.TaskOOMEventTopic, &eventstypes.TaskOOM{ContainerID: id})
 	}
 }
@@ -508,6 +523,9 @@ func (s *service) forgetFailedExec(sb *virtcontainers.Sandbox, p *process) {
 
 func (s *service) publishExit(p *process) {
 	_, status, at := p.snapshot()
+	if p.isInit() {
+		s.metricsNow().exit(status)
+	}
 	s.publish(runtime.TaskExitEventTopic, &eventstypes.TaskExit{
 		ContainerID: p.containerID, ID: p.execID, Pid: s.pid(), ExitStatus: status, ExitedAt: protobuf.ToTimestamp(at),
 	})
@@ -679,6 +697,7 @@ func (s *service) stopSandbox(ctx context.Context) error {
 	if sb == nil {
 		return nil
 	}
+	s.metricsNow().stopServing(ctx)
 	return sb.Stop(context.WithoutCancel(ctx))
 }
 

@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -22,6 +23,7 @@ import (
 	"github.com/kasa-runtime/kasa/virtcontainers/fsshare"
 	"github.com/kasa-runtime/kasa/virtcontainers/podcgroup"
 	"github.com/kasa-runtime/kasa/virtcontainers/portforward"
+	"github.com/kasa-runtime/kasa/virtcontainers/vmmuser"
 )
 
 // cgroupDeleteWait is how long the pod cgroup's removal waits for the
@@ -41,6 +43,10 @@ type SandboxConfig struct {
 	// CgroupsPath is the sandbox container's OCI cgroupsPath: the VM and
 	// its daemons are placed there (podcgroup.PathFor; "" for /kasa/<id>).
 	CgroupsPath string
+	// Boot, if set, records the start's steps (for metrics).
+	Boot *BootRecord
+	// AgentObserver, if set, is told of every RPC to the agent.
+	AgentObserver client.Observer
 }
 
 // Sandbox is one VM with its shared directory and the containers in it.
@@ -83,8 +89,12 @@ func shareWithGuest(ctx context.Context, sc SandboxConfig, share *fsshare.Share,
 		return nil, nil, nil, nil
 	case configuration.SharedFSVirtioFS:
 		sock := filepath.Join(stateDir(sc.ID), "virtiofsd.sock")
-		d, conn, err := share.StartVirtioFSD(ctx, h.VirtioFSDaemon, sock, cg.Add)
+		idFirst, err := virtiofsdIDs(sc.ID, h)
 		if err != nil {
+			return nil, nil, nil, err
+		}
+		d, conn, err := share.StartVirtioFSD(ctx, h.VirtioFSDaemon, sock, idFirst, cg.Add)
+		if err != nil { // CreateSandbox releases the ids once virtiofsd has left the pod cgroup
 			return nil, nil, nil, fmt.Errorf("sandbox %s: hypervisor.qemu.shared_fs = virtio-fs: %w", sc.ID, err)
 		}
 		return &hypervisor.SharedFS{Type: hypervisor.SharedFSVirtioFS, Tag: fsshare.MountTag, SocketPath: sock, Conn: conn},
@@ -103,23 +113,39 @@ func CreateSandbox(ctx context.Context, sc SandboxConfig) (_ *Sandbox, retErr er
 	if err := validID(sc.ID); err != nil {
 		return nil, fmt.Errorf("%w: %v", errdefs.ErrInvalidArgument, err)
 	}
+	// Every error names the sandbox and the step that failed; the boot
+	// record (metrics) times the steps.
+	boot := sc.Boot
 	var undo cleanup
+	var step string
+	begin := func(s BootStep, what string) { boot.begin(s); step = what }
 	defer func() {
 		if retErr != nil {
 			undo.run(ctx)
+			if step != "" {
+				retErr = fmt.Errorf("sandbox %s: %s: %w", sc.ID, step, retErr)
+			}
 		}
 	}()
+	ctx = withBootRecord(ctx, boot)
+	if sc.AgentObserver != nil {
+		ctx = client.WithObserver(ctx, sc.AgentObserver)
+	}
 
+	begin(StepSharedDir, "shared directory")
 	share, err := fsshare.New(sc.ID, uint32(sc.Config.Hypervisor.MSize9P))
 	if err != nil {
 		return nil, err
 	}
 	undo.add("remove shared directory", share.Destroy)
+	// Undone after the pod cgroup, which waits for virtiofsd to be gone.
+	undo.add("release virtiofsd's ids", func() error { return vmmuser.ReleaseRange(vmmuser.LookupRange(sc.ID), sc.ID) })
 
 	st := &sandboxState{ID: sc.ID, Hypervisor: string(sc.Config.HypervisorName), SharedDir: share.HostDir, CreatedAt: time.Now().UTC(),
 		OwnerPID: os.Getpid(), OwnerStart: procStartTime(os.Getpid()), OwnerPIDNS: pidNamespace()}
 	st.VMStateDir = VMConfigFor(sc.ID, sc.Config).StateDir
 	// Persist before the VM exists, so a crash during boot is cleanable too.
+	begin(StepState, "save state")
 	if err := saveState(st); err != nil {
 		return nil, err
 	}
@@ -127,27 +153,30 @@ func CreateSandbox(ctx context.Context, sc SandboxConfig) (_ *Sandbox, retErr er
 
 	// The pod's cgroup first: with sandbox_cgroup_only the shim joins it
 	// and everything it starts from here on is born in it.
+	begin(StepCgroup, "pod cgroup")
 	cgPath, err := podcgroup.PathFor(sc.CgroupsPath, sc.ID)
 	if err != nil {
-		return nil, fmt.Errorf("sandbox %s: %w: %v", sc.ID, errdefs.ErrInvalidArgument, err)
+		return nil, fmt.Errorf("%w: %v", errdefs.ErrInvalidArgument, err)
 	}
 	cg, err := podcgroup.Create(cgPath)
 	if err != nil {
-		return nil, fmt.Errorf("sandbox %s: %w", sc.ID, err)
+		return nil, err
 	}
 	st.Cgroup = cgPath
 	undo.add("remove pod cgroup", func() error { return cg.DeleteWithin(cgroupDeleteWait) })
 	var shimOrigins map[string]string
 	if sc.Config.Runtime.SandboxCgroupOnly {
+		step = "move the shim into the pod cgroup (runtime.sandbox_cgroup_only)"
 		if shimOrigins, err = podcgroup.Origins(os.Getpid()); err != nil {
-			return nil, fmt.Errorf("sandbox %s: runtime.sandbox_cgroup_only: %w", sc.ID, err)
+			return nil, err
 		}
 		if err := cg.Add(os.Getpid()); err != nil {
-			return nil, fmt.Errorf("sandbox %s: runtime.sandbox_cgroup_only: %w", sc.ID, err)
+			return nil, err
 		}
 		undo.add("move the shim out of the pod cgroup", func() error { return cg.Leave(os.Getpid(), shimOrigins) })
 	}
 
+	begin(StepSharedFS, "share the root filesystems ("+string(sc.Config.Hypervisor.SharedFS)+")")
 	vmShare, storages, daemon, err := shareWithGuest(ctx, sc, share, cg)
 	if err != nil {
 		return nil, err
@@ -156,9 +185,10 @@ func CreateSandbox(ctx context.Context, sc SandboxConfig) (_ *Sandbox, retErr er
 	if vmShare != nil && vmShare.Conn != nil {
 		defer vmShare.Conn.Close() // QEMU has its own copy once started
 	}
+	begin(StepNetwork, "attach the pod network")
 	pn, err := attachPodNetwork(sc.NetNS, sc.Config.Runtime.InterNetworkingModel)
 	if err != nil {
-		return nil, fmt.Errorf("sandbox %s: pod network: %w", sc.ID, err)
+		return nil, err
 	}
 	undo.add("detach pod network", pn.detach)
 	st.NetNS = sc.NetNS
@@ -169,6 +199,7 @@ func CreateSandbox(ctx context.Context, sc SandboxConfig) (_ *Sandbox, retErr er
 		}
 		st.Taps = append(st.Taps, ts)
 	}
+	step = "" // startVM's errors name the sandbox and the step
 	vm, err := startVM(ctx, sc.ID, sc.Config, vmShare, pn.nics(), cg.ProcsFiles())
 	if err != nil {
 		if derr := daemon.ExitError(); derr != nil {
@@ -178,6 +209,7 @@ func CreateSandbox(ctx context.Context, sc SandboxConfig) (_ *Sandbox, retErr er
 	}
 	undo.add("stop VM", func() error { return vm.Stop(context.WithoutCancel(ctx)) })
 	st.HypervisorPID = vm.PID()
+	begin(StepState, "save state")
 	if err := saveState(st); err != nil {
 		return nil, err
 	}
@@ -185,19 +217,24 @@ func CreateSandbox(ctx context.Context, sc SandboxConfig) (_ *Sandbox, retErr er
 	s := &Sandbox{ID: sc.ID, vm: vm, agent: vm.Agent, share: share, shared: vmShare != nil, virtiofsd: daemon,
 		network: pn, cgroup: cg, shimOrigins: shimOrigins, disableGuestSeccomp: sc.Config.Runtime.DisableGuestSeccomp,
 		containers: map[string]struct{}{}, state: st}
+	begin(StepGuestNetwork, "configure the guest network")
 	if err := pn.configureGuest(ctx, s.agent); err != nil {
-		return nil, fmt.Errorf("sandbox %s: %w", sc.ID, err)
+		return nil, err
 	}
+	begin(StepGuestSandbox, "prepare the guest")
 	err = s.agent.CreateSandbox(ctx, &api.CreateSandboxRequest{
-		SandboxId: sc.ID,
-		Hostname:  sc.Hostname,
-		Dns:       sc.DNS,
-		Storages:  storages,
+		SandboxId:     sc.ID,
+		Hostname:      sc.Hostname,
+		Dns:           sc.DNS,
+		Storages:      storages,
+		KernelModules: kernelModules(sc.Config.Agent.KernelModules),
 	})
 	if err != nil {
-		return nil, fmt.Errorf("sandbox %s: prepare guest: %w", sc.ID, err)
+		return nil, err
 	}
+	boot.begin(StepPortForward)
 	s.portForward = startPortForward(ctx, sc, vm, st)
+	boot.finish()
 	return s, nil
 }
 
@@ -454,6 +491,8 @@ func (s *Sandbox) Stop(ctx context.Context) error {
 	}
 	if err := s.cgroup.DeleteWithin(cgroupDeleteWait); err != nil {
 		errs = append(errs, err)
+	} else if err := vmmuser.ReleaseRange(vmmuser.LookupRange(s.ID), s.ID); err != nil {
+		errs = append(errs, err) // only once virtiofsd has left the cgroup
 	}
 	if len(errs) == 0 {
 		if err := removeState(s.ID); err != nil {
@@ -461,4 +500,16 @@ func (s *Sandbox) Stop(ctx context.Context) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// kernelModules turns [agent.kata] kernel_modules entries, "name
+// param=value ...", into the agent's request; Validate has checked them.
+func kernelModules(entries []string) []*api.KernelModule {
+	var out []*api.KernelModule
+	for _, e := range entries {
+		if f := strings.Fields(e); len(f) > 0 {
+			out = append(out, &api.KernelModule{Name: f[0], Parameters: f[1:]})
+		}
+	}
+	return out
 }

@@ -172,6 +172,8 @@ func CleanupSandbox(ctx context.Context, id string) error {
 	}
 	if err := cg.DeleteWithin(cgroupEmptyWait); err != nil {
 		errs = append(errs, err)
+	} else if err := vmmuser.ReleaseRange(vmmuser.LookupRange(id), id); err != nil {
+		errs = append(errs, err) // virtiofsd's ids, once it has left the cgroup
 	}
 	if len(errs) == 0 {
 		if err := removeState(id); err != nil {

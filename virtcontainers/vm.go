@@ -110,7 +110,7 @@ func VMConfigFor(id string, cfg *configuration.Config) hypervisor.VMConfig {
 		MemoryMiB:      uint32(h.DefaultMemory),
 		Accelerator:    hypervisor.Accelerator(h.Accelerator),
 		AgentTransport: transport,
-		Debug:          h.EnableDebug || cfg.Runtime.EnableDebug,
+		Debug:          h.EnableDebug,
 		// The identity (rootless) is allocated per sandbox by startVM.
 		Confinement: hypervisor.Confinement{
 			Seccomp:           h.SeccompSandbox,
@@ -127,6 +127,8 @@ func StartVM(ctx context.Context, id string, cfg *configuration.Config) (*VM, er
 }
 
 func startVM(ctx context.Context, id string, cfg *configuration.Config, shared *hypervisor.SharedFS, nics []hypervisor.NIC, cgroupProcs []string) (_ *VM, retErr error) {
+	boot := bootRecordFrom(ctx)
+	boot.begin(StepVMCreate)
 	if err := validID(id); err != nil {
 		return nil, err
 	}
@@ -169,6 +171,7 @@ func startVM(ctx context.Context, id string, cfg *configuration.Config, shared *
 		return nil, fmt.Errorf("sandbox %s: create VM: %w", id, err)
 	}
 	start := time.Now()
+	boot.begin(StepVMStart)
 	if err := hv.StartVM(ctx); err != nil {
 		return nil, fmt.Errorf("sandbox %s: start VM: %w", id, err)
 	}
@@ -182,6 +185,7 @@ func startVM(ctx context.Context, id string, cfg *configuration.Config, shared *
 		}
 	}()
 
+	boot.begin(StepAgent)
 	agent, err := vm.dialAgent(ctx, cfg.Agent.DialTimeout)
 	if err != nil {
 		return nil, err

@@ -32,7 +32,9 @@ type Timeouts struct {
 	// (CreateSandbox, CreateContainer, StartContainer, ExecProcess), which
 	// are slow under TCG.
 	Start time.Duration
-	// Signal bounds SignalProcess, which the guest answers at once.
+	// Signal bounds SignalProcess, which the guest answers within a few
+	// seconds: a signal for a PID 1 that has not installed its handler yet
+	// waits up to 3 s for it (agent/internal/container/sighandler.go).
 	Signal time.Duration
 }
 
@@ -77,13 +79,18 @@ func (c *Client) call(ctx context.Context) (context.Context, context.CancelFunc)
 }
 
 // Dial connects to the agent at addr (see dial for the address forms),
-// retrying until ctx ends.
+// retrying until ctx ends. An Observer on ctx (WithObserver) is told of the
+// client's every RPC.
 func Dial(ctx context.Context, addr string) (*Client, error) {
 	conn, err := dial(ctx, addr)
 	if err != nil {
 		return nil, err
 	}
-	tc := ttrpc.NewClient(conn, ttrpc.WithUnaryClientInterceptor(boundReplies))
+	interceptor := boundReplies
+	if o := observerFrom(ctx); o != nil {
+		interceptor = observeRPCs(o, boundReplies)
+	}
+	tc := ttrpc.NewClient(conn, ttrpc.WithUnaryClientInterceptor(interceptor))
 	return &Client{addr: addr, conn: conn, ttrpc: tc, api: api.NewAgentServiceClient(tc)}, nil
 }
 
@@ -135,6 +142,23 @@ func (c *Client) GuestDetails(ctx context.Context) (*api.GetGuestDetailsResponse
 	defer cancel()
 	resp, err := c.api.GetGuestDetails(ctx, &api.GetGuestDetailsRequest{})
 	return resp, wrap("GetGuestDetails", err)
+}
+
+// GuestMetrics returns the guest's metrics in the Prometheus text format
+// (agent/api/metrics.go lists what the agent sends). The text is the
+// guest's: a reply longer than api.MaxMetricsBytes is ErrBadReply, and the
+// caller must check every family before it uses one.
+func (c *Client) GuestMetrics(ctx context.Context) (string, error) {
+	ctx, cancel := c.call(ctx)
+	defer cancel()
+	resp, err := c.api.GetMetrics(ctx, &api.GetMetricsRequest{})
+	if err != nil {
+		return "", wrap("GetMetrics", err)
+	}
+	if n := len(resp.GetPrometheusText()); n > api.MaxMetricsBytes {
+		return "", fmt.Errorf("agent GetMetrics: %d bytes of text, more than %d: %w", n, api.MaxMetricsBytes, ErrBadReply)
+	}
+	return resp.GetPrometheusText(), nil
 }
 
 // SetGuestDateTime sets the guest's wall clock.

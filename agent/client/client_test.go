@@ -69,10 +69,13 @@ func TestClientAgainstRealService(t *testing.T) {
 	if _, err := c.api.SetGuestDateTime(ctx, &api.SetGuestDateTimeRequest{}); !errdefs.IsInvalidArgument(errdefs.FromGRPC(err)) {
 		t.Fatalf("SetGuestDateTime without a time: %v, want InvalidArgument", err)
 	}
+	if m, err := c.GuestMetrics(ctx); err != nil || !strings.Contains(m, api.GuestMemoryTotalBytes+" ") {
+		t.Fatalf("GuestMetrics = %q, %v; want %s", m, err, api.GuestMemoryTotalBytes)
+	}
 	// RPCs of later capabilities are NotImplemented, never a hang or a fake success.
-	_, err = c.api.GetMetrics(ctx, &api.GetMetricsRequest{})
-	if err := wrap("GetMetrics", err); !errdefs.IsNotImplemented(err) || !strings.Contains(err.Error(), "GetMetrics") {
-		t.Fatalf("GetMetrics: %v, want NotImplemented naming the RPC", err)
+	_, err = c.api.OnlineCPUMem(ctx, &api.OnlineCPUMemRequest{})
+	if err := wrap("OnlineCPUMem", err); !errdefs.IsNotImplemented(err) || !strings.Contains(err.Error(), "OnlineCPUMem") {
+		t.Fatalf("OnlineCPUMem: %v, want NotImplemented naming the RPC", err)
 	}
 	for i := 0; i < 2; i++ {
 		if err := c.DestroySandbox(ctx); err != nil {

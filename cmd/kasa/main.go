@@ -1,5 +1,5 @@
 // Command kasa is the operator's tool: check the host, show the effective
-// configuration, print versions.
+// configuration, serve the node's metrics, print versions.
 package main
 
 import (
@@ -28,8 +28,9 @@ commands:
             KVM or TCG fallback, the VMM's confinement: unprivileged uid,
             seccomp, virtiofsd; vsock, cgroups, tap + tc); exits 1 with one
             remedy line per failed requirement
-  env       show which configuration file is used, its warnings and the
-            effective settings (JSON)
+  env       show which configuration file and config.d drop-ins are used,
+            their warnings, and every effective setting with the file it
+            came from (JSON: key, value, origin)
   selftest  boot a throwaway VM with the configuration, show what its agent
             reports beside the host, power it off (needs root)
   runtimeclass
@@ -40,12 +41,24 @@ commands:
   reap      remove what dead shims left: the VM, mounts, taps, cgroup and
             state of every sandbox whose shim is gone (needs root; each
             shim's reaper and the next shim do it too)
+  metrics [SANDBOX-ID]
+            print once what monitor serves (Prometheus text), or only that
+            sandbox's series; needs root
+  monitor [--listen ADDR] [--shim-timeout DURATION]
+            serve Prometheus metrics at http://ADDR/metrics (default
+            127.0.0.1:8090): every running sandbox's, gathered from its
+            shim's socket /run/kasa/sbs/<id>/metrics.sock, and the node's
+            (sandboxes running, starts and failed starts by step); a shim
+            that does not answer within --shim-timeout (5s) is left out of
+            that scrape; needs root; metric list: docs/metrics.md
   version   print the runtime and agent API versions
 
 options:
   --config FILE   configuration file (default search: $KASA_CONF_FILE,
                   /etc/kasa/configuration.toml,
-                  /usr/share/defaults/kasa/configuration.toml, built-in defaults)
+                  /usr/share/defaults/kasa/configuration.toml, built-in defaults);
+                  the *.toml files of config.d beside it (/etc/kasa/config.d
+                  for the built-in defaults) are merged over it in name order
   --debug         log the runtime's steps (warnings are always shown)
 
 running pods:
@@ -97,6 +110,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return selftest(*configPath, stdout, stderr)
 	case "runtimeclass":
 		return runtimeclass(*configPath, stdout, stderr)
+	case "metrics":
+		return printMetrics(fs.Args()[1:], stdout, stderr)
+	case "monitor":
+		return monitor(fs.Args()[1:], stdout, stderr)
 	case "reap":
 		reaped, err := virtcontainers.ReapOrphans(context.Background())
 		for _, id := range reaped {
@@ -171,9 +188,13 @@ func env(path string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	out := struct {
-		Source string                `json:"source"`
-		Config *configuration.Config `json:"config"`
-	}{describeSource(cfg), cfg}
+		Source   string                  `json:"source"`
+		DropIns  []string                `json:"drop_ins"`
+		Settings []configuration.Setting `json:"settings"`
+	}{describeSource(cfg), cfg.DropIns, cfg.Settings()}
+	if out.DropIns == nil {
+		out.DropIns = []string{}
+	}
 	enc := json.NewEncoder(stdout)
 	enc.SetIndent("", "  ")
 	if err := enc.Encode(out); err != nil {

@@ -16,6 +16,10 @@ import (
 // directory per sandbox id in each.
 var KasaRunDir = "/run/kasa"
 
+// KasaVirtiofsdDir holds the way an unprivileged virtiofsd reaches its
+// sandbox's share (fsshare.DoorRoot): one directory per sandbox id.
+var KasaVirtiofsdDir = "/run/kasa-virtiofsd"
+
 // AssertNoLeftovers fails the test unless, within 10s (shims exit after
 // containerd returns), nothing of the given sandbox/container ids is left:
 // see FindLeftovers. c may be nil when no containerd is involved.
@@ -71,14 +75,27 @@ func FindLeftovers(ctx context.Context, c *Containerd, ids ...string) []string {
 		left = append(left, "cannot read mounts: "+err.Error())
 	}
 	for _, m := range mounts {
-		if within(m, KasaRunDir) && (len(ids) == 0 || namesID(m, ids)) || c != nil && within(m, c.Dir) {
+		if (within(m, KasaRunDir) || within(m, KasaVirtiofsdDir)) && (len(ids) == 0 || namesID(m, ids)) || c != nil && within(m, c.Dir) {
 			left = append(left, "mount "+m)
 		}
 	}
 	for _, id := range ids {
-		for _, kind := range []string{"sbs", "vm", "shared"} {
-			if d := filepath.Join(KasaRunDir, kind, id); exists(d) {
+		for _, d := range []string{filepath.Join(KasaRunDir, "sbs", id), filepath.Join(KasaRunDir, "vm", id),
+			filepath.Join(KasaRunDir, "shared", id), filepath.Join(KasaVirtiofsdDir, id)} {
+			if exists(d) {
 				left = append(left, "directory "+d)
+			}
+		}
+		// fsshare's idmap staging, named after the sandbox id's first 16
+		// characters, and vmmuser's record of virtiofsd's id range.
+		staged, _ := filepath.Glob(filepath.Join(KasaRunDir, "idmap", id[:min(16, len(id))]+"-*"))
+		for _, d := range staged {
+			left = append(left, "idmap staging "+d)
+		}
+		ranges, _ := filepath.Glob(filepath.Join(KasaRunDir, "vmm-idrange", "*"))
+		for _, r := range ranges {
+			if b, err := os.ReadFile(r); err == nil && string(b) == id {
+				left = append(left, "virtiofsd id range "+r)
 			}
 		}
 	}

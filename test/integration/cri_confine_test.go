@@ -9,7 +9,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -62,12 +61,14 @@ func testCRIConfinedVMM(t *testing.T, sandboxCgroupOnly bool) {
 
 	want := parent + "/" + podID
 	inGroup := map[string]int{"QEMU": qemuPID}
-	for _, pid := range pidsWithCmdline("source=/run/kasa/shared/" + podID) {
+	virtiofsds := pidsWithCmdline("source=/run/kasa-virtiofsd/" + podID + "/share")
+	for _, pid := range virtiofsds {
 		inGroup["virtiofsd "+strconv.Itoa(pid)] = pid
 	}
 	if len(inGroup) < 2 {
-		t.Fatalf("no virtiofsd serving /run/kasa/shared/%s", podID)
+		t.Fatalf("no virtiofsd serving /run/kasa-virtiofsd/%s/share", podID)
 	}
+	userns := assertVirtiofsdUnprivileged(t, podID, virtiofsds)
 	if sandboxCgroupOnly {
 		shims := pidsWithCmdline("-id " + podID)
 		if len(shims) != 1 {
@@ -95,11 +96,22 @@ func testCRIConfinedVMM(t *testing.T, sandboxCgroupOnly bool) {
 		t.Errorf("pod cgroup is charged %d bytes: the VM's memory is not in it", usage)
 	}
 
-	// Guest root writes a set-uid copy of busybox and a device node.
-	crictl(t, ctx, c, "exec", id, "sh", "-c", "cp /bin/busybox /vol/suid && chmod 4755 /vol/suid && mknod /vol/null c 1 3 && ls -l /vol")
+	// Files written through the unprivileged virtiofsd keep the guest's
+	// owners on the host: root's are 0's, another user's that user's.
+	assertOwnersThrough(t, ctx, c, id, vol)
+
+	// Guest root writes a set-uid copy of busybox and tries a device node:
+	// virtiofsd, root of a user namespace only, cannot make one at all.
+	crictl(t, ctx, c, "exec", id, "sh", "-c", "cp /bin/busybox /vol/suid && chmod 4755 /vol/suid && ls -l /vol")
 	st, err := os.Stat(filepath.Join(vol, "suid"))
 	if err != nil || st.Mode()&os.ModeSetuid == 0 {
 		t.Fatalf("the guest's set-uid file did not reach the volume: %v %v", st, err)
+	}
+	if res, err := c.Crictl(ctx, "exec", id, "mknod", "/vol/null", "c", "1", "3"); err != nil || res.ExitCode == 0 {
+		t.Errorf("guest root's mknod in the volume: %v, %+v; want it refused", err, res)
+	}
+	if _, err := os.Lstat(filepath.Join(vol, "null")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("a device node reached the volume: %v", err)
 	}
 	// The share's copy of a volume lives in virtiofsd's mount namespace
 	// only: look through the daemon's root, which is the share.
@@ -119,16 +131,16 @@ func testCRIConfinedVMM(t *testing.T, sandboxCgroupOnly bool) {
 	if err := unix.Statfs(filepath.Join(shared[0], "suid"), &fs); err != nil || fs.Flags&unix.ST_NOSUID == 0 {
 		t.Errorf("the share's view of the volume is not nosuid: flags %#x, %v", fs.Flags, err)
 	}
-	if f, err := os.OpenFile(filepath.Join(shared[0], "null"), os.O_RDWR, 0); err == nil || !errors.Is(err, syscall.EACCES) {
-		if f != nil {
-			f.Close()
-		}
-		t.Errorf("opening the guest's device node through the share: %v, want EACCES (nodev)", err)
+	if fs.Flags&unix.ST_NODEV == 0 {
+		t.Errorf("the share's view of the volume is not nodev: flags %#x", fs.Flags)
 	}
+
+	bad := assertUnmappableVolumeRefused(t, ctx, c, podID, podCfg)
 
 	crictl(t, ctx, c, "stopp", podID)
 	crictl(t, ctx, c, "rmp", podID)
-	ctrtest.AssertNoLeftovers(t, c, podID, id)
+	ctrtest.AssertNoLeftovers(t, c, podID, id, bad)
+	assertUsernsGone(t, podID, userns)
 	for _, root := range []string{"/sys/fs/cgroup/memory", "/sys/fs/cgroup/cpu", "/sys/fs/cgroup/unified", "/sys/fs/cgroup"} {
 		if _, err := os.Stat(filepath.Join(root, want)); err == nil {
 			t.Errorf("pod cgroup %s left in %s", want, root)

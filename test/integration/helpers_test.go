@@ -110,16 +110,7 @@ func qemuProcesses(id string) []string {
 // namespace of its own.
 func assertConfined(t *testing.T, pid int, rootless bool) {
 	t.Helper()
-	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		t.Fatalf("hypervisor process %d: %v", pid, err)
-	}
-	fields := map[string]string{}
-	for _, line := range strings.Split(string(status), "\n") {
-		if k, v, ok := strings.Cut(line, ":"); ok {
-			fields[k] = strings.TrimSpace(v)
-		}
-	}
+	fields := procStatus(t, pid)
 	if got := fields["Seccomp"]; got != "2" {
 		t.Errorf("hypervisor Seccomp = %q, want 2 (filter)", got)
 	}

@@ -9,8 +9,10 @@ import (
 	"path/filepath"
 	"regexp"
 	"strconv"
+	"strings"
 	"testing"
 
+	"github.com/kasa-runtime/kasa/virtcontainers/fsshare"
 	"github.com/kasa-runtime/kasa/virtcontainers/hostcheck"
 )
 
@@ -53,10 +55,21 @@ func TestHostCheckConfinement(t *testing.T) {
 		t.Fatalf("no %q check", name)
 		return hostcheck.Result{}
 	}
-	for _, name := range []string{"vmm identity", "vmm seccomp", "virtiofsd"} {
+	for _, name := range []string{"vmm identity", "vmm seccomp"} {
 		if r := status(name); r.Status != hostcheck.Pass {
 			t.Errorf("%s: %+v, want ok by default", name, r)
 		}
+	}
+	// virtiofsd without root: ok, or a warning naming tmpfs where the
+	// kernel cannot idmap it (before 6.3).
+	release, _, tmpfs := fsshare.KernelIdmaps()
+	if r := status("virtiofsd"); tmpfs && r.Status != hostcheck.Pass ||
+		!tmpfs && (r.Status != hostcheck.Warn || !strings.Contains(r.Detail, "tmpfs")) || !strings.Contains(r.Detail, "without root") {
+		t.Errorf("virtiofsd on Linux %s: %+v, want it without root (and a warning about tmpfs before 6.3)", release, r)
+	}
+	cfg.Hypervisor.VirtioFSUserns = false
+	if r := status("virtiofsd"); r.Status != hostcheck.Warn || !strings.Contains(r.Detail, "as root") {
+		t.Errorf("virtiofsd with virtio_fs_userns = false: %+v, want a warning that it runs as root", r)
 	}
 	cfg.Hypervisor.Rootless, cfg.Hypervisor.SeccompSandbox, cfg.Hypervisor.SharedFS = false, "", "virtio-9p"
 	for _, name := range []string{"vmm identity", "vmm seccomp"} {

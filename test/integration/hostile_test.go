@@ -144,6 +144,8 @@ func TestHostileGuest(t *testing.T) {
 		peakThreads = max(peakThreads, int(statusKiB(shim, "Threads")))
 		time.Sleep(500 * time.Millisecond)
 	}
+	// Its metrics are the shim's, not the guest's forgeries.
+	assertMetricsUnforged(t, attacker)
 	// The shim still answers for the attacked pod, and asking it for the
 	// pod's processes (the guest answers with a million) costs it a
 	// bounded amount of memory.

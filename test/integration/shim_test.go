@@ -23,22 +23,31 @@ func startKasaHarness(t *testing.T, timeout time.Duration) (*ctrtest.Containerd,
 	return startKasaHarnessWith(t, timeout, "")
 }
 
-// startKasaHarnessWith is startKasaHarness with extra TOML appended to the
-// Kasa configuration.
-func startKasaHarnessWith(t *testing.T, timeout time.Duration, extraTOML string) (*ctrtest.Containerd, context.Context) {
+// kasaConfigFile writes a Kasa configuration for the test's guest image
+// with extraTOML appended ([agent.kata] is the open table) and returns its
+// path.
+func kasaConfigFile(t *testing.T, extraTOML string) string {
 	t.Helper()
 	dir := requireVM(t)
-	repo, _ := filepath.Abs("../..")
-	bin := filepath.Join(repo, "bin")
-	if _, err := os.Stat(filepath.Join(bin, ctrtest.ShimKasa)); err != nil {
-		t.Fatalf("needs %s/%s (make build): %v", bin, ctrtest.ShimKasa, err)
-	}
 	conf := filepath.Join(t.TempDir(), "configuration.toml")
 	body := fmt.Sprintf("[hypervisor.qemu]\nkernel = %q\ninitrd = %q\n\n[agent.kata]\ndial_timeout = 60\n%s",
 		filepath.Join(dir, "vmlinuz"), filepath.Join(dir, "initrd.img"), extraTOML)
 	if err := os.WriteFile(conf, []byte(body), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	return conf
+}
+
+// startKasaHarnessWith is startKasaHarness with extra TOML appended to the
+// Kasa configuration.
+func startKasaHarnessWith(t *testing.T, timeout time.Duration, extraTOML string) (*ctrtest.Containerd, context.Context) {
+	t.Helper()
+	repo, _ := filepath.Abs("../..")
+	bin := filepath.Join(repo, "bin")
+	if _, err := os.Stat(filepath.Join(bin, ctrtest.ShimKasa)); err != nil {
+		t.Fatalf("needs %s/%s (make build): %v", bin, ctrtest.ShimKasa, err)
+	}
+	conf := kasaConfigFile(t, extraTOML)
 	c := ctrtest.Start(t, ctrtest.Options{BinDirs: []string{bin}, KasaConfigPath: conf})
 	c.Busybox(t)
 	ctx, cancel := context.WithTimeout(t.Context(), timeout)
@@ -120,13 +129,7 @@ func TestShimCtrRun(t *testing.T) {
 	})
 	t.Run("disable_guest_seccomp", func(t *testing.T) {
 		// The operator's explicit opt-out: the same profile is dropped.
-		dir := requireVM(t)
-		conf := filepath.Join(t.TempDir(), "configuration.toml")
-		body := fmt.Sprintf("[hypervisor.qemu]\nkernel = %q\ninitrd = %q\n\n[agent.kata]\ndial_timeout = 60\n\n[runtime]\ndisable_guest_seccomp = true\n",
-			filepath.Join(dir, "vmlinuz"), filepath.Join(dir, "initrd.img"))
-		if err := os.WriteFile(conf, []byte(body), 0o644); err != nil {
-			t.Fatal(err)
-		}
+		conf := kasaConfigFile(t, "\n[runtime]\ndisable_guest_seccomp = true\n")
 		ct := ctrtest.Container{ID: "kasa-noseccomp", Runtime: ctrtest.RuntimeKasa, Flags: []string{"--seccomp"},
 			RuntimeConfigPath: conf, Args: []string{"sh", "-c", "grep ^Seccomp: /proc/self/status"}}
 		res, err := c.RunContainer(ctx, ct)
@@ -137,6 +140,21 @@ func TestShimCtrRun(t *testing.T) {
 			t.Fatalf("want Seccomp: 0 inside the container with disable_guest_seccomp: %s", res)
 		}
 		ctrtest.AssertNoLeftovers(t, c, "kasa-noseccomp")
+	})
+	t.Run("kernel_modules", func(t *testing.T) {
+		// The configured modules are loaded by the agent before any
+		// container; one the guest does not have fails the start, naming
+		// it, and leaves nothing behind.
+		conf := kasaConfigFile(t, "kernel_modules = [\"kasa_no_such_module debug=1\"]\n")
+		ct := ctrtest.Container{ID: "kasa-badmodule", Runtime: ctrtest.RuntimeKasa, RuntimeConfigPath: conf, Args: []string{"true"}}
+		res, err := c.RunContainer(ctx, ct)
+		if err == nil && res.ExitCode == 0 {
+			t.Fatalf("started with a module the guest lacks: %s", res)
+		}
+		if msg := fmt.Sprint(err) + res.Stderr + res.Stdout; !strings.Contains(msg, "kernel module kasa_no_such_module") {
+			t.Errorf("want an error naming the module, got %v / %s", err, res)
+		}
+		ctrtest.AssertNoLeftovers(t, c, "kasa-badmodule")
 	})
 	t.Run("missing binary", func(t *testing.T) {
 		start := time.Now()

@@ -38,6 +38,11 @@ type Share struct {
 	HostDir string
 	// MSize is the 9p message size the guest mounts with.
 	MSize uint32
+	// userns, once set, is the user namespace of an unprivileged
+	// virtiofsd: what is mounted in the share is idmapped into it, whose
+	// root is host uid usernsRoot.
+	userns     *os.File
+	usernsRoot uint32
 
 	mu sync.Mutex
 	// daemonPID is virtiofsd's, once StartVirtioFSD started it.
@@ -93,7 +98,11 @@ func (s *Share) MountRootfs(containerID string, mounts []mount.Mount, bundleRoot
 	if len(mounts) == 0 {
 		mounts = []mount.Mount{{Type: "bind", Source: bundleRootfs, Options: []string{"rbind"}}}
 	}
-	if err := mount.All(mounts, target); err != nil {
+	mountAll := mount.All
+	if s.userns != nil {
+		mountAll = s.mountRootfsIdmapped
+	}
+	if err := mountAll(mounts, target); err != nil {
 		os.RemoveAll(s.containerDir(containerID))
 		return "", fmt.Errorf("mount rootfs of %s: %w", containerID, err)
 	}
@@ -174,7 +183,7 @@ func (s *Share) RemoveContainer(containerID string) error {
 // daemon is gone too.
 func (s *Share) Destroy() error {
 	s.closeVolumeNamespace()
-	return unmountAndRemove(s.HostDir)
+	return errors.Join(unmountAndRemove(s.HostDir), s.destroyUserns())
 }
 
 // unmountAndRemove detaches every mount at or below dir, deepest first, then

@@ -75,7 +75,8 @@ const listenFD = 3
 // container's rootfs, each volume) are announced so the guest sees them as
 // separate mounts, and the daemon sandboxes itself (its own mount, pid and
 // network namespaces, pivot_root into dir, seccomp, a reduced capability
-// set), since it keeps uid 0 to serve files of any owner.
+// set), whether it runs as root or as root of a user namespace only
+// (userns.go).
 func VirtioFSDArgs(f daemonFlavor, dir string) []string {
 	fd := fmt.Sprintf("--fd=%d", listenFD)
 	if f == flavorRust {
@@ -112,9 +113,14 @@ type Daemon struct {
 // its copy once the hypervisor has one. The daemon exits with its parent if
 // the shim dies.
 //
+// idFirst, if not 0, runs the daemon without root, as root of a user
+// namespace of its own mapping ids 0..IDRangeSize-1 to host ids idFirst..
+// (userns.go); every root filesystem and volume mounted in the share from
+// then on is idmapped into that namespace (idmap.go). 0 runs it as root.
+//
 // place, if not nil, is called with the daemon's pid the moment it starts
 // (the pod's cgroup: podcgroup.Group.Add); its error fails the start.
-func (s *Share) StartVirtioFSD(ctx context.Context, daemon, socket string, place func(pid int) error) (_ *Daemon, conn *os.File, retErr error) {
+func (s *Share) StartVirtioFSD(ctx context.Context, daemon, socket string, idFirst uint32, place func(pid int) error) (_ *Daemon, conn *os.File, retErr error) {
 	flavor, err := flavorOf(daemon)
 	if err != nil {
 		return nil, nil, fmt.Errorf("start virtiofsd: %w", err)
@@ -138,9 +144,19 @@ func (s *Share) StartVirtioFSD(ctx context.Context, daemon, socket string, place
 	}
 	defer lnFile.Close()
 
-	cmd := exec.Command(daemon, VirtioFSDArgs(flavor, s.HostDir)...)
+	source, extra := s.HostDir, []string(nil)
+	if idFirst != 0 {
+		if source, err = s.openDoor(idFirst); err != nil {
+			return nil, nil, err
+		}
+		extra = append(extra, nofileArg())
+	}
+	cmd := exec.Command(daemon, append(VirtioFSDArgs(flavor, source), extra...)...)
 	cmd.ExtraFiles = []*os.File{lnFile}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
+	if idFirst != 0 {
+		inUserns(cmd.SysProcAttr, idFirst)
+	}
 	logPath := socket + ".log"
 	out, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
 	if err != nil {
@@ -152,12 +168,22 @@ func (s *Share) StartVirtioFSD(ctx context.Context, daemon, socket string, place
 		return nil, nil, fmt.Errorf("start virtiofsd %s: %w", daemon, err)
 	}
 	d := &Daemon{cmd: cmd, log: logPath, done: make(chan struct{})}
+	var userns *os.File
+	if idFirst != 0 { // before Wait, so the pid cannot be another's
+		userns, err = openUserns(cmd.Process.Pid)
+	}
 	go func() { cmd.Wait(); close(d.done) }()
 	defer func() {
 		if retErr != nil {
 			d.Stop()
+			if userns != nil {
+				userns.Close()
+			}
 		}
 	}()
+	if err != nil {
+		return nil, nil, err
+	}
 	if place != nil {
 		if err := place(cmd.Process.Pid); err != nil {
 			return nil, nil, err
@@ -174,6 +200,7 @@ func (s *Share) StartVirtioFSD(ctx context.Context, daemon, socket string, place
 	if conn, err = c.(*net.UnixConn).File(); err != nil {
 		return nil, nil, err
 	}
+	s.userns, s.usernsRoot = userns, idFirst
 	s.mu.Lock()
 	s.daemonPID = cmd.Process.Pid
 	s.mu.Unlock()

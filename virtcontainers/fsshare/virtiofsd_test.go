@@ -85,7 +85,7 @@ func TestStartVirtioFSD(t *testing.T) {
 
 	t.Setenv("KASA_FAKE_VIRTIOFSD", "serve")
 	flavors.Clear()
-	d, conn, err := s.StartVirtioFSD(context.Background(), self, sock, nil)
+	d, conn, err := s.StartVirtioFSD(context.Background(), self, sock, 0, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -107,7 +107,7 @@ func TestStartVirtioFSD(t *testing.T) {
 
 	t.Setenv("KASA_FAKE_VIRTIOFSD", "fail")
 	flavors.Clear()
-	d, conn, err = s.StartVirtioFSD(context.Background(), self, filepath.Join(t.TempDir(), "vfs.sock"), nil)
+	d, conn, err = s.StartVirtioFSD(context.Background(), self, filepath.Join(t.TempDir(), "vfs.sock"), 0, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -119,10 +119,10 @@ func TestStartVirtioFSD(t *testing.T) {
 
 	t.Setenv("KASA_FAKE_VIRTIOFSD", "notvirtiofsd")
 	flavors.Clear()
-	if _, _, err := s.StartVirtioFSD(context.Background(), self, sock+"3", nil); err == nil || !strings.Contains(err.Error(), "does not look like virtiofsd") {
+	if _, _, err := s.StartVirtioFSD(context.Background(), self, sock+"3", 0, nil); err == nil || !strings.Contains(err.Error(), "does not look like virtiofsd") {
 		t.Fatalf("a binary that is not virtiofsd: err = %v", err)
 	}
-	if _, _, err := s.StartVirtioFSD(context.Background(), "/nonexistent/virtiofsd", sock+"2", nil); err == nil {
+	if _, _, err := s.StartVirtioFSD(context.Background(), "/nonexistent/virtiofsd", sock+"2", 0, nil); err == nil {
 		t.Fatal("a missing daemon started")
 	}
 }

@@ -129,7 +129,7 @@ func submountsOf(v Volume) ([]Submount, error) {
 // propagation after would leave that copy a slave of the node's peer
 // group, receiving host mounts even for a private volume.)
 func (s *Share) bindTree(v Volume, target string, dir bool) error {
-	fd, err := cloneTree(v)
+	fd, err := cloneTree(v, s.userns)
 	if errors.Is(err, unix.ENOSYS) {
 		// Before Linux 5.12: mount(2) in the node's namespace.
 		if err := makeMountPoint(target, dir); err != nil {
@@ -162,18 +162,25 @@ func (s *Share) bindTree(v Volume, target string, dir bool) error {
 
 // cloneTree returns a detached copy of v.Source's mount tree (of the
 // source's mount alone without v.Recursive) with v's flags and
-// propagation, or ENOSYS before Linux 5.12.
-func cloneTree(v Volume) (int, error) {
-	flags := uint(unix.OPEN_TREE_CLONE | unix.OPEN_TREE_CLOEXEC)
-	if v.Recursive {
-		flags |= unix.AT_RECURSIVE
-	}
-	fd, err := unix.OpenTree(unix.AT_FDCWD, v.Source, flags)
-	if errors.Is(err, unix.ENOSYS) {
-		return -1, err
+// propagation, idmapped into userns if not nil (an unprivileged
+// virtiofsd's: idmap.go), or ENOSYS before Linux 5.12.
+func cloneTree(v Volume, userns *os.File) (int, error) {
+	var fd int
+	var err error
+	if userns != nil {
+		fd, err = cloneIdmapped(v.Source, userns, v.Recursive)
+	} else {
+		flags := uint(unix.OPEN_TREE_CLONE | unix.OPEN_TREE_CLOEXEC)
+		if v.Recursive {
+			flags |= unix.AT_RECURSIVE
+		}
+		fd, err = unix.OpenTree(unix.AT_FDCWD, v.Source, flags)
+		if err != nil && !errors.Is(err, unix.ENOSYS) {
+			err = fmt.Errorf("open_tree: %w", err)
+		}
 	}
 	if err != nil {
-		return -1, fmt.Errorf("open_tree: %w", err)
+		return -1, err
 	}
 	all := &unix.MountAttr{Attr_set: unix.MOUNT_ATTR_NOSUID | unix.MOUNT_ATTR_NODEV, Propagation: unix.MS_PRIVATE}
 	if v.NoExec {

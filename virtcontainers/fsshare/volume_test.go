@@ -59,7 +59,7 @@ func TestIntegrationVolumeSemantics(t *testing.T) {
 	t.Cleanup(func() { s.Destroy() })
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	d, conn, err := s.StartVirtioFSD(ctx, daemon, filepath.Join(t.TempDir(), "vfs.sock"), nil)
+	d, conn, err := s.StartVirtioFSD(ctx, daemon, filepath.Join(t.TempDir(), "vfs.sock"), 0, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -30,12 +30,18 @@ const volumeNSWait = 10 * time.Second
 
 // volumeNamespace returns the mount namespace volumes are attached in:
 // that of the sandboxed virtiofsd serving the share, opened once and held
-// until Destroy, or nil when there is no such daemon (virtio-9p: QEMU
-// reads the node's namespace).
+// until Destroy, or nil for the node's: without such a daemon (virtio-9p:
+// QEMU reads the node's namespace), and for an unprivileged virtiofsd
+// (virtio_fs_userns). Its namespace belongs to its own user namespace,
+// and the kernel locks the flags of what propagates into it from the
+// node's (read-only, nosuid, nodev cannot be undone there, whatever the
+// daemon's capabilities in its user namespace); a mount attached there
+// directly would not be locked. So its volumes go through the node's
+// namespace, and the node keeps a copy of them (see the README).
 func (s *Share) volumeNamespace() (*os.File, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.volumeNS != nil || s.daemonPID == 0 {
+	if s.volumeNS != nil || s.daemonPID == 0 || s.userns != nil {
 		return s.volumeNS, nil
 	}
 	var share unix.Stat_t

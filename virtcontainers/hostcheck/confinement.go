@@ -58,11 +58,36 @@ func checkConfinement(ctx context.Context, cfg *configuration.Config) []Result {
 			r.Detail = err.Error()
 			r.Remedy = "apt-get install qemu-system-common (it ships /usr/lib/qemu/virtiofsd), or set hypervisor.qemu.virtio_fs_daemon"
 		} else {
-			r.Detail = desc + "; keeps uid 0 to serve files of any owner, in its own namespaces, chrooted to the share, under seccomp"
+			r = virtiofsdIdentity(h, desc)
 		}
 		out = append(out, r)
 	}
 	return out
+}
+
+// virtiofsdIdentity says whom virtiofsd runs as, and what that costs on
+// this kernel.
+func virtiofsdIdentity(h *configuration.HypervisorConfig, desc string) Result {
+	r := Result{Name: "virtiofsd", Status: Pass}
+	if !h.Rootless || !h.VirtioFSUserns {
+		r.Status = Warn
+		r.Detail = desc + ": runs as root (hypervisor.qemu.rootless or virtio_fs_userns = false), confined only by its own namespaces, pivot_root and seccomp; a guest that escapes it is root in a mount namespace holding the share"
+		return r
+	}
+	release, overlayLayers, tmpfs := fsshare.KernelIdmaps()
+	r.Detail = fmt.Sprintf("%s: runs without root, as root of a user namespace of its own (host ids %d and up, 65536 per sandbox), no capability on the host; serves idmapped mounts",
+		desc, vmmuser.RangeBase)
+	switch {
+	case !overlayLayers:
+		r.Status = Fail
+		r.Detail = fmt.Sprintf("Linux %s cannot mount overlayfs on idmapped layers (5.19 can): the unprivileged virtiofsd could not serve any container's root filesystem", release)
+		r.Remedy = "use Linux 5.19 or later, or set hypervisor.qemu.virtio_fs_userns = false (virtiofsd as root)"
+	case !tmpfs:
+		r.Status = Warn
+		r.Detail += fmt.Sprintf("; Linux %s cannot idmap tmpfs (6.3 can), so a volume on tmpfs (Kubernetes secrets, configMaps, projected service-account tokens, emptyDir with medium Memory, a hostPath under /run or /dev/shm) is refused", release)
+		r.Remedy = "use Linux 6.3 or later for tmpfs volumes, or set hypervisor.qemu.virtio_fs_userns = false (virtiofsd as root)"
+	}
+	return r
 }
 
 // qemuHasSeccomp asks QEMU to parse a -sandbox option it cannot accept: a

@@ -52,3 +52,34 @@ func TestAllocateDistinctStableAndReleased(t *testing.T) {
 		t.Fatal("an id with a slash was accepted")
 	}
 }
+
+func TestRangesDisjointFromUIDsAndEachOther(t *testing.T) {
+	RangeDir = t.TempDir()
+	if RangeBase < Base+Count || uint64(RangeBase)+uint64(RangeCount)*uint64(RangeSize) > 1<<31 {
+		t.Fatalf("blocks %d + %d×%d leave the reserved range or overlap the VMM uids", RangeBase, RangeCount, RangeSize)
+	}
+	seen := map[uint32]bool{}
+	for i := range 300 {
+		first, err := AllocateRange(fmt.Sprintf("sandbox-%d", i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if first < RangeBase || (first-RangeBase)%RangeSize != 0 || first-RangeBase >= RangeCount*RangeSize {
+			t.Fatalf("block %d is not a block of the range", first)
+		}
+		if seen[first] {
+			t.Fatalf("block %d given twice", first)
+		}
+		seen[first] = true
+	}
+	first := LookupRange("sandbox-7")
+	if first == 0 {
+		t.Fatal("LookupRange found nothing")
+	}
+	if err := ReleaseRange(first, "sandbox-7"); err != nil {
+		t.Fatal(err)
+	}
+	if LookupRange("sandbox-7") != 0 {
+		t.Fatal("released block still found")
+	}
+}

@@ -89,7 +89,18 @@ func (c *Container) process(execID string) (*Process, error) {
 }
 
 // signal sends sig to one process, or to every process of the container.
-func (c *Container) signal(execID string, sig unix.Signal, all bool) error {
+// A signal for a running container's init waits for its handler first
+// (awaitHandler), without holding c.mu.
+func (c *Container) signal(ctx context.Context, execID string, sig unix.Signal, all bool) error {
+	if !all {
+		c.mu.Lock()
+		p, err := c.process(execID)
+		running := err == nil && p == c.init && c.status() == statusRunning
+		c.mu.Unlock()
+		if running {
+			awaitHandler(ctx, p.pid, sig, handlerWait)
+		}
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if all {

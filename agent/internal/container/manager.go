@@ -471,7 +471,7 @@ func (m *Manager) Signal(ctx context.Context, id, execID string, sig unix.Signal
 	if err != nil {
 		return err
 	}
-	return c.signal(execID, sig, all)
+	return c.signal(ctx, execID, sig, all)
 }
 
 // Wait blocks until a process exits and returns its exit status.

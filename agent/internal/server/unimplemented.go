@@ -23,9 +23,6 @@ func notYet(method string) error {
 // with codes.Unimplemented, which the host client turns into ErrNotImplemented.
 type unimplemented struct{}
 
-func (unimplemented) GetMetrics(context.Context, *api.GetMetricsRequest) (*api.GetMetricsResponse, error) {
-	return nil, notYet("GetMetrics")
-}
 func (unimplemented) OnlineCPUMem(context.Context, *api.OnlineCPUMemRequest) (*emptypb.Empty, error) {
 	return nil, notYet("OnlineCPUMem")
 }

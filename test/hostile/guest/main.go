@@ -97,6 +97,7 @@ type Counters struct {
 	DestroyIgnored   int64  `json:"destroy_ignored"`
 	HugeLists        int64  `json:"huge_lists"`
 	AgentConnections int64  `json:"agent_connections"`
+	MetricsForged    int64  `json:"metrics_forged"`
 }
 
 var (
@@ -116,7 +117,7 @@ func snapshot() Counters {
 		{&c.OOMForged, &counters.OOMForged}, {&c.EmptyReads, &counters.EmptyReads},
 		{&c.OversizeReads, &counters.OversizeReads}, {&c.FramesInjected, &counters.FramesInjected},
 		{&c.DestroyIgnored, &counters.DestroyIgnored}, {&c.AgentConnections, &counters.AgentConnections},
-		{&c.HugeLists, &counters.HugeLists},
+		{&c.HugeLists, &counters.HugeLists}, {&c.MetricsForged, &counters.MetricsForged},
 	} {
 		*f.dst = atomic.LoadInt64(f.src)
 	}
@@ -527,6 +528,25 @@ func (a *agent) GetOOMEvent(ctx context.Context, _ *api.GetOOMEventRequest) (*ap
 	}
 	add(&counters.OOMForged, 1)
 	return &api.GetOOMEventResponse{ContainerId: victim}, nil
+}
+
+// GetMetrics answers, in turn, more text than the host reads (3 MiB), and
+// text within the host's bound that is all forgery: an absurd memory size,
+// a series naming the victim's sandbox, made-up CPU modes, a family the
+// agent never sends.
+func (a *agent) GetMetrics(context.Context, *api.GetMetricsRequest) (*api.GetMetricsResponse, error) {
+	if atomic.AddInt64(&counters.MetricsForged, 1)%2 == 1 {
+		return &api.GetMetricsResponse{PrometheusText: strings.Repeat("# flood\n", 3<<20/8)}, nil
+	}
+	var b strings.Builder
+	b.WriteString("# TYPE kasa_guest_memory_total_bytes gauge\nkasa_guest_memory_total_bytes 1e300\n")
+	fmt.Fprintf(&b, "# TYPE kasa_guest_memory_free_bytes gauge\nkasa_guest_memory_free_bytes{sandbox_id=%q} 1\n", params["victim"])
+	b.WriteString("# TYPE kasa_forged_total counter\nkasa_forged_total 1\n")
+	b.WriteString("# TYPE kasa_guest_cpu_seconds_total counter\n")
+	for i := 0; b.Len() < 60<<10; i++ {
+		fmt.Fprintf(&b, "kasa_guest_cpu_seconds_total{mode=\"forged%d\"} 1\n", i)
+	}
+	return &api.GetMetricsResponse{PrometheusText: b.String()}, nil
 }
 
 // ReadStdout answers at once with nothing, and no EOF.

@@ -22,10 +22,6 @@ func (unimplemented) GetGuestDetails(context.Context, *api.GetGuestDetailsReques
 	return nil, notImplemented("GetGuestDetails")
 }
 
-func (unimplemented) GetMetrics(context.Context, *api.GetMetricsRequest) (*api.GetMetricsResponse, error) {
-	return nil, notImplemented("GetMetrics")
-}
-
 func (unimplemented) ExecProcess(context.Context, *api.ExecProcessRequest) (*emptypb.Empty, error) {
 	return nil, notImplemented("ExecProcess")
 }
