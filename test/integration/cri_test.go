@@ -539,7 +539,6 @@ const critestFocus = `\[k8s\.io\] (PodSandbox runtime should support basic opera
 // (allow_host_namespaces is off), so port forwarding in one cannot run.
 const critestSkip = `portforward in host network`
 
-
 // TestCRITest runs critest's focus set with the "kata" runtime handler, on
 // containerd 1.6 and 2.x.
 func TestCRITest(t *testing.T) { onContainerds(t, testCRITest) }
