@@ -3,6 +3,7 @@
 package integration
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -29,10 +30,27 @@ const (
 // what the node mounts below the source after the container started
 // ("rslave"), a private one does not. A Bidirectional hostPath cannot
 // cross the VM: its container is refused with the reason, and leaves
-// nothing behind.
+// nothing behind. Kasa runs two pods: one with the default unprivileged
+// virtiofsd (volumes attached in the node's share) and one with a root
+// virtiofsd (volumes attached in the daemon's own mount namespace, none in
+// the node's); each pod's shim reads the configuration file as it starts.
 func TestCRIMountSemantics(t *testing.T) {
+	dir := requireVM(t)
 	_, rel, relErr := containerd2Release()
-	c, ctx := startCRIHarness(t, 6*time.Minute, containerd2(t, rel, relErr).opts)
+	ctd := containerd2(t, rel, relErr)
+	conf := filepath.Join(t.TempDir(), "configuration.toml")
+	configure := func(userns bool) {
+		body := fmt.Sprintf("[hypervisor.qemu]\nkernel = %q\ninitrd = %q\nvirtio_fs_userns = %v\n\n[agent.kata]\ndial_timeout = 60\n",
+			filepath.Join(dir, "vmlinuz"), filepath.Join(dir, "initrd.img"), userns)
+		if err := os.WriteFile(conf, []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	configure(true)
+	c, ctx := startCRIHarness(t, 8*time.Minute, func(o *ctrtest.Options) {
+		ctd.opts(o)
+		o.KasaConfigPath = conf
+	})
 
 	// The volume source: a shared mount (HostToContainer requires one),
 	// with a tmpfs below it before any container starts.
@@ -54,17 +72,30 @@ func TestCRIMountSemantics(t *testing.T) {
 		{"container_path": "/follow", "host_path": src, "propagation": propagationHostToContainer},
 		{"container_path": "/private", "host_path": src, "propagation": propagationPrivate},
 	}
-	type podUnderTest struct{ handler, pod, ctr string }
+	type podUnderTest struct{ handler, name, pod, ctr string }
 	var pods []podUnderTest
-	for _, handler := range []string{"runc", "kata"} {
-		podCfg := ctrtest.PodConfig("mounts-" + handler)
-		p, err := c.WriteJSON("mounts-"+handler+"-pod.json", podCfg)
+	for _, p := range []struct {
+		handler, name string
+		userns        bool
+	}{{"runc", "runc", false}, {"kata", "kata", true}, {"kata", "kata-rootvfsd", false}} {
+		configure(p.userns)
+		podCfg := ctrtest.PodConfig("mounts-" + p.name)
+		path, err := c.WriteJSON("mounts-"+p.name+"-pod.json", podCfg)
 		if err != nil {
 			t.Fatal(err)
 		}
-		pod := crictl(t, ctx, c, "runp", "--runtime", handler, p)
-		id := startContainer(t, ctx, c, pod, podCfg, containerConfig("mounts-"+handler, ctrtest.BusyboxImage, []string{"sleep", "3600"}, mounts...))
-		pods = append(pods, podUnderTest{handler, pod, id})
+		pod := crictl(t, ctx, c, "runp", "--runtime", p.handler, path)
+		id := startContainer(t, ctx, c, pod, podCfg, containerConfig("mounts-"+p.name, ctrtest.BusyboxImage, []string{"sleep", "3600"}, mounts...))
+		pods = append(pods, podUnderTest{p.handler, p.name, pod, id})
+	}
+	// With a root virtiofsd the node's namespace holds no copy of a
+	// volume; with an unprivileged one it does (so that the kernel locks
+	// the flags of the copy in the daemon's namespace).
+	for _, p := range pods[1:] {
+		in := mountsBelow(filepath.Join("/run/kasa/shared", p.pod, p.ctr, "volumes"))
+		if want := p.name == "kata"; (len(in) > 0) != want {
+			t.Errorf("%s: volumes in the node's mount namespace: %v, want some: %v", p.name, in, want)
+		}
 	}
 	ok := func(p podUnderTest, script string) bool {
 		t.Helper()
@@ -80,12 +111,12 @@ func TestCRIMountSemantics(t *testing.T) {
 			path string
 			want bool
 		}{{"/ro", false}, {"/ro/sub", true}, {"/rro", false}, {"/rro/sub", false}, {"/private/sub", true}} {
-			if got := ok(p, "touch "+w.path+"/by-"+p.handler); got != w.want {
-				t.Errorf("%s: writing into %s succeeded: %v, want %v (as runc)", p.handler, w.path, got, w.want)
+			if got := ok(p, "touch "+w.path+"/by-"+p.name); got != w.want {
+				t.Errorf("%s: writing into %s succeeded: %v, want %v (as runc)", p.name, w.path, got, w.want)
 			}
 		}
-		if _, err := os.Stat(filepath.Join(src, "sub", "by-"+p.handler)); err != nil {
-			t.Errorf("%s: what the container wrote below the read-only bind is not on the node: %v", p.handler, err)
+		if _, err := os.Stat(filepath.Join(src, "sub", "by-"+p.name)); err != nil {
+			t.Errorf("%s: what the container wrote below the read-only bind is not on the node: %v", p.name, err)
 		}
 	}
 
@@ -101,15 +132,15 @@ func TestCRIMountSemantics(t *testing.T) {
 		start := time.Now()
 		for !ok(p, "grep -q 'mounted later' /follow/late/marker") {
 			if time.Since(start) > time.Minute {
-				t.Errorf("%s: the node's later mount below a HostToContainer volume never reached the container", p.handler)
+				t.Errorf("%s: the node's later mount below a HostToContainer volume never reached the container", p.name)
 				break
 			}
 			time.Sleep(time.Second)
 		}
-		t.Logf("%s: the node's later mount seen in the container after %v", p.handler, time.Since(start).Round(time.Millisecond))
+		t.Logf("%s: the node's later mount seen in the container after %v", p.name, time.Since(start).Round(time.Millisecond))
 		for _, private := range []string{"/private", "/ro"} {
 			if ok(p, "test -e "+private+"/late/marker") {
-				t.Errorf("%s: the node's later mount reached the private volume %s", p.handler, private)
+				t.Errorf("%s: the node's later mount reached the private volume %s", p.name, private)
 			}
 		}
 	}
@@ -156,7 +187,23 @@ func TestCRIMountSemantics(t *testing.T) {
 		crictl(t, ctx, c, "stopp", p.pod)
 		crictl(t, ctx, c, "rmp", p.pod)
 	}
-	ctrtest.AssertNoLeftovers(t, c, pods[0].pod, pods[0].ctr, pods[1].pod, pods[1].ctr, bidiID)
+	ids := []string{bidiID}
+	for _, p := range pods {
+		ids = append(ids, p.pod, p.ctr)
+	}
+	ctrtest.AssertNoLeftovers(t, c, ids...)
+}
+
+// mountsBelow lists the node's mount points below dir.
+func mountsBelow(dir string) []string {
+	b, _ := os.ReadFile("/proc/self/mountinfo")
+	var out []string
+	for _, line := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(line); len(f) > 4 && strings.HasPrefix(f[4], dir+"/") {
+			out = append(out, f[4])
+		}
+	}
+	return out
 }
 
 // hostMount mounts on the node for the test's length.
