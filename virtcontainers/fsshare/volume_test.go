@@ -39,6 +39,14 @@ func TestIntegrationVolumeSemantics(t *testing.T) {
 		t.Skipf("needs %s", daemon)
 	}
 	Root = t.TempDir()
+	// Joining virtiofsd's namespace never moves the main thread, by which
+	// /proc/self shows the process.
+	own, _ := os.Readlink("/proc/self/ns/mnt")
+	t.Cleanup(func() {
+		if now, _ := os.Readlink("/proc/self/ns/mnt"); now != own {
+			t.Errorf("the main thread is in mount namespace %s, not %s", now, own)
+		}
+	})
 	// The source is a shared mount, as HostToContainer requires of it, with
 	// a writable tmpfs below it.
 	src := t.TempDir()

@@ -167,10 +167,20 @@ func parentOf(pid int) int {
 // (its root and working directory become the namespace's root: for
 // virtiofsd, the share). The thread is never given back: it ends with
 // the goroutine.
+//
+// Never the main thread: Go cannot end it, and /proc/self (mountinfo,
+// ns/mnt, root) shows the process as its main thread sees it, so every
+// later mount table read of the shim would be virtiofsd's. Landed there,
+// the goroutine holds the main thread while another one does the work.
 func inMountNamespace(ns *os.File, fn func() error) error {
 	errc := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread()
+		if unix.Gettid() == unix.Getpid() {
+			errc <- inMountNamespace(ns, fn)
+			runtime.UnlockOSThread()
+			return
+		}
 		// A Go thread shares its file system context with the others,
 		// and setns refuses to move a shared one.
 		if err := unix.Unshare(unix.CLONE_FS); err != nil {
