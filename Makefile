@@ -127,7 +127,9 @@ bench-run: build guest-image
 	$(GO) run ./test/bench/run -kasa-config $(CURDIR)/build/bench-kasa.toml $(BENCH_RUN_FLAGS)
 
 # CRI pods through crictl: pod-ready latency, a burst, memory per idle pod;
-# the kata handler (this build) beside runc, same containerd.
+# the kata handler (this build) beside runc, same containerd. Kasa pods start
+# from a VM template as configured (on by default); BENCH_POD_FLAGS=-template=off
+# measures cold boots, -template=on clones.
 bench-pod: build guest-image cri-tools
 	printf '[hypervisor.qemu]\nkernel = "%s"\ninitrd = "%s"\n' $(CURDIR)/$(GUEST)/vmlinuz $(CURDIR)/$(GUEST)/initrd.img > build/bench-kasa.toml
 	$(GO) run ./test/bench/pod -shim-dir bin -kasa-config $(CURDIR)/build/bench-kasa.toml $(BENCH_POD_FLAGS)

@@ -62,6 +62,15 @@ const (
 	TransportVirtioSerial   AgentTransport = "virtio-serial"
 )
 
+// VirtioFSUsernsMode says when virtiofsd runs without root.
+type VirtioFSUsernsMode string
+
+const (
+	VirtioFSUsernsAuto VirtioFSUsernsMode = "auto"
+	VirtioFSUsernsOn   VirtioFSUsernsMode = "on"
+	VirtioFSUsernsOff  VirtioFSUsernsMode = "off"
+)
+
 // InterNetworkingModel is how the VM's NIC is joined to the pod's veth.
 type InterNetworkingModel string
 
@@ -79,6 +88,7 @@ var (
 	accelerators          = []Accelerator{AccelAuto, AccelKVM, AccelTCG}
 	qemuTransports        = []AgentTransport{TransportAuto, TransportVsock, TransportVhostUserVsock, TransportVirtioSerial}
 	interNetworkingModels = []InterNetworkingModel{NetTCFilter, NetMacvtap, NetNone}
+	virtioFSUsernsModes   = []VirtioFSUsernsMode{VirtioFSUsernsAuto, VirtioFSUsernsOn, VirtioFSUsernsOff}
 )
 
 // Config is one runtime configuration: a decoded file, or the embedded
@@ -90,6 +100,7 @@ type Config struct {
 	Hypervisor     HypervisorConfig
 	Agent          AgentConfig
 	Runtime        RuntimeConfig
+	Factory        FactoryConfig
 	// Path is the file the configuration came from, "" for the embedded defaults.
 	Path string
 	// DropIns are the config.d files merged over Path, in order.
@@ -146,9 +157,11 @@ type HypervisorConfig struct {
 	Rootless bool `toml:"rootless"`
 	// VirtioFSUserns, with Rootless, runs virtiofsd without root too: as
 	// root of a user namespace of its own whose ids are a host range of
-	// its own, serving idmapped mounts (Kasa-specific key, default true).
-	// A volume on a filesystem the kernel cannot idmap is then refused.
-	VirtioFSUserns bool `toml:"virtio_fs_userns"`
+	// its own, serving idmapped mounts (Kasa-specific key). "on" refuses a
+	// volume on a filesystem the kernel cannot idmap; "auto" (the default)
+	// is "on" where the kernel can idmap tmpfs (Linux 6.3) and runs
+	// virtiofsd as root elsewhere; "off" always runs it as root.
+	VirtioFSUserns VirtioFSUsernsMode `toml:"virtio_fs_userns"`
 	// SeccompSandbox is QEMU's -sandbox value, its own syscall filter; ""
 	// turns it off (QEMU only; Kata's key).
 	SeccompSandbox string `toml:"seccompsandbox"`
@@ -159,13 +172,16 @@ type AgentConfig struct {
 	// DialTimeout bounds how long the shim waits for the agent to answer
 	// after boot. The file holds whole seconds (dial_timeout).
 	DialTimeout time.Duration
-	// DebugConsoleEnabled would start a shell on a guest console for
-	// `kasa exec`; not implemented yet, so Validate refuses true.
+	// DebugConsoleEnabled makes the agent serve a root shell on a pty on
+	// vsock port api.DebugConsoleVsockPort, which the shim exposes on the
+	// host for `kasa exec` (needs a vsock transport).
 	DebugConsoleEnabled bool
 	// KernelModules are loaded in the guest before the workload starts, in
 	// Kata's format: "name param=value ...".
 	KernelModules []string
-	// EnableDebug makes the agent log at debug level.
+	// EnableDebug makes the agent log at debug level and send the guest
+	// kernel's log of every level, not only warnings and above, to the
+	// shim's log.
 	EnableDebug bool
 	// Transport is the agent channel (Kasa-specific key).
 	Transport AgentTransport
@@ -203,6 +219,33 @@ type RuntimeConfig struct {
 	// true, Kasa to false: the profile is a protection, turned off only
 	// explicitly).
 	DisableGuestSeccomp bool `toml:"disable_guest_seccomp"`
+}
+
+// FactoryConfig is the [factory] table: Kata's VM factory, of which Kasa
+// implements VM templates (docs/architecture.md, "VM templates").
+type FactoryConfig struct {
+	// EnableTemplate starts sandboxes from a saved template VM of their
+	// configuration instead of booting them; the first sandbox that needs a
+	// template makes it.
+	EnableTemplate bool `toml:"enable_template"`
+	// TemplatePath is the directory that holds the templates, one
+	// subdirectory per configuration key.
+	TemplatePath string `toml:"template_path"`
+}
+
+// TemplatesApply reports whether sandboxes of this configuration can start
+// from a VM template, and if not, why: templates need QEMU and a machine
+// with a PCI bus for each clone's own devices.
+func (c *Config) TemplatesApply() (bool, string) {
+	switch {
+	case !c.Factory.EnableTemplate:
+		return false, "factory.enable_template = false"
+	case c.HypervisorName != HypervisorQEMU:
+		return false, "VM templates are implemented for QEMU only"
+	case c.Hypervisor.MachineType == MachineMicroVM:
+		return false, `machine_type "microvm" has no PCI bus for a clone's own devices; use "q35" or "pc"`
+	}
+	return true, ""
 }
 
 // KernelParamsList splits KernelParams into single parameters.

@@ -33,6 +33,10 @@ func defaultConfig(name HypervisorName) *Config {
 		Runtime: RuntimeConfig{
 			InterNetworkingModel: NetTCFilter,
 		},
+		Factory: FactoryConfig{
+			EnableTemplate: true,
+			TemplatePath:   DefaultTemplatePath,
+		},
 	}
 }
 
@@ -40,6 +44,11 @@ func defaultConfig(name HypervisorName) *Config {
 // filter with every optional restriction on (no obsolete syscalls, no
 // setuid and friends, no fork/exec, no scheduler or resource changes).
 const DefaultSeccompSandbox = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
+
+// DefaultTemplatePath is where VM templates are kept: a tmpfs, because a
+// template's memory file is mapped by every clone and must not outlive a
+// reboot of the host (its kernel, QEMU or image may have changed).
+const DefaultTemplatePath = "/run/kasa/template"
 
 // DefaultVirtioFSDaemon is the virtiofsd Debian 12 ships with QEMU 7.2.
 const DefaultVirtioFSDaemon = "/usr/lib/qemu/virtiofsd"
@@ -57,7 +66,7 @@ func defaultHypervisor() HypervisorConfig {
 		MSize9P:        8192,
 		Accelerator:    AccelAuto,
 		Rootless:       true,
-		VirtioFSUserns: true,
+		VirtioFSUserns: VirtioFSUsernsAuto,
 		SeccompSandbox: DefaultSeccompSandbox,
 	}
 }

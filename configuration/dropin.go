@@ -111,6 +111,7 @@ func (c *Config) Settings() []Setting {
 	add("hypervisor."+string(c.HypervisorName)+".", reflect.ValueOf(c.Hypervisor))
 	add("agent.kata.", reflect.ValueOf(c.Agent.toFile()))
 	add("runtime.", reflect.ValueOf(c.Runtime))
+	add("factory.", reflect.ValueOf(c.Factory))
 	return out
 }
 

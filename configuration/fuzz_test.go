@@ -42,7 +42,7 @@ func FuzzApplyAnnotations(f *testing.F) {
 		{all, paths, "hypervisor.default_max_vcpus=4\nhypervisor.default_maxvcpus=8"},
 		{all, paths, "hypervisor.path=/usr/bin/qemu-system-aarch64\nhypervisor.kernel=/usr/share/kasa/../../../etc/shadow"},
 		{all, paths, "hypervisor.shared_fs=virtio-9p\nhypervisor.machine_type=microvm\nhypervisor.enable_debug=true"},
-		{".*", "*", "hypervisor.rootless=false\nhypervisor.seccompsandbox=\nhypervisor.virtio_fs_userns=false\nhypervisor.kernel_params=\x00init=/bin/sh"},
+		{".*", "*", "hypervisor.rootless=false\nhypervisor.seccompsandbox=\nhypervisor.virtio_fs_userns=off\nhypervisor.kernel_params=\x00init=/bin/sh"},
 		{"", "", "hypervisor.default_vcpus=2"},
 		{all, paths, "agent.kernel_modules=evil\nruntime.disable_new_netns=true\nio.katacontainers.config_path=/tmp/x.toml\nio.kubernetes.cri.container-type=sandbox"},
 		{"kernel_params|default_vcpus", "", "hypervisor.kernel_params=a b\nhypervisor.default_vcpus=-1\nhypervisor.msize_9p=4096"},

@@ -48,7 +48,7 @@ func newWarning(file string, key toml.Key, kind WarningKind) Warning {
 // Keys of Kata Containers' configuration.toml that Kasa does not implement.
 // Listing them turns "unknown key" into a clearer warning for Kata users.
 var (
-	kataSections = setOf("factory", "image", "netmon", "proxy", "shim")
+	kataSections = setOf("image", "netmon", "proxy", "shim")
 
 	kataHypervisorKeys = setOf(
 		"jailer_path", "valid_jailer_paths", "ctlpath", "valid_ctlpaths", "image", "rootfs_type",
@@ -77,6 +77,9 @@ var (
 		// no hotplug, so slots would only reserve address space.
 		"memory_slots",
 	)
+
+	// Kata's VM cache (vm_cache_*) is a gRPC factory service; Kasa has templates only.
+	kataFactoryKeys = setOf("vm_cache_number", "vm_cache_endpoint")
 
 	kataAgentKeys = setOf("enable_tracing", "container_pipe_size", "mem_agent", "cdh_api_timeout")
 
@@ -120,6 +123,11 @@ func classify(name HypervisorName, key toml.Key) (WarningKind, toml.Key) {
 			return UnsupportedKataKey, key[:3]
 		}
 		return UnknownKey, key[:3]
+	case len(key) >= 2 && key[0] == "factory":
+		if kataFactoryKeys[key[1]] {
+			return UnsupportedKataKey, key[:2]
+		}
+		return UnknownKey, key[:2]
 	case len(key) >= 2 && key[0] == "runtime":
 		if kataRuntimeKeys[key[1]] {
 			return UnsupportedKataKey, key[:2]

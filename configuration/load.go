@@ -107,6 +107,7 @@ type fileLayout struct {
 		Kata agentFile `toml:"kata"`
 	} `toml:"agent"`
 	Runtime RuntimeConfig `toml:"runtime"`
+	Factory FactoryConfig `toml:"factory"`
 }
 
 // decode turns the main file and its drop-ins, in order, into a validated
@@ -139,7 +140,7 @@ func decode(srcs []source) (*Config, []Warning, error) {
 	cfg := defaultConfig(name)
 	cfg.Path = srcs[0].path
 	cfg.Origins = map[string]string{}
-	layout := fileLayout{Runtime: cfg.Runtime}
+	layout := fileLayout{Runtime: cfg.Runtime, Factory: cfg.Factory}
 	layout.Agent.Kata = cfg.Agent.toFile()
 	var warnings []Warning
 	for i, src := range srcs {
@@ -160,6 +161,7 @@ func decode(srcs []source) (*Config, []Warning, error) {
 	}
 	cfg.Agent = layout.Agent.Kata.toConfig()
 	cfg.Runtime = layout.Runtime
+	cfg.Factory = layout.Factory
 
 	if err := cfg.Validate(); err != nil {
 		return nil, warnings, err
@@ -205,6 +207,9 @@ func checkShape(path string, raw map[string]any, main bool) (HypervisorName, []e
 	}
 	if rt, ok := raw["runtime"]; ok {
 		errs = append(errs, checkTable(path, "runtime", rt, reflect.TypeFor[RuntimeConfig]())...)
+	}
+	if f, ok := raw["factory"]; ok {
+		errs = append(errs, checkTable(path, "factory", f, reflect.TypeFor[FactoryConfig]())...)
 	}
 	return name, errs
 }

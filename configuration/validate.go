@@ -134,12 +134,17 @@ func (c *Config) Validate() error {
 		}
 	}
 	oneOf(v, "agent.kata.transport", a.Transport, qemuTransports)
-	if a.DebugConsoleEnabled {
-		v.fail("agent.kata.debug_console_enabled", true, "the guest debug console (kasa exec) is not implemented yet; set false", nil)
+	if a.DebugConsoleEnabled && a.Transport == TransportVirtioSerial {
+		v.fail("agent.kata.debug_console_enabled", true, fmt.Sprintf(
+			"the debug console (kasa exec) is a vsock port: agent.kata.transport %q has none; use %q", a.Transport, TransportAuto), nil)
 	}
 	if name == HypervisorQEMU && c.Hypervisor.Rootless && a.Transport == TransportVirtioSerial {
 		v.fail("agent.kata.transport", a.Transport, fmt.Sprintf(
 			"hypervisor.qemu.rootless = true: QEMU would create the virtio-serial socket in a directory it cannot write; use %q, or set rootless = false", TransportAuto), nil)
+	}
+
+	if f := &c.Factory; f.EnableTemplate && !filepath.IsAbs(f.TemplatePath) {
+		v.fail("factory.template_path", f.TemplatePath, "must be an absolute path", nil)
 	}
 
 	r := &c.Runtime
@@ -191,6 +196,7 @@ func (c *Config) validateHypervisor(v *validator) {
 	v.globs(prefix+"valid_initrd_paths", h.ValidInitrdPaths)
 	v.globs(prefix+"valid_virtio_fs_daemon_paths", h.ValidVirtioFSDaemonPaths)
 	oneOf(v, prefix+"accelerator", h.Accelerator, accelerators)
+	oneOf(v, prefix+"virtio_fs_userns", h.VirtioFSUserns, virtioFSUsernsModes)
 	if strings.ContainsAny(h.SeccompSandbox, " \t\n") {
 		v.fail(prefix+"seccompsandbox", h.SeccompSandbox, `QEMU's -sandbox value, e.g. "`+DefaultSeccompSandbox+`", or "" for none`, nil)
 	}

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds Kasa's guest image: a kernel and a compressed cpio initramfs whose
-# /init is kasa-agent (and /kasa/bin/pause beside it), plus a manifest of versions and sha256 sums.
+# /init is kasa-agent (and /kasa/bin/pause beside it, and busybox as /bin/sh
+# for the debug console), plus a manifest of versions and sha256 sums.
 #
 # usage: build.sh AGENT_BINARY OUTDIR
 # env:   KERNEL_SOURCE=minimal (default: linux-source-6.1 + kernel/kasa.config)
@@ -14,6 +15,10 @@ agent=${1:?usage: build.sh AGENT_BINARY OUTDIR}
 out=${2:?usage: build.sh AGENT_BINARY OUTDIR}
 source=${KERNEL_SOURCE:-minimal}
 compression=${INITRD_COMPRESSION:-none}
+# The debug console's shell (kasa exec): Debian's static busybox, whose sh
+# runs its applets without links (uname, ls, ps, dmesg ...).
+busybox=${BUSYBOX:-/bin/busybox}
+[ -x "$busybox" ] || { echo "build.sh: $busybox missing: install busybox-static (make deps)" >&2; exit 1; }
 
 stage=$(mktemp -d)
 trap 'rm -rf "$stage"' EXIT
@@ -28,7 +33,7 @@ esac
 # The initramfs: just enough tree for the agent to mount the rest.
 list=$stage/initramfs.list
 {
-	for d in dev proc sys run tmp etc kasa kasa/bin; do echo "dir /$d 0755 0 0"; done
+	for d in bin dev proc sys run tmp etc kasa kasa/bin; do echo "dir /$d 0755 0 0"; done
 	echo "nod /dev/console 0600 0 0 c 5 1"
 	echo "nod /dev/null 0666 0 0 c 1 3"
 	# The agent lives in a directory of its own (pid1.MoveRootToTmpfs binds it).
@@ -36,10 +41,13 @@ list=$stage/initramfs.list
 	echo "slink /init /kasa/bin/kasa-agent 0777 0 0"
 	# The pause process of pod sandbox containers (the agent bind-mounts it).
 	echo "file /kasa/bin/pause $stage/pause 0755 0 0"
+	# The debug console's shell; only a console session runs it.
+	echo "file /kasa/bin/busybox $busybox 0755 0 0"
+	echo "slink /bin/sh /kasa/bin/busybox 0777 0 0"
 	# Modules staged by debian-kernel.sh, in a stable order.
 	(cd "$stage/root" && find . -mindepth 1 | LC_ALL=C sort) | while read -r p; do
 		p=${p#.}
-		case "$p" in /dev|/proc|/sys|/run|/tmp|/etc|/kasa|/kasa/bin) continue ;; esac
+		case "$p" in /bin|/dev|/proc|/sys|/run|/tmp|/etc|/kasa|/kasa/bin) continue ;; esac
 		if [ -d "$stage/root$p" ]; then echo "dir $p 0755 0 0"; else echo "file $p $stage/root$p 0644 0 0"; fi
 	done
 } >"$list"
@@ -71,6 +79,7 @@ sha() { sha256sum "$1" | cut -d' ' -f1; }
 	[ ! -f "$out/vmlinux" ] || echo "    \"vmlinux\": \"$(sha "$out/vmlinux")\","
 	echo "    \"initrd.img\": \"$(sha "$out/initrd.img")\","
 	echo "    \"pause\": \"$(sha "$stage/pause")\","
+	echo "    \"busybox\": \"$(sha "$busybox")\","
 	echo "    \"kasa-agent\": \"$(sha "$agent")\""
 	echo "  }"
 	echo "}"

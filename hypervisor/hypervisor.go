@@ -79,6 +79,47 @@ type VMConfig struct {
 	// Confinement locks the hypervisor process down; the zero value runs it
 	// as the caller (root) without a seccomp filter.
 	Confinement Confinement
+
+	// Snapshot, when set, makes this VM a template or a clone of one; a
+	// driver that cannot save or restore refuses it with ErrNotSupported.
+	Snapshot *Snapshot
+}
+
+// SnapshotRole says what a VM does with its Snapshot.
+type SnapshotRole string
+
+const (
+	// SnapshotTemplate boots the VM with its RAM in Snapshot.Memory, shared,
+	// and without the devices that belong to one pod (agent channel, shared
+	// filesystem, NICs); Saver.SaveVM then writes its device state to
+	// Snapshot.State.
+	SnapshotTemplate SnapshotRole = "template"
+	// SnapshotClone starts the VM from a template's saved state instead of
+	// booting it: its RAM is Snapshot.Memory (the clone's own copy of the
+	// template's), its device state is read from Snapshot.State, and the pod's
+	// devices sit in the slots the template left empty, for the guest to
+	// find.
+	SnapshotClone SnapshotRole = "clone"
+)
+
+// Snapshot is the memory and device state a template VM saves and its
+// clones start from. The files are open: the hypervisor inherits them, so
+// an unprivileged one needs no access to the template's directory.
+type Snapshot struct {
+	Role SnapshotRole
+	// Memory is the guest RAM, mapped shared (vhost-user backends map it
+	// too). Its size is the VM's memory size.
+	Memory *os.File
+	// State is the device state: written by a template, read by a clone.
+	State *os.File
+}
+
+// Saver is a driver that can save a template VM (Snapshot.Role
+// SnapshotTemplate): SaveVM pauses the guest and writes its device state to
+// Snapshot.State; the guest RAM is already in Snapshot.Memory. The VM stays
+// paused; StopVM ends it.
+type Saver interface {
+	SaveVM(ctx context.Context) error
 }
 
 // Confinement is how a hypervisor process is locked down. The caller decides
@@ -148,8 +189,19 @@ type VhostVsock struct {
 	CID  uint32
 }
 
-// Hypervisor drives one VM through its life. Optional capabilities (hotplug,
-// resize) are separate interfaces a driver may also implement.
+// Driver is one hypervisor implementation: it makes a Hypervisor per VM,
+// and cleans up after a VM whose owner died, from what the owner persisted
+// (the VM's StateDir, its id and its Confinement.UID). The sandbox layer
+// knows drivers only through this.
+type Driver interface {
+	New() Hypervisor
+	// KillOrphan ends the hypervisor of VM id that a dead owner left
+	// running and removes stateDir. A VM that is gone is not an error.
+	KillOrphan(stateDir, id string, vmmUID uint32) error
+}
+
+// Hypervisor drives one VM through its life. Optional capabilities (saving
+// a template: Saver) are separate interfaces a driver may also implement.
 type Hypervisor interface {
 	// CreateVM validates cfg and prepares the VM without running it.
 	CreateVM(ctx context.Context, cfg VMConfig) error
@@ -164,8 +216,6 @@ type Hypervisor interface {
 	Done() <-chan struct{}
 	// ExitError says why the process exited (nil for a clean exit); valid after Done.
 	ExitError() error
-	PauseVM(ctx context.Context) error
-	ResumeVM(ctx context.Context) error
 	// AgentAddress is where the agent is dialled, e.g. "serial:///run/kasa/vm/ID/agent.sock".
 	AgentAddress() string
 	// ConsolePath is the file the guest console is written to.

@@ -384,6 +384,7 @@ func loadConfig(ctx context.Context, r *taskAPI.CreateTaskRequest, spec *specs.S
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", errdefs.ErrInvalidArgument, err)
 	}
+	file := cfg
 	if cfg.Runtime.EnableDebug {
 		logrus.SetLevel(logrus.DebugLevel)
 	}
@@ -393,6 +394,10 @@ func loadConfig(ctx context.Context, r *taskAPI.CreateTaskRequest, spec *specs.S
 	}
 	if cfg, err = virtcontainers.SizeForPod(cfg, spec.Annotations); err != nil {
 		return nil, fmt.Errorf("%w: %v", errdefs.ErrInvalidArgument, err)
+	}
+	if cfg.Factory.EnableTemplate && !virtcontainers.TemplateUsable(file, cfg) {
+		log.G(ctx).Info("the pod's annotations or limits change its VM: it boots cold, without a template")
+		cfg.Factory.EnableTemplate = false
 	}
 	return cfg, nil
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -20,7 +19,9 @@ import (
 	"github.com/kasa-runtime/kasa/agent/client"
 	"github.com/kasa-runtime/kasa/configuration"
 	"github.com/kasa-runtime/kasa/hypervisor"
+	"github.com/kasa-runtime/kasa/virtcontainers/debugconsole"
 	"github.com/kasa-runtime/kasa/virtcontainers/fsshare"
+	"github.com/kasa-runtime/kasa/virtcontainers/guestlog"
 	"github.com/kasa-runtime/kasa/virtcontainers/podcgroup"
 	"github.com/kasa-runtime/kasa/virtcontainers/portforward"
 	"github.com/kasa-runtime/kasa/virtcontainers/vmmuser"
@@ -29,6 +30,10 @@ import (
 // cgroupDeleteWait is how long the pod cgroup's removal waits for the
 // sandbox's processes, killed and waited for, to have left it.
 const cgroupDeleteWait = 5 * time.Second
+
+// guestLogDrain is how long stopping a sandbox waits for the rest of the
+// guest's log once the VM is gone.
+const guestLogDrain = time.Second
 
 // SandboxConfig describes a sandbox to create.
 type SandboxConfig struct {
@@ -63,6 +68,10 @@ type Sandbox struct {
 	// portForward answers containerd's PortForward dials in the pod's
 	// netns; nil without a netns or a vsock transport.
 	portForward *portforward.Forwarder
+	// guestLog copies the guest's log to the shim's; nil with virtio-serial.
+	guestLog *guestlog.Forwarder
+	// console is the debug console's host socket; nil unless enabled.
+	console *debugconsole.Bridge
 	// cgroup holds the VM, virtiofsd and, with sandbox_cgroup_only, the
 	// shim, which leaves it for shimOrigins at Stop.
 	cgroup      *podcgroup.Group
@@ -208,6 +217,10 @@ func CreateSandbox(ctx context.Context, sc SandboxConfig) (_ *Sandbox, retErr er
 		return nil, err
 	}
 	undo.add("stop VM", func() error { return vm.Stop(context.WithoutCancel(ctx)) })
+	// Registered after the VM's undo, so it runs first, and reads what the
+	// guest says until the VM is gone.
+	guestLog := startGuestLog(ctx, vm)
+	undo.add("stop guest log", func() error { guestLog.Stop(guestLogDrain); return nil })
 	st.HypervisorPID = vm.PID()
 	begin(StepState, "save state")
 	if err := saveState(st); err != nil {
@@ -215,7 +228,7 @@ func CreateSandbox(ctx context.Context, sc SandboxConfig) (_ *Sandbox, retErr er
 	}
 
 	s := &Sandbox{ID: sc.ID, vm: vm, agent: vm.Agent, share: share, shared: vmShare != nil, virtiofsd: daemon,
-		network: pn, cgroup: cg, shimOrigins: shimOrigins, disableGuestSeccomp: sc.Config.Runtime.DisableGuestSeccomp,
+		network: pn, guestLog: guestLog, cgroup: cg, shimOrigins: shimOrigins, disableGuestSeccomp: sc.Config.Runtime.DisableGuestSeccomp,
 		containers: map[string]struct{}{}, state: st}
 	begin(StepGuestNetwork, "configure the guest network")
 	if err := pn.configureGuest(ctx, s.agent); err != nil {
@@ -231,6 +244,13 @@ func CreateSandbox(ctx context.Context, sc SandboxConfig) (_ *Sandbox, retErr er
 	})
 	if err != nil {
 		return nil, err
+	}
+	if sc.Config.Agent.DebugConsoleEnabled {
+		step = "debug console (agent.kata.debug_console_enabled)"
+		if s.console, err = startDebugConsole(ctx, sc.ID, sc.Config, vm); err != nil {
+			return nil, err
+		}
+		undo.add("close debug console", s.console.Close)
 	}
 	boot.begin(StepPortForward)
 	s.portForward = startPortForward(ctx, sc, vm, st)
@@ -249,12 +269,9 @@ func startPortForward(ctx context.Context, sc SandboxConfig, vm *VM, st *sandbox
 		log.G(ctx).Info("port forwarding needs a vsock agent transport; this pod has virtio-serial")
 		return nil
 	}
-	addr := vm.Agent.Address()
 	f, err := portforward.Start(ctx, portforward.Config{
 		NetNS: sc.NetNS,
-		Dial: func(ctx context.Context) (net.Conn, error) {
-			return client.DialVsockPort(ctx, addr, api.PortForwardVsockPort)
-		},
+		Dial:  guestPortDialer(vm, api.PortForwardVsockPort),
 	})
 	if err != nil {
 		log.G(ctx).WithError(err).Warn("port forwarding unavailable for this pod")
@@ -468,13 +485,19 @@ func (s *Sandbox) Stop(ctx context.Context) error {
 	s.stopped = true
 	s.mu.Unlock()
 	var errs []error
-	// First, so that no forwarded connection outlives the VM's agent.
+	// First, so that no forwarded connection or console session outlives
+	// the VM's agent.
 	if err := s.portForward.Stop(); err != nil {
+		errs = append(errs, err)
+	}
+	if err := s.console.Close(); err != nil {
 		errs = append(errs, err)
 	}
 	if err := s.vm.Stop(ctx); err != nil {
 		errs = append(errs, err)
 	}
+	// After the VM: its last words (a panic, the power-off) are logged.
+	s.guestLog.Stop(guestLogDrain)
 	if err := s.virtiofsd.Stop(); err != nil {
 		errs = append(errs, err)
 	}

@@ -13,7 +13,7 @@ import (
 	"github.com/containerd/log"
 	"golang.org/x/sys/unix"
 
-	"github.com/kasa-runtime/kasa/hypervisor/qemu"
+	"github.com/kasa-runtime/kasa/configuration"
 	"github.com/kasa-runtime/kasa/virtcontainers/fsshare"
 	"github.com/kasa-runtime/kasa/virtcontainers/network"
 	"github.com/kasa-runtime/kasa/virtcontainers/podcgroup"
@@ -135,7 +135,13 @@ func CleanupSandbox(ctx context.Context, id string) error {
 	}
 	var errs []error
 	vmmUID := vmmuser.Lookup(id)
-	if err := qemu.KillOrphan(st.VMStateDir, id, vmmUID); err != nil {
+	name := configuration.HypervisorName(st.Hypervisor)
+	if name == "" {
+		name = configuration.HypervisorQEMU // state written before boot, or none
+	}
+	if d, err := driverFor(name); err != nil {
+		errs = append(errs, err)
+	} else if err := d.KillOrphan(st.VMStateDir, id, vmmUID); err != nil {
 		errs = append(errs, err)
 	} else if err := vmmuser.Release(vmmUID, id); err != nil {
 		errs = append(errs, err)

@@ -13,11 +13,29 @@ import (
 var _ [fsshare.IDRangeSize - vmmuser.RangeSize]struct{}
 var _ [vmmuser.RangeSize - fsshare.IDRangeSize]struct{}
 
+// VirtiofsdUnprivileged reports whether virtiofsd runs without root with
+// h on this host's kernel, and if not, why.
+func VirtiofsdUnprivileged(h configuration.HypervisorConfig) (bool, string) {
+	switch {
+	case !h.Rootless:
+		return false, "hypervisor.qemu.rootless = false"
+	case h.VirtioFSUserns == configuration.VirtioFSUsernsOff:
+		return false, `hypervisor.qemu.virtio_fs_userns = "off"`
+	case h.VirtioFSUserns == configuration.VirtioFSUsernsOn:
+		return true, ""
+	}
+	release, overlayLayers, tmpfs := fsshare.KernelIdmaps()
+	if !overlayLayers || !tmpfs {
+		return false, fmt.Sprintf(`hypervisor.qemu.virtio_fs_userns = "auto" and Linux %s cannot idmap tmpfs (6.3 can), which Kubernetes secrets, configMaps and service-account tokens live on`, release)
+	}
+	return true, ""
+}
+
 // virtiofsdIDs returns the first host id of the range sandbox id's
 // virtiofsd runs as (the root of its user namespace), or 0 when it runs as
-// root: with rootless = false or virtio_fs_userns = false.
+// root (VirtiofsdUnprivileged).
 func virtiofsdIDs(id string, h configuration.HypervisorConfig) (uint32, error) {
-	if !h.Rootless || !h.VirtioFSUserns {
+	if ok, _ := VirtiofsdUnprivileged(h); !ok {
 		return 0, nil
 	}
 	first, err := vmmuser.AllocateRange(id)

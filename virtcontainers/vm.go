@@ -47,14 +47,22 @@ type VM struct {
 	Config hypervisor.VMConfig
 }
 
-// newHypervisor is the one place a driver is chosen.
-func newHypervisor(name configuration.HypervisorName) (hypervisor.Hypervisor, error) {
+// driverFor is the one place a driver is chosen.
+func driverFor(name configuration.HypervisorName) (hypervisor.Driver, error) {
 	switch name {
 	case configuration.HypervisorQEMU:
-		return qemu.New(), nil
+		return qemu.Driver{}, nil
 	default:
 		return nil, fmt.Errorf("hypervisor %q: %w", name, hypervisor.ErrNotSupported)
 	}
+}
+
+func newHypervisor(name configuration.HypervisorName) (hypervisor.Hypervisor, error) {
+	d, err := driverFor(name)
+	if err != nil {
+		return nil, err
+	}
+	return d.New(), nil
 }
 
 // SelectTransport resolves the configured agent transport for this host and
@@ -103,7 +111,7 @@ func VMConfigFor(id string, cfg *configuration.Config) hypervisor.VMConfig {
 		Path:           h.Path,
 		Kernel:         h.Kernel,
 		Initrd:         h.Initrd,
-		KernelParams:   h.KernelParamsList(),
+		KernelParams:   append(h.KernelParamsList(), agentKernelParams(cfg.Agent)...),
 		MachineType:    string(h.MachineType),
 		Firmware:       h.Firmware,
 		VCPUs:          uint32(h.DefaultVCPUs),
@@ -167,7 +175,27 @@ func startVM(ctx context.Context, id string, cfg *configuration.Config, shared *
 			}
 		}()
 	}
-	if err := hv.CreateVM(ctx, vm.Config); err != nil {
+	if ok, why := cfg.TemplatesApply(); !ok && cfg.Factory.EnableTemplate {
+		log.G(ctx).WithField("reason", why).Info("no VM template for this sandbox; booting it cold")
+	} else if ok {
+		snap, err := cloneFromTemplate(ctx, id, cfg, &vm.Config)
+		if err != nil {
+			return nil, err
+		}
+		if snap != nil {
+			defer snap.Memory.Close() // QEMU has its own copies once started
+			defer snap.State.Close()
+		}
+	}
+	err = hv.CreateVM(ctx, vm.Config)
+	if err != nil && vm.Config.Snapshot != nil {
+		// A pod the template cannot serve (more NICs than it has slots):
+		// boot it cold.
+		log.G(ctx).WithError(err).Warn("the VM template cannot serve this sandbox; booting it cold")
+		vm.Config.Snapshot = nil
+		err = hv.CreateVM(ctx, vm.Config)
+	}
+	if err != nil {
 		return nil, fmt.Errorf("sandbox %s: create VM: %w", id, err)
 	}
 	start := time.Now()
@@ -257,7 +285,16 @@ func exitReason(err error) string {
 }
 
 func (vm *VM) consoleTail() string {
-	f, err := os.Open(vm.hv.ConsolePath())
+	t := tailOf(vm.hv.ConsolePath())
+	if t == "" {
+		return ""
+	}
+	return "; guest console ends with:\n" + t
+}
+
+// tailOf is the end of a guest console log, trimmed; "" if there is none.
+func tailOf(path string) string {
+	f, err := os.Open(path)
 	if err != nil {
 		return ""
 	}
@@ -268,10 +305,7 @@ func (vm *VM) consoleTail() string {
 		f.Seek(-consoleTail, io.SeekEnd)
 	}
 	b, _ := io.ReadAll(io.LimitReader(f, consoleTail))
-	if len(b) == 0 {
-		return ""
-	}
-	return "; guest console ends with:\n" + strings.TrimRight(string(b), "\n")
+	return strings.TrimRight(string(b), "\n")
 }
 
 // Stop powers the guest off through its agent, then makes sure the

@@ -32,14 +32,14 @@ type Timeouts struct {
 	// (CreateSandbox, CreateContainer, StartContainer, ExecProcess), which
 	// are slow under TCG.
 	Start time.Duration
-	// Signal bounds SignalProcess, which the guest answers within a few
-	// seconds: a signal for a PID 1 that has not installed its handler yet
-	// waits up to 3 s for it (agent/internal/container/sighandler.go).
+	// Signal bounds SignalProcess. The guest answers at once, but a signal
+	// for a container's PID 1 younger than 15 s that has not installed its
+	// handler yet waits for it (agent/internal/container/sighandler.go).
 	Signal time.Duration
 }
 
 // DefaultTimeouts are a new client's.
-var DefaultTimeouts = Timeouts{Call: 30 * time.Second, Start: 60 * time.Second, Signal: 10 * time.Second}
+var DefaultTimeouts = Timeouts{Call: 30 * time.Second, Start: 60 * time.Second, Signal: 30 * time.Second}
 
 // ErrBadReply is a reply that breaks the protocol (a length larger than
 // what was asked, a write that never makes progress): the guest is not

@@ -18,8 +18,11 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/kasa-runtime/kasa/agent/api"
+	"github.com/kasa-runtime/kasa/agent/internal/console"
+	"github.com/kasa-runtime/kasa/agent/internal/guestlog"
 	"github.com/kasa-runtime/kasa/agent/internal/pid1"
 	"github.com/kasa-runtime/kasa/agent/internal/portforward"
+	"github.com/kasa-runtime/kasa/agent/internal/restore"
 	"github.com/kasa-runtime/kasa/agent/internal/server"
 	"github.com/kasa-runtime/kasa/agent/internal/transport"
 	"github.com/kasa-runtime/kasa/agent/internal/vsockecho"
@@ -39,6 +42,10 @@ func Main() {
 	if os.Getenv("KASA_AGENT_DEBUG") != "" {
 		logger.SetLevel(logrus.DebugLevel)
 	}
+	// From the first line on, the log is queued for the host too
+	// (guestlog); startGuestLog serves the queue once the devices are up.
+	logQueue := guestlog.NewQueue()
+	logger.AddHook(guestlog.NewHook(logQueue))
 	ctx := log.WithLogger(context.Background(), logrus.NewEntry(logger).WithField("component", "kasa-agent"))
 
 	if pid1.IsInit() {
@@ -48,7 +55,7 @@ func Main() {
 			}
 		}()
 	}
-	err := run(ctx)
+	err := run(ctx, logger, logQueue)
 	if pid1.IsInit() {
 		reason := "agent stopped"
 		if err != nil {
@@ -63,7 +70,7 @@ func Main() {
 	}
 }
 
-func run(ctx context.Context) error {
+func run(ctx context.Context, logger *logrus.Logger, logQueue *guestlog.Queue) error {
 	if pid1.IsInit() {
 		if err := pid1.MoveRootToTmpfs(); err != nil {
 			return err
@@ -81,14 +88,27 @@ func run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	cmdline, _ := os.ReadFile("/proc/cmdline")
+	debug := api.GuestLogLevelFromCmdline(string(cmdline)) == "debug"
+	if debug {
+		logger.SetLevel(logrus.DebugLevel)
+	}
 	log.G(ctx).WithField("version", version.Version).WithField("api", api.APIVersion).WithField("uptime", uptime()).Info("kasa-agent starting")
 
+	if cmdline, _ := os.ReadFile("/proc/cmdline"); restore.IsTemplate(string(cmdline)) {
+		// A template waits here, is saved, and every clone resumes here.
+		if err := restore.AwaitClone(ctx, transport.Present); err != nil {
+			return err
+		}
+	}
 	listeners, err := transport.Listen(ctx, transportWait)
 	if err != nil {
 		return err
 	}
 	startVsockEcho(ctx)
 	startPortForward(ctx)
+	startGuestLog(ctx, logger, logQueue, debug)
+	startDebugConsole(ctx, string(cmdline), reaper)
 	svc := server.New(func(reason string) {
 		// Give the ttrpc reply to DestroySandbox time to leave the guest.
 		time.Sleep(50 * time.Millisecond)
@@ -153,6 +173,36 @@ func startPortForward(ctx context.Context) {
 	}
 	log.G(ctx).WithField("port", api.PortForwardVsockPort).Info("port-forward service listening")
 	go portforward.New().Serve(ctx, l)
+}
+
+// startGuestLog sends the agent's and the kernel's log to the host on its
+// vsock port (agent/internal/guestlog). Without a vsock device the lines
+// stay on the console only.
+func startGuestLog(ctx context.Context, logger *logrus.Logger, q *guestlog.Queue, debug bool) {
+	if !transport.HasVsockDevice() {
+		logger.ReplaceHooks(logrus.LevelHooks{})
+		return
+	}
+	guestlog.Start(ctx, q, debug, func() (net.Listener, error) { return vsock.Listen(api.GuestLogVsockPort, nil) })
+}
+
+// startDebugConsole serves shells for kasa exec (agent/internal/console),
+// only when the host booted the VM with the console on.
+func startDebugConsole(ctx context.Context, cmdline string, reaper *pid1.Reaper) {
+	if !api.DebugConsoleFromCmdline(cmdline) {
+		return
+	}
+	if !transport.HasVsockDevice() {
+		log.G(ctx).Warn(api.DebugConsoleParam + " is set but the VM has no vsock device")
+		return
+	}
+	l, err := vsock.Listen(api.DebugConsoleVsockPort, nil)
+	if err != nil {
+		log.G(ctx).WithError(err).Warn("debug console not started")
+		return
+	}
+	log.G(ctx).WithField("port", api.DebugConsoleVsockPort).Warn("debug console listening: a root shell in this guest for kasa exec")
+	go console.New(reaper).Serve(ctx, l)
 }
 
 // uptime is the guest's /proc/uptime, for boot timing on the console.

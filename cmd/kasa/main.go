@@ -1,5 +1,6 @@
 // Command kasa is the operator's tool: check the host, show the effective
-// configuration, serve the node's metrics, print versions.
+// configuration, serve the node's metrics, open a sandbox's debug console,
+// print versions.
 package main
 
 import (
@@ -38,9 +39,21 @@ commands:
             node (PSS of QEMU, virtiofsd and the runtime; QEMU's CPU) and
             print a RuntimeClass "kata" whose overhead.podFixed says so (needs
             root; kubectl apply -f the output)
+  exec SANDBOX-ID
+            open a root shell in the sandbox's guest (its VM, not the host)
+            on this terminal, over the debug console; SANDBOX-ID may be a
+            unique prefix (crictl pods shows it). Needs [agent.kata]
+            debug_console_enabled = true when the pod started, and root.
+            stdin may be a pipe: "echo 'uname -r' | kasa exec ID"
   reap      remove what dead shims left: the VM, mounts, taps, cgroup and
             state of every sandbox whose shim is gone (needs root; each
             shim's reaper and the next shim do it too)
+  template create|list|remove [KEY...]
+            VM templates ([factory] enable_template): create boots and saves
+            the template of the configuration now (replacing any); list shows
+            every template in template_path, its key, size and whether it is
+            usable; remove deletes the configuration's template, or those
+            named by KEY (running clones keep their own memory)
   metrics [SANDBOX-ID]
             print once what monitor serves (Prometheus text), or only that
             sandbox's series; needs root
@@ -60,6 +73,12 @@ options:
                   the *.toml files of config.d beside it (/etc/kasa/config.d
                   for the built-in defaults) are merged over it in name order
   --debug         log the runtime's steps (warnings are always shown)
+
+guest logs:
+  the agent's and the guest kernel's log lines go to the shim's log, i.e.
+  containerd's (journalctl -u containerd), with the sandbox id and
+  source=agent or source=kernel; [agent.kata] enable_debug = true makes them
+  verbose
 
 running pods:
   containerd  runtime type io.containerd.kasa.v2 (containerd-shim-kasa-v2 on
@@ -110,6 +129,14 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return selftest(*configPath, stdout, stderr)
 	case "runtimeclass":
 		return runtimeclass(*configPath, stdout, stderr)
+	case "exec":
+		if fs.NArg() != 2 {
+			fmt.Fprintf(stderr, "kasa exec: want one sandbox id (or a unique prefix)\n\n%s", usage)
+			return 2
+		}
+		return execConsole(fs.Arg(1), os.Stdin, stdout, stderr)
+	case "template":
+		return templateCmd(*configPath, fs.Args()[1:], stdout, stderr)
 	case "metrics":
 		return printMetrics(fs.Args()[1:], stdout, stderr)
 	case "monitor":
@@ -188,10 +215,11 @@ func env(path string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	out := struct {
-		Source   string                  `json:"source"`
-		DropIns  []string                `json:"drop_ins"`
-		Settings []configuration.Setting `json:"settings"`
-	}{describeSource(cfg), cfg.DropIns, cfg.Settings()}
+		Source   string                       `json:"source"`
+		DropIns  []string                     `json:"drop_ins"`
+		Settings []configuration.Setting      `json:"settings"`
+		Template virtcontainers.TemplateState `json:"template"`
+	}{describeSource(cfg), cfg.DropIns, cfg.Settings(), virtcontainers.TemplateStatus(cfg)}
 	if out.DropIns == nil {
 		out.DropIns = []string{}
 	}

@@ -212,6 +212,9 @@ func validate(cfg hypervisor.VMConfig) error {
 			errs = append(errs, fmt.Errorf("SharedFS.Type %q is not one of %s, %s", fs.Type, hypervisor.SharedFS9P, hypervisor.SharedFSVirtioFS))
 		}
 	}
+	if err := validateSnapshot(cfg); err != nil {
+		errs = append(errs, err)
+	}
 	if c := cfg.Confinement; (c.UID == 0) != (c.GID == 0) {
 		errs = append(errs, fmt.Errorf("Confinement: UID %d and GID %d must both be set or both be 0", c.UID, c.GID))
 	}
@@ -318,7 +321,10 @@ func BuildArgs(cfg hypervisor.VMConfig, accel hypervisor.Accelerator) ([]string,
 		initrd = procFD(fds.initrd)
 	}
 	args = append(args, "-kernel", kernel)
-	if initrd != "" {
+	// A clone's guest has booted already: its kernel stays on the command
+	// line only because its option ROM is part of the template's machine,
+	// and an initrd would just sit in QEMU's memory.
+	if initrd != "" && (cfg.Snapshot == nil || cfg.Snapshot.Role != hypervisor.SnapshotClone) {
 		args = append(args, "-initrd", initrd)
 	}
 	args = append(args, "-append", strings.Join(params, " "))
@@ -334,14 +340,28 @@ func BuildArgs(cfg hypervisor.VMConfig, accel hypervisor.Accelerator) ([]string,
 	if c := cfg.Confinement.Seccomp; c != "" {
 		args = append(args, "-sandbox", c)
 	}
-	args = append(args, agentArgs(cfg, model, paths, fds)...)
+	if hasPodDevices(cfg) && !(isClone(cfg) && cfg.AgentTransport == hypervisor.TransportVhostUserVsock) {
+		args = append(args, agentArgs(cfg, model, paths, fds)...)
+	}
 	args = append(args,
-		// Entropy, so the guest's crng is ready without waiting for jitter.
+		// Entropy, so the guest's crng is ready without waiting for jitter
+		// (and a clone's agent reseeds from it).
 		"-object", "rng-random,id=rng0,filename=/dev/urandom",
-		"-device", "virtio-rng"+model.virtioSuffix+",rng=rng0",
+		"-device", "virtio-rng"+model.virtioSuffix+",rng=rng0"+pciAddr(cfg, slotRNG),
 	)
-	args = append(args, sharedMemoryArgs(cfg)...)
-	args = append(args, sharedFSArgs(cfg, model, fds)...)
+	if cfg.Snapshot != nil {
+		args = append(args, hotplugPortArgs(cfg)...)
+		args = append(args, snapshotMemoryArgs(cfg, fds)...)
+		args = append(args, incomingArgs(cfg)...)
+	} else {
+		args = append(args, sharedMemoryArgs(cfg)...)
+	}
+	if !hasPodDevices(cfg) {
+		return args, nil
+	}
+	if !(isClone(cfg) && cfg.SharedFS != nil && cfg.SharedFS.Type == hypervisor.SharedFSVirtioFS) {
+		args = append(args, sharedFSArgs(cfg, model, fds)...)
+	}
 	return append(args, nicArgs(cfg, model)...), nil
 }
 
@@ -356,16 +376,16 @@ func agentArgs(cfg hypervisor.VMConfig, model machineModel, paths Paths, fds fdP
 	case hypervisor.TransportVhostUserVsock:
 		return []string{
 			"-chardev", "socket,id=vsock,fd=" + strconv.Itoa(fds.vhostUserVsock),
-			"-device", "vhost-user-vsock" + model.virtioSuffix + ",chardev=vsock",
+			"-device", "vhost-user-vsock" + model.virtioSuffix + ",chardev=vsock" + pciAddr(cfg, slotAgent),
 		}
 	case hypervisor.TransportVsock:
 		return []string{
 			"-device", "vhost-vsock" + model.virtioSuffix + ",id=vsock0,guest-cid=" + strconv.FormatUint(uint64(cfg.VhostVsock.CID), 10) +
-				",vhostfd=" + strconv.Itoa(vhostVsockFD(cfg)),
+				",vhostfd=" + strconv.Itoa(vhostVsockFD(cfg)) + pciAddr(cfg, slotAgent),
 		}
 	default:
 		return []string{
-			"-device", "virtio-serial" + model.virtioSuffix + ",id=serial0",
+			"-device", "virtio-serial" + model.virtioSuffix + ",id=serial0" + pciAddr(cfg, slotAgent),
 			"-chardev", "socket,id=agent,path=" + optValue(paths.Agent) + ",server=on,wait=off",
 			"-device", "virtserialport,bus=serial0.0,chardev=agent,name=agent.0",
 		}
@@ -386,6 +406,8 @@ type fdPlan struct {
 	vhostUserVsock int // TransportVhostUserVsock: socket pair to the backend
 	virtioFS       int // SharedFS.Conn: a connection to virtiofsd
 	kernel, initrd int // unprivileged QEMU: opened by the driver
+	snapMemory     int // Snapshot.Memory
+	snapState      int // Snapshot.State
 }
 
 func planFDs(cfg hypervisor.VMConfig) fdPlan {
@@ -395,14 +417,14 @@ func planFDs(cfg hypervisor.VMConfig) fdPlan {
 	for range cfg.NICs {
 		p.taps = append(p.taps, take())
 	}
-	if cfg.AgentTransport == hypervisor.TransportVsock {
+	if cfg.AgentTransport == hypervisor.TransportVsock && hasPodDevices(cfg) {
 		p.vhostVsock = take()
 	}
 	p.qmp, p.console = take(), take()
-	if cfg.AgentTransport == hypervisor.TransportVhostUserVsock {
+	if cfg.AgentTransport == hypervisor.TransportVhostUserVsock && hasPodDevices(cfg) && !isClone(cfg) {
 		p.vhostUserVsock = take()
 	}
-	if fs := cfg.SharedFS; fs != nil && fs.Type == hypervisor.SharedFSVirtioFS && fs.Conn != nil {
+	if fs := cfg.SharedFS; fs != nil && fs.Type == hypervisor.SharedFSVirtioFS && fs.Conn != nil && !isClone(cfg) {
 		p.virtioFS = take()
 	}
 	if cfg.Confinement.Unprivileged() {
@@ -410,6 +432,9 @@ func planFDs(cfg hypervisor.VMConfig) fdPlan {
 		if cfg.Initrd != "" {
 			p.initrd = take()
 		}
+	}
+	if cfg.Snapshot != nil {
+		p.snapMemory, p.snapState = take(), take()
 	}
 	return p
 }
@@ -448,7 +473,7 @@ func nicArgs(cfg hypervisor.VMConfig, model machineModel) []string {
 		id := "net" + strconv.Itoa(i)
 		dev := "virtio-net" + model.virtioSuffix + ",netdev=" + id + ",mac=" + n.MAC.String()
 		if model.virtioSuffix == "-pci" {
-			dev += ",romfile="
+			dev += ",romfile=" + pciAddr(cfg, slotNIC+i)
 		}
 		args = append(args,
 			"-netdev", "tap,id="+id+",fd="+strconv.Itoa(nicFD(i))+",vhost=off",
@@ -471,7 +496,7 @@ func sharedFSArgs(cfg hypervisor.VMConfig, model machineModel, fds fdPlan) []str
 	case hypervisor.SharedFS9P:
 		return []string{
 			"-fsdev", "local,id=fs0,path=" + optValue(fs.HostPath) + ",security_model=none,multidevs=remap",
-			"-device", "virtio-9p" + model.virtioSuffix + ",fsdev=fs0,mount_tag=" + optValue(fs.Tag),
+			"-device", "virtio-9p" + model.virtioSuffix + ",fsdev=fs0,mount_tag=" + optValue(fs.Tag) + pciAddr(cfg, slotFS),
 		}
 	case hypervisor.SharedFSVirtioFS:
 		chardev := "socket,id=vfs,path=" + optValue(fs.SocketPath)
@@ -480,7 +505,7 @@ func sharedFSArgs(cfg hypervisor.VMConfig, model machineModel, fds fdPlan) []str
 		}
 		return []string{
 			"-chardev", chardev,
-			"-device", "vhost-user-fs" + model.virtioSuffix + ",chardev=vfs,tag=" + optValue(fs.Tag),
+			"-device", "vhost-user-fs" + model.virtioSuffix + ",chardev=vfs,tag=" + optValue(fs.Tag) + pciAddr(cfg, slotFS),
 		}
 	}
 	return nil

@@ -44,7 +44,7 @@ func (q *QEMU) launch(logger *log.Entry, cu *cleanup) (_ *launched, retErr error
 	for _, n := range cfg.NICs {
 		files = append(files, n.TapFile)
 	}
-	if v := cfg.VhostVsock; cfg.AgentTransport == hypervisor.TransportVsock && v != nil {
+	if v := cfg.VhostVsock; cfg.AgentTransport == hypervisor.TransportVsock && v != nil && hasPodDevices(cfg) {
 		files = append(files, v.File)
 	}
 	pair := func(name string) (*net.UnixConn, error) {
@@ -65,9 +65,17 @@ func (q *QEMU) launch(logger *log.Entry, cu *cleanup) (_ *launched, retErr error
 		return nil, err
 	}
 	cu.add(func() { consoleConn.Close() })
-	if cfg.AgentTransport == hypervisor.TransportVhostUserVsock {
-		frontend, err := pair("vhost-user-vsock")
-		if err != nil {
+	if cfg.AgentTransport == hypervisor.TransportVhostUserVsock && hasPodDevices(cfg) {
+		var frontend *net.UnixConn
+		if isClone(cfg) {
+			// Added after the restore (lateDevices): QEMU gets its end then.
+			host, vmm, err := socketPair("vhost-user-vsock")
+			if err != nil {
+				return nil, err
+			}
+			frontend, q.lateVsock = host, vmm
+			cu.add(func() { vmm.Close() })
+		} else if frontend, err = pair("vhost-user-vsock"); err != nil {
 			return nil, err
 		}
 		b, err := vsock.Listen(vsock.Config{
@@ -83,7 +91,7 @@ func (q *QEMU) launch(logger *log.Entry, cu *cleanup) (_ *launched, retErr error
 		q.vsock = b
 		cu.add(func() { b.Close() })
 	}
-	if fs := cfg.SharedFS; fs != nil && fs.Type == hypervisor.SharedFSVirtioFS && fs.Conn != nil {
+	if fs := cfg.SharedFS; fs != nil && fs.Type == hypervisor.SharedFSVirtioFS && fs.Conn != nil && !isClone(cfg) {
 		files = append(files, fs.Conn)
 	}
 	if conf.Unprivileged() {
@@ -97,6 +105,10 @@ func (q *QEMU) launch(logger *log.Entry, cu *cleanup) (_ *launched, retErr error
 			}
 			files, childEnds = append(files, file), append(childEnds, file)
 		}
+	}
+
+	if s := cfg.Snapshot; s != nil {
+		files = append(files, s.Memory, s.State)
 	}
 
 	// QEMU's own output goes through a pipe the driver drains into a capped

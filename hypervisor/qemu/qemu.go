@@ -33,7 +33,10 @@ const (
 	exitReapWait = 2 * time.Second
 )
 
-var _ hypervisor.Hypervisor = (*QEMU)(nil)
+var (
+	_ hypervisor.Hypervisor = (*QEMU)(nil)
+	_ hypervisor.Saver      = (*QEMU)(nil)
+)
 
 // vmState is where a QEMU is in its life; operations name the transition they
 // make and are refused from any other state.
@@ -71,6 +74,9 @@ type QEMU struct {
 	qmp   *QMP
 	// vsock is the in-process vhost-user-vsock backend (TransportVhostUserVsock).
 	vsock *vsock.Backend
+	// lateVsock is QEMU's end of the vsock backend's socket in a clone,
+	// handed over when the device is added after the restore.
+	lateVsock *os.File
 
 	// logDone is closed when QEMU's output has been drained into its log.
 	logDone chan struct{}
@@ -94,6 +100,19 @@ type vmInfo struct {
 	accel        hypervisor.Accelerator
 	agentAddress string
 	consolePath  string
+}
+
+// Driver is the QEMU hypervisor.Driver.
+type Driver struct{}
+
+var _ hypervisor.Driver = Driver{}
+
+// New returns a driver for one VM.
+func (Driver) New() hypervisor.Hypervisor { return New() }
+
+// KillOrphan is the package's KillOrphan.
+func (Driver) KillOrphan(stateDir, id string, vmmUID uint32) error {
+	return KillOrphan(stateDir, id, vmmUID)
 }
 
 // New returns a driver for one VM.
@@ -290,6 +309,16 @@ func (q *QEMU) StartVM(ctx context.Context) (retErr error) {
 	}
 	q.qmp = qmp
 	cu.add(func() { qmp.Close() })
+	if s := q.cfg.Snapshot; s != nil && s.Role == hypervisor.SnapshotClone {
+		if err := q.restore(ctx); err != nil {
+			select { // QEMU's own last words say why, when it died
+			case <-q.done:
+				return fmt.Errorf("%w: %v", err, q.exitErr)
+			case <-time.After(exitReapWait):
+				return err
+			}
+		}
+	}
 
 	q.state = stateRunning
 	cu.release()
@@ -448,36 +477,6 @@ func (q *QEMU) shutdown(ctx context.Context, logger *log.Entry) error {
 	case <-time.After(killWait):
 		return fmt.Errorf("QEMU (pid %d) not reaped %v after SIGKILL", q.PID(), killWait)
 	}
-}
-
-// PauseVM stops the guest's vCPUs.
-func (q *QEMU) PauseVM(ctx context.Context) error {
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	if q.state != stateRunning {
-		return q.invalidTransition(statePaused)
-	}
-	if _, err := q.qmp.Execute(ctx, "stop", nil); err != nil {
-		return fmt.Errorf("pausing VM: %w", err)
-	}
-	q.state = statePaused
-	q.logger(ctx).Debug("VM paused")
-	return nil
-}
-
-// ResumeVM restarts the guest's vCPUs after PauseVM.
-func (q *QEMU) ResumeVM(ctx context.Context) error {
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	if q.state != statePaused {
-		return q.invalidTransition(stateRunning)
-	}
-	if _, err := q.qmp.Execute(ctx, "cont", nil); err != nil {
-		return fmt.Errorf("resuming VM: %w", err)
-	}
-	q.state = stateRunning
-	q.logger(ctx).Debug("VM resumed")
-	return nil
 }
 
 // Done is closed when QEMU has exited (or StartVM failed, or the VM was

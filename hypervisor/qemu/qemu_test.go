@@ -107,11 +107,8 @@ func TestInvalidTransitions(t *testing.T) {
 	if err := q.StartVM(ctx); err == nil || !strings.Contains(err.Error(), "invalid state transition") {
 		t.Errorf("StartVM before CreateVM: %v", err)
 	}
-	if err := q.PauseVM(ctx); err == nil {
-		t.Error("PauseVM before start succeeded")
-	}
-	if err := q.ResumeVM(ctx); err == nil {
-		t.Error("ResumeVM before start succeeded")
+	if err := q.SaveVM(ctx); err == nil {
+		t.Error("SaveVM before start succeeded")
 	}
 	if q.PID() != 0 || q.AgentAddress() != "" || q.ExitError() != nil {
 		t.Error("accessors of a new VM are not zero")
@@ -242,15 +239,8 @@ func TestQEMUIntegrationLifecycle(t *testing.T) {
 			}
 
 			expectStatus(t, ctx, q, "running")
-			if err := q.PauseVM(ctx); err != nil {
-				t.Fatal(err)
-			}
-			expectStatus(t, ctx, q, "paused")
-			if err := q.PauseVM(ctx); err == nil {
-				t.Error("pausing a paused VM succeeded")
-			}
-			if err := q.ResumeVM(ctx); err != nil {
-				t.Fatal(err)
+			if err := q.SaveVM(ctx); err == nil {
+				t.Error("SaveVM of a VM that is not a template succeeded")
 			}
 			expectStatus(t, ctx, q, "running")
 
@@ -272,8 +262,8 @@ func TestQEMUIntegrationLifecycle(t *testing.T) {
 			if err := q.StopVM(ctx); err != nil {
 				t.Errorf("second StopVM: %v", err)
 			}
-			if err := q.PauseVM(ctx); err == nil {
-				t.Error("PauseVM after StopVM succeeded")
+			if err := q.SaveVM(ctx); err == nil {
+				t.Error("SaveVM after StopVM succeeded")
 			}
 		})
 	}
@@ -304,8 +294,8 @@ func TestQEMUIntegrationKilledExternally(t *testing.T) {
 	if err := q.ExitError(); err == nil || !strings.Contains(err.Error(), "killed") {
 		t.Errorf("ExitError = %v, want a kill", err)
 	}
-	if err := q.PauseVM(ctx); !errors.Is(err, ErrQMPClosed) {
-		t.Errorf("PauseVM of a dead VM: %v", err)
+	if _, err := q.qmp.QueryStatus(ctx); !errors.Is(err, ErrQMPClosed) {
+		t.Errorf("QMP of a dead VM: %v", err)
 	}
 	if err := q.StopVM(ctx); err != nil {
 		t.Fatal(err)

@@ -7,10 +7,13 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"strconv"
 	"sync"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // ErrQMPClosed is returned (wrapped) by Execute when the QMP connection is
@@ -240,6 +243,21 @@ func (q *QMP) readLoop(dec *json.Decoder) {
 // Execute runs cmd with args (marshalled to JSON; nil for none) and returns
 // the reply's "return" value. An error reply is a *QMPError.
 func (q *QMP) Execute(ctx context.Context, cmd string, args any) (json.RawMessage, error) {
+	return q.execute(ctx, cmd, args, nil)
+}
+
+// SendFD gives QEMU a copy of f under name (QMP getfd, the descriptor
+// passed with SCM_RIGHTS), for commands that take a named descriptor such
+// as migrate's "fd:<name>".
+func (q *QMP) SendFD(ctx context.Context, name string, f *os.File) error {
+	if _, ok := q.conn.(*net.UnixConn); !ok {
+		return fmt.Errorf("qmp: getfd: the connection cannot carry descriptors")
+	}
+	_, err := q.execute(ctx, "getfd", map[string]string{"fdname": name}, f)
+	return err
+}
+
+func (q *QMP) execute(ctx context.Context, cmd string, args any, fd *os.File) (json.RawMessage, error) {
 	ch := make(chan qmpReply, 1)
 	q.mu.Lock()
 	q.nextID++
@@ -261,7 +279,7 @@ func (q *QMP) Execute(ctx context.Context, cmd string, args any) (json.RawMessag
 		forget()
 		return nil, fmt.Errorf("qmp: %s: encoding arguments: %w", cmd, err)
 	}
-	if err := q.write(ctx, req); err != nil {
+	if err := q.write(ctx, req, fd); err != nil {
 		forget()
 		return nil, fmt.Errorf("qmp: %s: %w", cmd, err)
 	}
@@ -292,7 +310,7 @@ func (r qmpReply) result(cmd string) (json.RawMessage, error) {
 	return r.ret, nil
 }
 
-func (q *QMP) write(ctx context.Context, msg []byte) error {
+func (q *QMP) write(ctx context.Context, msg []byte, fd *os.File) error {
 	q.writeMu.Lock()
 	defer q.writeMu.Unlock()
 	select {
@@ -304,7 +322,13 @@ func (q *QMP) write(ctx context.Context, msg []byte) error {
 	if err := q.conn.SetWriteDeadline(deadline); err != nil {
 		return err
 	}
-	if _, err := q.conn.Write(append(msg, '\n')); err != nil {
+	var err error
+	if fd != nil {
+		_, _, err = q.conn.(*net.UnixConn).WriteMsgUnix(append(msg, '\n'), unix.UnixRights(int(fd.Fd())), nil)
+	} else {
+		_, err = q.conn.Write(append(msg, '\n'))
+	}
+	if err != nil {
 		if errors.Is(err, syscall.EPIPE) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, net.ErrClosed) {
 			// QEMU went away before the reader noticed.
 			return fmt.Errorf("%w: %v", ErrQMPClosed, err)
@@ -331,13 +355,29 @@ type Status struct {
 
 // QueryStatus asks QEMU for the VM's run state.
 func (q *QMP) QueryStatus(ctx context.Context) (Status, error) {
-	raw, err := q.Execute(ctx, "query-status", nil)
+	return query[Status](ctx, q, "query-status")
+}
+
+// query runs a query command without arguments and decodes its reply.
+func query[T any](ctx context.Context, q *QMP, cmd string) (T, error) {
+	var v T
+	raw, err := q.Execute(ctx, cmd, nil)
 	if err != nil {
-		return Status{}, err
+		return v, err
 	}
-	var s Status
-	if err := json.Unmarshal(raw, &s); err != nil {
-		return Status{}, fmt.Errorf("qmp: query-status: decoding %s: %w", raw, err)
+	if err := json.Unmarshal(raw, &v); err != nil {
+		return v, fmt.Errorf("qmp: %s: decoding %s: %w", cmd, raw, err)
 	}
-	return s, nil
+	return v, nil
+}
+
+// MigrationStatus is the state of a migration from query-migrate.
+type MigrationStatus struct {
+	Status    string `json:"status"` // "active", "completed", "failed", ...
+	ErrorDesc string `json:"error-desc"`
+}
+
+// QueryMigrate asks QEMU how its migration (here: a template's save) is going.
+func (q *QMP) QueryMigrate(ctx context.Context) (MigrationStatus, error) {
+	return query[MigrationStatus](ctx, q, "query-migrate")
 }

@@ -346,3 +346,63 @@ func TestServesOurs(t *testing.T) {
 		t.Error("namesID")
 	}
 }
+
+// HostFiles copies files and directories of the host, symlinks followed,
+// and brings each dynamically linked binary's interpreter and libraries.
+func TestBuildImageHostFiles(t *testing.T) {
+	ls, err := exec.LookPath("ls")
+	if err != nil {
+		t.Skip("no ls on PATH")
+	}
+	ls, _ = filepath.EvalSymlinks(ls)
+	dir := t.TempDir()
+	os.MkdirAll(filepath.Join(dir, "sub"), 0o755)
+	os.WriteFile(filepath.Join(dir, "sub", "data"), []byte("data\n"), 0o600)
+	os.Symlink("data", filepath.Join(dir, "sub", "link"))
+	fake := filepath.Join(t.TempDir(), "busybox")
+	os.WriteFile(fake, []byte("not really busybox"), 0o755)
+	var out bytes.Buffer
+	if _, err := BuildImage(&out, ImageOptions{BusyboxPath: fake, HostFiles: []string{ls, dir}}); err != nil {
+		t.Fatal(err)
+	}
+	_, data := untar(t, out.Bytes())
+	var idx index
+	json.Unmarshal(data["index.json"], &idx)
+	var mf manifest
+	json.Unmarshal(blob(t, data, idx.Manifests[0]), &mf)
+	hdrs, files := untar(t, blob(t, data, mf.Layers[0]))
+
+	name := strings.TrimPrefix(ls, "/")
+	if h := hdrs[name]; h == nil || h.Typeflag != tar.TypeReg || h.Mode != 0o755 {
+		t.Errorf("%s: %+v", name, h)
+	}
+	rel := strings.TrimPrefix(dir, "/")
+	for _, f := range []string{rel + "/sub/data", rel + "/sub/link"} {
+		if h := hdrs[f]; h == nil || h.Typeflag != tar.TypeReg || string(files[f]) != "data\n" || h.Mode != 0o600 {
+			t.Errorf("%s: %+v %q, want a copy of sub/data", f, h, files[f])
+		}
+	}
+	if h := hdrs[rel+"/sub/"]; h == nil || h.Typeflag != tar.TypeDir {
+		t.Errorf("parent directory %s/sub/: %+v", rel, h)
+	}
+	deps, err := elfDeps(ls, files[name])
+	if err != nil || len(deps) < 2 {
+		t.Fatalf("deps of %s: %v %v, want an interpreter and libc at least", ls, deps, err)
+	}
+	libc := false
+	for _, d := range deps {
+		if hdrs[strings.TrimPrefix(d, "/")] == nil {
+			t.Errorf("%s needs %s, not in the image", ls, d)
+		}
+		libc = libc || filepath.Base(d) == "libc.so.6"
+	}
+	if !libc {
+		t.Errorf("deps of %s lack libc.so.6: %v", ls, deps)
+	}
+
+	for _, bad := range []string{"relative/path", "/nonexistent/file"} {
+		if _, err := BuildImage(io.Discard, ImageOptions{BusyboxPath: fake, HostFiles: []string{bad}}); err == nil || !strings.Contains(err.Error(), bad) {
+			t.Errorf("HostFiles %q: %v, want an error naming it", bad, err)
+		}
+	}
+}

@@ -72,6 +72,10 @@ type ImageOptions struct {
 	// missing directories are created. Executables are the same with mode
 	// 0755, in directories that exist.
 	Files, Executables map[string][]byte
+	// HostFiles are absolute paths of host files or directories copied
+	// into the image at the same paths, with the interpreter and shared
+	// libraries of each ELF file among them (see hostFiles).
+	HostFiles []string
 }
 
 func (o *ImageOptions) defaults() {
@@ -273,13 +277,24 @@ func buildLayer(busybox []byte, opts ImageOptions) ([]byte, error) {
 			dirs[strings.TrimSuffix(e.hdr.Name, "/")] = true
 		}
 	}
-	for name, data := range opts.Files {
-		name = strings.TrimPrefix(name, "/")
+	parents := func(name string) {
 		for d := filepath.Dir(name); d != "." && !dirs[d]; d = filepath.Dir(d) {
 			dirs[d] = true
 			dir(d, 0o755)
 		}
+	}
+	for name, data := range opts.Files {
+		name = strings.TrimPrefix(name, "/")
+		parents(name)
 		file(name, 0o644, data)
+	}
+	host, err := hostFiles(opts.HostFiles)
+	if err != nil {
+		return nil, err
+	}
+	for name, f := range host {
+		parents(name)
+		file(name, f.mode, f.data)
 	}
 	for name, data := range opts.Executables {
 		file(strings.TrimPrefix(name, "/"), 0o755, data)

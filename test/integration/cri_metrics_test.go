@@ -5,7 +5,6 @@ package integration
 import (
 	"bufio"
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -191,32 +190,4 @@ func dumpSandbox(mfs map[string]*dto.MetricFamily, id string) string {
 		}
 	}
 	return b.String()
-}
-
-// waitExited waits until container id has exited.
-func waitExited(t *testing.T, ctx context.Context, c criEndpoint, id string) {
-	t.Helper()
-	for {
-		st := containerState(t, ctx, c, id)
-		if st == "CONTAINER_EXITED" {
-			return
-		}
-		select {
-		case <-ctx.Done():
-			t.Fatalf("container %s did not exit: %s", id, st)
-		case <-time.After(200 * time.Millisecond):
-		}
-	}
-}
-
-// containerState is the state crictl inspect reports for container id.
-func containerState(t *testing.T, ctx context.Context, c criEndpoint, id string) string {
-	t.Helper()
-	var ctr struct {
-		Status struct {
-			State string `json:"state"`
-		} `json:"status"`
-	}
-	json.Unmarshal([]byte(crictl(t, ctx, c, "inspect", id)), &ctr)
-	return ctr.Status.State
 }

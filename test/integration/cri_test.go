@@ -26,9 +26,10 @@ import (
 // startCRIHarness is a private containerd with the CRI plugin: the runtime
 // handler "kata" is this build's shim with the test's guest image, CNI is a
 // bridge of the harness's own, and images come from an in-process registry
-// mirroring registry.k8s.io, gcr.io and docker.io. crictl is bin/crictl
+// mirroring registry.k8s.io, gcr.io and docker.io, which also serves
+// images: the busybox images a test adds. crictl is bin/crictl
 // (hack/install-cri-tools.sh).
-func startCRIHarness(t *testing.T, timeout time.Duration, mutate func(*ctrtest.Options)) (*ctrtest.Containerd, context.Context) {
+func startCRIHarness(t *testing.T, timeout time.Duration, mutate func(*ctrtest.Options), images ...ctrtest.ImageOptions) (*ctrtest.Containerd, context.Context) {
 	t.Helper()
 	dir := requireVM(t)
 	repo, _ := filepath.Abs("../..")
@@ -52,6 +53,11 @@ func startCRIHarness(t *testing.T, timeout time.Duration, mutate func(*ctrtest.O
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { reg.Close() })
+	for _, img := range images {
+		if err := reg.PushBusybox(img); err != nil {
+			t.Fatal(err)
+		}
+	}
 	opts := ctrtest.Options{
 		BinDirs: []string{bin}, KasaConfigPath: conf, CRI: true, Crictl: filepath.Join(bin, "crictl"),
 		SandboxImage: ctrtest.PauseImage, RegistryMirror: reg.Endpoint(), Debug: os.Getenv("KASA_TEST_DEBUG") != "",
@@ -102,9 +108,20 @@ func runPod(t *testing.T, ctx context.Context, c criEndpoint, cfg map[string]any
 func startContainer(t *testing.T, ctx context.Context, c criEndpoint, podID string, podCfg, cfg map[string]any) string {
 	t.Helper()
 	name := cfg["metadata"].(map[string]any)["name"].(string)
-	// As the kubelet does, the container gets the pod's namespace options.
+	// As the kubelet does, the container gets the pod's namespace options,
+	// beside the security context of its own.
 	if sc, ok := podCfg["linux"].(map[string]any)["security_context"]; ok {
-		cfg["linux"] = map[string]any{"security_context": map[string]any{"namespace_options": sc.(map[string]any)["namespace_options"]}}
+		linux, _ := cfg["linux"].(map[string]any)
+		if linux == nil {
+			linux = map[string]any{}
+			cfg["linux"] = linux
+		}
+		own, _ := linux["security_context"].(map[string]any)
+		if own == nil {
+			own = map[string]any{}
+			linux["security_context"] = own
+		}
+		own["namespace_options"] = sc.(map[string]any)["namespace_options"]
 	}
 	podPath, err := c.WriteJSON(name+"-pod.json", podCfg)
 	if err != nil {
@@ -212,6 +229,10 @@ func testCRIPod(t *testing.T, ctd containerdUnderTest) {
 			t.Errorf("container kernel %q, host kernel %q: not in a VM", guest, host)
 		}
 	})
+	t.Run("no debug console by default", func(t *testing.T) { assertDebugConsoleRefused(t, ctx, podID) })
+	t.Run("guest log in containerd's log", func(t *testing.T) {
+		assertGuestLog(t, c.LogPath, map[string]*regexp.Regexp{"agent": guestLogLine("container created container="+tool, podID, "agent")})
+	})
 	t.Run("pod IP from the host", func(t *testing.T) {
 		body, err := httpGet(ctx, "http://"+podIP(t, ctx, c, podID)+"/")
 		if err != nil || body != ctrtest.WebServerBody {
@@ -273,13 +294,8 @@ func testCRIPod(t *testing.T, ctd containerdUnderTest) {
 		early = startContainer(t, ctx, c, podID, podCfg, containerConfig("early", ctrtest.BusyboxImage,
 			[]string{"sh", "-c", "trap 'exit 42' TERM; while :; do sleep 1; done"}))
 		crictl(t, ctx, c, "stop", "--timeout", "60", early)
-		var st struct {
-			Status struct {
-				ExitCode int `json:"exitCode"`
-			} `json:"status"`
-		}
-		if err := json.Unmarshal([]byte(crictl(t, ctx, c, "inspect", early)), &st); err != nil || st.Status.ExitCode != 42 {
-			t.Errorf("exit code %d (%v), want 42 from the TERM trap", st.Status.ExitCode, err)
+		if state, code := containerStatus(t, ctx, c, early); code != 42 {
+			t.Errorf("%s with exit code %d, want 42 from the TERM trap", state, code)
 		}
 	})
 
@@ -731,6 +747,45 @@ func testCRIShimKilled(t *testing.T, ctd containerdUnderTest) {
 	for _, ipt := range []string{"iptables", "ip6tables"} {
 		if out, err := inNetNS(nsf, ipt, "-w", "5", "-t", "nat", "-S"); err != nil || strings.Contains(out, portforward.Chain) {
 			t.Errorf("after the killed shim was cleaned up, %s -t nat -S: %v\n%s", ipt, err, out)
+		}
+	}
+}
+
+// containerStatus is the state and exit code crictl inspect reports for
+// container id.
+func containerStatus(t *testing.T, ctx context.Context, c criEndpoint, id string) (string, int) {
+	t.Helper()
+	var ctr struct {
+		Status struct {
+			State    string `json:"state"`
+			ExitCode int    `json:"exitCode"`
+		} `json:"status"`
+	}
+	if err := json.Unmarshal([]byte(crictl(t, ctx, c, "inspect", id)), &ctr); err != nil {
+		t.Fatalf("crictl inspect %s: %v", id, err)
+	}
+	return ctr.Status.State, ctr.Status.ExitCode
+}
+
+// containerState is the state crictl inspect reports for container id.
+func containerState(t *testing.T, ctx context.Context, c criEndpoint, id string) string {
+	t.Helper()
+	state, _ := containerStatus(t, ctx, c, id)
+	return state
+}
+
+// waitExited waits for container id to exit and returns its exit code.
+func waitExited(t *testing.T, ctx context.Context, c criEndpoint, id string) int {
+	t.Helper()
+	for {
+		state, code := containerStatus(t, ctx, c, id)
+		if state == "CONTAINER_EXITED" {
+			return code
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("container %s still %s: %v", id, state, ctx.Err())
+		case <-time.After(300 * time.Millisecond):
 		}
 	}
 }

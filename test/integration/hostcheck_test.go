@@ -12,6 +12,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/kasa-runtime/kasa/configuration"
 	"github.com/kasa-runtime/kasa/virtcontainers/fsshare"
 	"github.com/kasa-runtime/kasa/virtcontainers/hostcheck"
 )
@@ -67,9 +68,9 @@ func TestHostCheckConfinement(t *testing.T) {
 		!tmpfs && (r.Status != hostcheck.Warn || !strings.Contains(r.Detail, "tmpfs")) || !strings.Contains(r.Detail, "without root") {
 		t.Errorf("virtiofsd on Linux %s: %+v, want it without root (and a warning about tmpfs before 6.3)", release, r)
 	}
-	cfg.Hypervisor.VirtioFSUserns = false
+	cfg.Hypervisor.VirtioFSUserns = configuration.VirtioFSUsernsOff
 	if r := status("virtiofsd"); r.Status != hostcheck.Warn || !strings.Contains(r.Detail, "as root") {
-		t.Errorf("virtiofsd with virtio_fs_userns = false: %+v, want a warning that it runs as root", r)
+		t.Errorf("virtiofsd with virtio_fs_userns = \"off\": %+v, want a warning that it runs as root", r)
 	}
 	cfg.Hypervisor.Rootless, cfg.Hypervisor.SeccompSandbox, cfg.Hypervisor.SharedFS = false, "", "virtio-9p"
 	for _, name := range []string{"vmm identity", "vmm seccomp"} {

@@ -175,10 +175,11 @@ func TestHostileGuest(t *testing.T) {
 	logGrowth := fileSize(c.LogPath) - logBefore
 	report := lastReport.Load().(string)
 	var guest struct {
-		Phase        string `json:"phase"`
-		ConsoleBytes int64  `json:"console_bytes"`
-		OOMForged    int64  `json:"oom_forged"`
-		EmptyReads   int64  `json:"empty_reads"`
+		Phase         string `json:"phase"`
+		ConsoleBytes  int64  `json:"console_bytes"`
+		OOMForged     int64  `json:"oom_forged"`
+		GuestLogBytes int64  `json:"guest_log_bytes"`
+		EmptyReads    int64  `json:"empty_reads"`
 	}
 	json.Unmarshal([]byte(report), &guest)
 
@@ -223,6 +224,8 @@ func TestHostileGuest(t *testing.T) {
 		fmt.Sprintf("ctr task ps of the hostile pod (300000 processes claimed): %s", strings.Join(psResults, "; ")),
 		fmt.Sprintf("ctr task metrics of the hostile pod (300000 per-CPU counters): exit %d, %q; containerd logged %d StatsContainer replies refused as too many elements",
 			metrics.ExitCode, firstLine(strings.TrimSpace(metrics.Stderr)), statsRefused),
+		fmt.Sprintf("guest log flood: the guest wrote %.1f MiB, containerd's log has %d of its lines and %d \"suppressed\" lines",
+			mib(guest.GuestLogBytes), logCount(c, "hostile log flood"), logCount(c, "lines suppressed")),
 		fmt.Sprintf("containerd's log: %d warnings of forged container ids, %d ttrpc lines on streams never opened, %d VMs that ignored DestroySandbox and were made to quit",
 			logCount(c, "guest named a container that is not this sandbox's"), logCount(c, "received message on inactive stream"), logCount(c, "guest did not power off")),
 	}
@@ -248,6 +251,9 @@ func TestHostileGuest(t *testing.T) {
 	}
 	if logGrowth > hostileLogGrowthMax {
 		t.Errorf("containerd's log grew by %d bytes under the attack, bound %d", logGrowth, hostileLogGrowthMax)
+	}
+	if guest.GuestLogBytes == 0 || logCount(c, "lines suppressed") == 0 {
+		t.Errorf("the guest log flood (%d bytes sent) was not cut short with a suppressed count", guest.GuestLogBytes)
 	}
 	if guest.Phase != "attacking" || guest.ConsoleBytes == 0 || guest.OOMForged == 0 || accepted.Load() == 0 {
 		t.Errorf("the guest did not attack as meant (report %q, %d streams accepted)", report, accepted.Load())

@@ -161,7 +161,7 @@ func assertUnmappableVolumeRefused(t *testing.T, ctx context.Context, c *ctrtest
 // to the share, the user namespace.
 func TestSandboxBootFailureUndoesVirtiofsdUserns(t *testing.T) {
 	cfg := testConfig(t)
-	if !cfg.Hypervisor.Rootless || !cfg.Hypervisor.VirtioFSUserns || cfg.Hypervisor.SharedFS != configuration.SharedFSVirtioFS {
+	if !cfg.Hypervisor.Rootless || cfg.Hypervisor.VirtioFSUserns == configuration.VirtioFSUsernsOff || cfg.Hypervisor.SharedFS != configuration.SharedFSVirtioFS {
 		t.Fatalf("the default configuration does not run virtiofsd without root: %+v", cfg.Hypervisor)
 	}
 	bad := filepath.Join(t.TempDir(), "garbage.img")

@@ -89,6 +89,9 @@ func testVMBootsAndAgentAnswers(t *testing.T, cfg *configuration.Config, scheme,
 	if !strings.Contains(d.GetKernelCmdline(), "console=ttyS0") {
 		t.Errorf("kernel cmdline %q", d.GetKernelCmdline())
 	}
+	if feature == api.FeatureVsock {
+		assertGuestPortsByDefault(t, ctx, vm.Agent.Address())
+	}
 
 	// DestroySandbox alone must power the guest off: QEMU exits by itself, cleanly.
 	if err := vm.Agent.DestroySandbox(ctx); err != nil {

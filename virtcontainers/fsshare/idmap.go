@@ -33,7 +33,7 @@ import (
 // ErrNotIdmappable marks a mount the kernel cannot idmap, so that an
 // unprivileged virtiofsd cannot serve it. It is a failed precondition of
 // the node, not a fault of the request.
-var ErrNotIdmappable = fmt.Errorf("an unprivileged virtiofsd cannot serve it with its owners (hypervisor.qemu.virtio_fs_userns = false serves every mount from a root virtiofsd): %w", errdefs.ErrFailedPrecondition)
+var ErrNotIdmappable = fmt.Errorf("an unprivileged virtiofsd cannot serve it with its owners (hypervisor.qemu.virtio_fs_userns = \"off\" serves every mount from a root virtiofsd): %w", errdefs.ErrFailedPrecondition)
 
 // cloneIdmapped returns a detached copy of the mount tree at src (only the
 // mount at src unless recursive) on which ids are mapped into userns.

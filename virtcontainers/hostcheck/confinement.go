@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/kasa-runtime/kasa/configuration"
+	"github.com/kasa-runtime/kasa/virtcontainers"
 	"github.com/kasa-runtime/kasa/virtcontainers/fsshare"
 	"github.com/kasa-runtime/kasa/virtcontainers/vmmuser"
 )
@@ -51,6 +52,11 @@ func checkConfinement(ctx context.Context, cfg *configuration.Config) []Result {
 	}
 	out = append(out, sc)
 
+	if cfg.Agent.DebugConsoleEnabled {
+		out = append(out, Result{Name: "debug console", Status: Warn,
+			Detail: "agent.kata.debug_console_enabled = true: every pod's guest serves a root shell, which root on this node reaches with kasa exec"})
+	}
+
 	if h.SharedFS == configuration.SharedFSVirtioFS {
 		r := Result{Name: "virtiofsd", Status: Pass}
 		if desc, err := fsshare.DescribeDaemon(h.VirtioFSDaemon); err != nil {
@@ -69,9 +75,12 @@ func checkConfinement(ctx context.Context, cfg *configuration.Config) []Result {
 // this kernel.
 func virtiofsdIdentity(h *configuration.HypervisorConfig, desc string) Result {
 	r := Result{Name: "virtiofsd", Status: Pass}
-	if !h.Rootless || !h.VirtioFSUserns {
+	if ok, why := virtcontainers.VirtiofsdUnprivileged(*h); !ok {
 		r.Status = Warn
-		r.Detail = desc + ": runs as root (hypervisor.qemu.rootless or virtio_fs_userns = false), confined only by its own namespaces, pivot_root and seccomp; a guest that escapes it is root in a mount namespace holding the share"
+		r.Detail = desc + ": runs as root (" + why + "), confined only by its own namespaces, pivot_root and seccomp; a guest that escapes it is root in a mount namespace holding the share"
+		if h.Rootless && h.VirtioFSUserns == configuration.VirtioFSUsernsAuto {
+			r.Remedy = `use Linux 6.3 or later, or set hypervisor.qemu.virtio_fs_userns = "on" (virtiofsd without root; volumes on tmpfs are then refused)`
+		}
 		return r
 	}
 	release, overlayLayers, tmpfs := fsshare.KernelIdmaps()
@@ -81,11 +90,11 @@ func virtiofsdIdentity(h *configuration.HypervisorConfig, desc string) Result {
 	case !overlayLayers:
 		r.Status = Fail
 		r.Detail = fmt.Sprintf("Linux %s cannot mount overlayfs on idmapped layers (5.19 can): the unprivileged virtiofsd could not serve any container's root filesystem", release)
-		r.Remedy = "use Linux 5.19 or later, or set hypervisor.qemu.virtio_fs_userns = false (virtiofsd as root)"
+		r.Remedy = `use Linux 5.19 or later, or set hypervisor.qemu.virtio_fs_userns = "off" (virtiofsd as root)`
 	case !tmpfs:
 		r.Status = Warn
 		r.Detail += fmt.Sprintf("; Linux %s cannot idmap tmpfs (6.3 can), so a volume on tmpfs (Kubernetes secrets, configMaps, projected service-account tokens, emptyDir with medium Memory, a hostPath under /run or /dev/shm) is refused", release)
-		r.Remedy = "use Linux 6.3 or later for tmpfs volumes, or set hypervisor.qemu.virtio_fs_userns = false (virtiofsd as root)"
+		r.Remedy = `use Linux 6.3 or later for tmpfs volumes, or set hypervisor.qemu.virtio_fs_userns = "off" (virtiofsd as root)`
 	}
 	return r
 }

@@ -52,6 +52,7 @@ func Run(ctx context.Context, cfg *configuration.Config) []Result {
 	out = append(out, checkCgroups())
 	out = append(out, checkTapTC(ctx))
 	out = append(out, checkPortForward(ctx, cfg))
+	out = append(out, checkTemplate(cfg))
 	return out
 }
 

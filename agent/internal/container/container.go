@@ -98,7 +98,7 @@ func (c *Container) signal(ctx context.Context, execID string, sig unix.Signal, 
 		running := err == nil && p == c.init && c.status() == statusRunning
 		c.mu.Unlock()
 		if running {
-			awaitHandler(ctx, p.pid, sig, handlerWait)
+			awaitHandler(ctx, p.pid, sig, handlerWindow)
 		}
 	}
 	c.mu.Lock()

@@ -66,3 +66,34 @@ func TestReadSigStatusSeesHandler(t *testing.T) {
 		t.Errorf("SigCgt %x lacks SIGUSR2 after signal.Notify", st.caught)
 	}
 }
+
+func TestParseProcessAge(t *testing.T) {
+	// A command name with spaces and a parenthesis; starttime 12345 ticks.
+	stat := []byte("812 (my (odd) cmd) S 1 812 812 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 12345 1000 100 18446744073709551615 0 0 0 0 0 0 0 0 0 0 0 0 17 0 0 0 0 0 0")
+	age, err := parseProcessAge(stat, []byte("133.45 200.00\n"), 100)
+	if err != nil || age != 10*time.Second {
+		t.Errorf("age = %v, %v; want 10s (133.45 s uptime, started at 123.45 s)", age, err)
+	}
+	for _, bad := range [][2]string{{"812 cmd S", "1.0 1.0"}, {"812 (x) S 1", "1.0"}, {string(stat), ""}, {string(stat), "x"}} {
+		if _, err := parseProcessAge([]byte(bad[0]), []byte(bad[1]), 100); err == nil {
+			t.Errorf("parseProcessAge(%q, %q) accepted", bad[0], bad[1])
+		}
+	}
+	if age, err := processAge(os.Getpid()); err != nil || age < 0 || age > 24*time.Hour {
+		t.Errorf("our own age = %v, %v", age, err)
+	}
+}
+
+func TestInLibcontainerInit(t *testing.T) {
+	if !inLibcontainerInit(os.Getpid()) {
+		t.Error("this process runs its own binary")
+	}
+	cmd := exec.Command("sleep", "60")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Process.Kill()
+	if inLibcontainerInit(cmd.Process.Pid) {
+		t.Error("sleep does not run this binary")
+	}
+}

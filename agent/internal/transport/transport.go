@@ -67,6 +67,9 @@ func closeAll(ls []net.Listener) {
 	}
 }
 
+// Present reports whether the VM has any device the agent listens on.
+func Present() bool { return HasVsockDevice() || serialPortDevice(SerialPortName) != "" }
+
 // HasVsockDevice reports whether the VM gave the guest a virtio-vsock device.
 func HasVsockDevice() bool {
 	ids, _ := filepath.Glob("/sys/bus/virtio/devices/*/device")

@@ -3,7 +3,10 @@
 // ttrpc answer, median of N boots per machine type, beside the same
 // kernel's raw boot to a trivial /init that resets the VM at once.
 //
-//	go run ./test/bench/boot [-n 5] [-machines q35,pc,microvm]
+//	go run ./test/bench/boot [-n 5] [-machines q35,pc,microvm] [-restore=false]
+//
+// Then, unless -restore=false, the runtime's own start of a sandbox VM cold
+// beside a restore from a VM template, phase by phase, with QEMU's PSS.
 //
 // It needs root, QEMU and KASA_TEST_GUEST_DIR (make bench-boot sets it).
 package main
@@ -34,10 +37,17 @@ func main() {
 	n := flag.Int("n", 5, "boots per configuration")
 	machines := flag.String("machines", "q35,pc,microvm", "machine types to measure")
 	memory := flag.Uint("memory", 512, "guest memory, MiB")
+	restore := flag.Bool("restore", true, "also measure cold boot beside a restore from a VM template, through the runtime")
 	flag.Parse()
 	if err := run(*n, strings.Split(*machines, ","), uint32(*memory)); err != nil {
 		fmt.Fprintln(os.Stderr, "bench-boot:", err)
 		os.Exit(1)
+	}
+	if *restore {
+		if err := benchRestore(os.Getenv("KASA_TEST_GUEST_DIR"), *n); err != nil {
+			fmt.Fprintln(os.Stderr, "bench-boot: restore:", err)
+			os.Exit(1)
+		}
 	}
 }
 

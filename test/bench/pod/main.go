@@ -9,7 +9,11 @@
 //
 // Usage:
 //
-//	go run ./test/bench/pod [-n 10] [-burst 10] [-idle 3] [-kasa-config FILE] [-shim-dir DIR] [-crictl PATH]
+//	go run ./test/bench/pod [-n 10] [-burst 10] [-idle 3] [-kasa-config FILE] [-shim-dir DIR] [-crictl PATH] [-template on|off]
+//
+// -template sets [factory] enable_template in a copy of the Kasa
+// configuration: "on" measures pods started from a VM template (the first,
+// unmeasured pod makes it), "off" cold-booted pods; unset keeps the file's.
 //
 // It needs root, containerd, runc, the CNI plugins and crictl (make
 // cri-tools).
@@ -39,6 +43,7 @@ type config struct {
 	timeout               time.Duration
 	handlers              []string
 	containerImage, pause string
+	template              string
 }
 
 func main() {
@@ -50,6 +55,7 @@ func main() {
 	flag.StringVar(&cfg.shimDir, "shim-dir", "", "directory put first on containerd's PATH (e.g. ./bin)")
 	flag.StringVar(&cfg.crictl, "crictl", "bin/crictl", "crictl binary")
 	flag.DurationVar(&cfg.timeout, "timeout", 20*time.Minute, "limit for the whole run")
+	flag.StringVar(&cfg.template, "template", "", `"on" or "off": [factory] enable_template for the kata pods (default: the configuration's)`)
 	flag.Parse()
 	cfg.handlers = []string{"runc", "kata"}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -65,6 +71,14 @@ func main() {
 func run(ctx context.Context, cfg config) error {
 	if os.Geteuid() != 0 {
 		return fmt.Errorf("needs root (it starts its own containerd)")
+	}
+	if cfg.template != "" {
+		conf, err := withTemplateMode(cfg.kasaConfig, cfg.template)
+		if err != nil {
+			return err
+		}
+		defer os.Remove(conf)
+		cfg.kasaConfig = conf
 	}
 	repo, _ := os.Getwd()
 	reg, err := ctrtest.StartCRIRegistry(repo)
@@ -90,7 +104,7 @@ func run(ctx context.Context, cfg config) error {
 	if _, err := c.CrictlOK(ctx, "pull", ctrtest.PauseImage); err != nil {
 		return err
 	}
-	fmt.Printf("bench-pod: %d pods one at a time, a burst of %d, %d idle pods; handlers %v\n", cfg.n, cfg.burst, cfg.idle, cfg.handlers)
+	fmt.Printf("bench-pod: %d pods one at a time, a burst of %d, %d idle pods; handlers %v; VM templates %s\n", cfg.n, cfg.burst, cfg.idle, cfg.handlers, orDefault(cfg.template))
 
 	type result struct {
 		ready     []time.Duration
@@ -396,4 +410,37 @@ func errText(err error) string {
 		return ""
 	}
 	return "error: " + err.Error()
+}
+
+// withTemplateMode writes a copy of the Kasa configuration at path with
+// [factory] enable_template set by mode ("on" or "off") and returns it.
+func withTemplateMode(path, mode string) (string, error) {
+	if mode != "on" && mode != "off" {
+		return "", fmt.Errorf("-template %q: want on or off", mode)
+	}
+	var body []byte
+	if path != "" {
+		var err error
+		if body, err = os.ReadFile(path); err != nil {
+			return "", err
+		}
+	}
+	if strings.Contains(string(body), "[factory]") {
+		return "", fmt.Errorf("-template: %s has its own [factory] table", path)
+	}
+	body = append(body, []byte("\n[factory]\nenable_template = "+strconv.FormatBool(mode == "on")+"\n")...)
+	f, err := os.CreateTemp("", "bench-pod-kasa-*.toml")
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	_, err = f.Write(body)
+	return f.Name(), err
+}
+
+func orDefault(mode string) string {
+	if mode == "" {
+		return "as configured"
+	}
+	return mode
 }

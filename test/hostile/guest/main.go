@@ -18,6 +18,9 @@
 //     ttrpc maximum minus a little);
 //   - ListProcesses and StatsContainer: 300000 processes, 300000 per-CPU
 //     counters;
+//   - guest log: on the log port (api.GuestLogVsockPort) the host dials,
+//     lines as fast as the stream takes them: escape sequences, invalid
+//     UTF-8, lines far over the length limit, lines not in the format;
 //   - DestroySandbox: acknowledged, and the VM left running;
 //   - ttrpc framing: between its real replies it writes responses for
 //     stream ids the host never opened (even ids; the host's are odd), each
@@ -98,6 +101,7 @@ type Counters struct {
 	HugeLists        int64  `json:"huge_lists"`
 	AgentConnections int64  `json:"agent_connections"`
 	MetricsForged    int64  `json:"metrics_forged"`
+	GuestLogBytes    int64  `json:"guest_log_bytes"`
 }
 
 var (
@@ -118,6 +122,7 @@ func snapshot() Counters {
 		{&c.OversizeReads, &counters.OversizeReads}, {&c.FramesInjected, &counters.FramesInjected},
 		{&c.DestroyIgnored, &counters.DestroyIgnored}, {&c.AgentConnections, &counters.AgentConnections},
 		{&c.HugeLists, &counters.HugeLists}, {&c.MetricsForged, &counters.MetricsForged},
+		{&c.GuestLogBytes, &counters.GuestLogBytes},
 	} {
 		*f.dst = atomic.LoadInt64(f.src)
 	}
@@ -244,6 +249,7 @@ func attack() {
 		phase.Store("attacking")
 		logf("attacking")
 		go floodConsole()
+		go floodGuestLog()
 		go floodConnections()
 		go refusedConnections()
 	})
@@ -266,6 +272,39 @@ func floodConsole() {
 		if err != nil {
 			time.Sleep(10 * time.Millisecond)
 		}
+	}
+}
+
+// floodGuestLog serves the host's log streams with as much as they take.
+func floodGuestLog() {
+	l, err := vsock.Listen(api.GuestLogVsockPort, nil)
+	if err != nil {
+		logf("listen on the guest log port: %v", err)
+		return
+	}
+	var block []byte
+	for i := 0; len(block) < 64<<10; i++ {
+		block = append(block, api.FormatGuestLogLine(api.GuestLogAgent, api.LogErr, fmt.Sprintf("hostile log flood %d \x1b[2J\x1b]0;owned\x07 \xff\xfe", i))...)
+		block = append(block, "k0 kernel panic - not syncing (forged)\n"...)
+		block = append(block, strings.Repeat("no newline for a long while ", 300)...)
+		block = append(block, '\n')
+	}
+	for {
+		c, err := l.Accept()
+		if err != nil {
+			logf("guest log accept: %v", err)
+			return
+		}
+		go func() {
+			defer c.Close()
+			for {
+				n, err := c.Write(block)
+				add(&counters.GuestLogBytes, int64(n))
+				if err != nil {
+					return
+				}
+			}
+		}()
 	}
 }
 
