@@ -40,8 +40,9 @@ func TestCRIMountSemantics(t *testing.T) {
 	ctd := containerd2(t, rel, relErr)
 	conf := filepath.Join(t.TempDir(), "configuration.toml")
 	configure := func(userns bool) {
-		body := fmt.Sprintf("[hypervisor.qemu]\nkernel = %q\ninitrd = %q\nvirtio_fs_userns = %v\n\n[agent.kata]\ndial_timeout = 60\n",
-			filepath.Join(dir, "vmlinuz"), filepath.Join(dir, "initrd.img"), userns)
+		mode := map[bool]string{true: "on", false: "off"}[userns]
+		body := fmt.Sprintf("[hypervisor.qemu]\nkernel = %q\ninitrd = %q\nvirtio_fs_userns = %q\n\n[agent.kata]\ndial_timeout = 60\n",
+			filepath.Join(dir, "vmlinuz"), filepath.Join(dir, "initrd.img"), mode)
 		if err := os.WriteFile(conf, []byte(body), 0o644); err != nil {
 			t.Fatal(err)
 		}
