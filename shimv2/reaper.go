@@ -106,7 +106,7 @@ func runReaper(id string) int {
 
 // OwnCommand runs what the shim answers itself, before containerd's shim
 // library parses the command line: a version request (PrintVersion) and
-// the reaper. It reports whether it handled args (os.Args) and the exit
+// the reaper, and containerd 2.x's -info (RuntimeInfo). It reports whether it handled args (os.Args) and the exit
 // code.
 func OwnCommand(args []string, stdout io.Writer) (code int, handled bool) {
 	if len(args) == 0 {
@@ -114,6 +114,9 @@ func OwnCommand(args []string, stdout io.Writer) (code int, handled bool) {
 	}
 	if PrintVersion(args[0], args[1:], stdout) {
 		return 0, true
+	}
+	if len(args) == 2 && args[1] == infoFlag {
+		return printInfo(stdout), true
 	}
 	if len(args) == 3 && args[1] == reapCommand {
 		if os.Getenv(reaperDetachedEnv) == "" {

@@ -11,11 +11,13 @@ import (
 	"path/filepath"
 	"reflect"
 	"slices"
+	"strings"
 	"testing"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/kasa-runtime/kasa/agent/api"
+	"github.com/kasa-runtime/kasa/virtcontainers/fsshare"
 )
 
 // criContainerSpec is close to what containerd's CRI plugin writes for a
@@ -128,7 +130,8 @@ func addSpecSeeds(f *testing.F) {
 		f.Add(b, uint8(1))
 	}
 	for _, s := range []string{`{}`, `{"process":{}}`, `{"process":{},"linux":{}}`, `{"process":{},"linux":{"namespaces":[{"type":"user","path":"/proc/1/ns/user"}]}}`,
-		`{"process":{},"linux":{},"mounts":[{"destination":"/dev/shm","type":"bind","source":"shm"},{"destination":"/x","options":["rbind"],"source":"/"}]}`} {
+		`{"process":{},"linux":{},"mounts":[{"destination":"/dev/shm","type":"bind","source":"shm"},{"destination":"/x","options":["rbind"],"source":"/"}]}`,
+		`{"process":{},"linux":{"rootfsPropagation":"rslave"},"mounts":[{"destination":"/a","type":"bind","source":"/a","options":["rbind","rslave","ro"]},{"destination":"/b","type":"bind","source":"/b","options":["rbind","rprivate","rro"]},{"destination":"/c","type":"bind","source":"/c","options":["rbind","rshared"]}]}`} {
 		f.Add([]byte(s), uint8(0))
 	}
 }
@@ -187,7 +190,7 @@ func FuzzGuestSpec(f *testing.F) {
 		in, before := decodeSpec(t, data)
 		const rootfs = "/run/kasa/shared/c1/rootfs"
 		shared := sharedVolumes(in)
-		volumes := map[int]string{}
+		volumes := map[int]fsshare.Bound{}
 		for k, i := range shared {
 			if i < 0 || i >= len(in.Mounts) || !isBind(in.Mounts[i]) || !filepath.IsAbs(in.Mounts[i].Source) {
 				t.Fatalf("sharedVolumes listed mount %d: %+v", i, in.Mounts)
@@ -195,7 +198,8 @@ func FuzzGuestSpec(f *testing.F) {
 			if k < 8 && omit&(1<<k) != 0 {
 				continue
 			}
-			volumes[i] = fmt.Sprintf("/run/kasa/shared/c1/volumes/%d", i)
+			volumes[i] = fsshare.Bound{GuestPath: fmt.Sprintf("/run/kasa/shared/c1/volumes/%d", i)}
+			checkVolumeFor(t, in.Mounts[i])
 		}
 		out, sandboxNS, err := guestSpec(in, rootfs, volumes)
 		if after, _ := json.Marshal(in); !bytes.Equal(after, before) {
@@ -222,8 +226,8 @@ func FuzzGuestSpec(f *testing.F) {
 				if m.Source != api.GuestPodShm {
 					t.Errorf("/dev/shm from %q, want %q", m.Source, api.GuestPodShm)
 				}
-			case m.Source != volumes[i] || volumes[i] == "":
-				t.Errorf("bind mount %d from %q, not its shared volume %q", i, m.Source, volumes[i])
+			case m.Source != volumes[i].GuestPath || volumes[i].GuestPath == "":
+				t.Errorf("bind mount %d from %q, not its shared volume %q", i, m.Source, volumes[i].GuestPath)
 			}
 		}
 		checkHostOnlyDropped(t, out)
@@ -427,4 +431,18 @@ func FuzzAgentStreams(f *testing.F) {
 			t.Fatalf("Read after eof = %d, %v", n, err)
 		}
 	})
+}
+
+// checkVolumeFor: a volume is bound from its own source, and refused
+// exactly when it asks for propagation to the host or for recursive
+// read-only with propagation from it.
+func checkVolumeFor(t *testing.T, m specs.Mount) {
+	v, err := volumeFor(m)
+	shared := slices.Contains(m.Options, "shared") || slices.Contains(m.Options, "rshared")
+	if shared != (err != nil && strings.Contains(err.Error(), "propagation \"")) {
+		t.Fatalf("options %q: err %v", m.Options, err)
+	}
+	if err == nil && (v.Source != m.Source || (v.FollowHost && v.RecursiveReadOnly)) {
+		t.Fatalf("options %q: volume %+v", m.Options, v)
+	}
 }

@@ -10,6 +10,7 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/kasa-runtime/kasa/agent/api"
+	"github.com/kasa-runtime/kasa/virtcontainers/fsshare"
 )
 
 // isBind reports whether an OCI mount is a bind mount of a host path.
@@ -20,13 +21,10 @@ func isBind(m specs.Mount) bool {
 	return slices.Contains(m.Options, "bind") || slices.Contains(m.Options, "rbind")
 }
 
-// isReadOnly reports whether an OCI mount asks for read-only.
-func isReadOnly(m specs.Mount) bool { return slices.Contains(m.Options, "ro") }
-
 // guestSpec adapts a container's OCI spec, written for the host, to the
 // guest: the root is the rootfs in the shared directory, bind mounts point at
-// their copies in the shared directory (volumes maps a mount's index to its
-// guest path), and the host-only parts are dropped: hooks (they would run in
+// their copies in the shared directory (volumes maps a mount's index to
+// them; see guestSubmounts for the mounts below them), and the host-only parts are dropped: hooks (they would run in
 // the guest with the host's paths), device nodes (they are the host's), the
 // cgroup path (the agent places containers in the guest's hierarchy), the
 // network namespace (containers share the VM's network), and the VM and
@@ -38,7 +36,7 @@ func isReadOnly(m specs.Mount) bool { return slices.Contains(m.Options, "ro") }
 // joinable types, returned in sandboxNS, for the agent to resolve to the
 // sandbox container's namespaces in the guest. A /dev/shm bind mount becomes
 // the pod's guest shm (api.GuestPodShm).
-func guestSpec(in *specs.Spec, rootfs string, volumes map[int]string) (_ *specs.Spec, sandboxNS []string, _ error) {
+func guestSpec(in *specs.Spec, rootfs string, volumes map[int]fsshare.Bound) (_ *specs.Spec, sandboxNS []string, _ error) {
 	if in == nil || in.Process == nil {
 		return nil, nil, fmt.Errorf("OCI spec has no process")
 	}
@@ -61,20 +59,26 @@ func guestSpec(in *specs.Spec, rootfs string, volumes map[int]string) (_ *specs.
 	s.VM = nil
 	s.Windows = nil
 
-	for i := range s.Mounts {
-		if !isBind(s.Mounts[i]) {
+	mounts := make([]specs.Mount, 0, len(s.Mounts))
+	for i, m := range s.Mounts {
+		if !isBind(m) {
+			mounts = append(mounts, m)
 			continue
 		}
-		if isPodShm(s.Mounts[i]) {
-			s.Mounts[i].Source = api.GuestPodShm
+		if isPodShm(m) {
+			m.Source = api.GuestPodShm
+			mounts = append(mounts, m)
 			continue
 		}
-		g, ok := volumes[i]
+		b, ok := volumes[i]
 		if !ok {
-			return nil, nil, fmt.Errorf("bind mount of host path %q at %q was not shared with the guest", s.Mounts[i].Source, s.Mounts[i].Destination)
+			return nil, nil, fmt.Errorf("bind mount of host path %q at %q was not shared with the guest", m.Source, m.Destination)
 		}
-		s.Mounts[i].Source = g
+		m.Source = b.GuestPath
+		mounts = append(mounts, m)
+		mounts = append(mounts, guestSubmounts(m, b.Submounts)...)
 	}
+	s.Mounts = mounts
 
 	var ns []specs.LinuxNamespace
 	for _, n := range s.Linux.Namespaces {

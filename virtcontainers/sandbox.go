@@ -337,7 +337,7 @@ func (s *Sandbox) CreateContainer(ctx context.Context, cc ContainerConfig) (retE
 	if cc.PodSandbox {
 		gs, err = podSandboxSpec(cc.Spec)
 	} else {
-		gs, sandboxNS, err = s.shareContainer(cc, &undo)
+		gs, sandboxNS, err = s.shareContainer(ctx, cc, &undo)
 	}
 	if err != nil {
 		return err
@@ -358,18 +358,35 @@ func (s *Sandbox) CreateContainer(ctx context.Context, cc ContainerConfig) (retE
 
 // shareContainer shares a workload container's root filesystem and
 // volumes with the guest and returns its guest spec.
-func (s *Sandbox) shareContainer(cc ContainerConfig, undo *cleanup) (*specs.Spec, []string, error) {
+func (s *Sandbox) shareContainer(ctx context.Context, cc ContainerConfig, undo *cleanup) (*specs.Spec, []string, error) {
+	// What cannot be done is refused before anything is mounted, the
+	// mount that asks for it first (CRI's Bidirectional sets both).
+	binds := map[int]fsshare.Volume{}
+	for _, i := range sharedVolumes(cc.Spec) {
+		v, err := volumeFor(cc.Spec.Mounts[i])
+		if err != nil {
+			return nil, nil, fmt.Errorf("container %s: %w: %v", cc.ID, errdefs.ErrInvalidArgument, err)
+		}
+		binds[i] = v
+	}
+	if err := checkRootfsPropagation(cc.Spec); err != nil {
+		return nil, nil, fmt.Errorf("container %s: %w: %v", cc.ID, errdefs.ErrInvalidArgument, err)
+	}
 	rootfs, err := s.share.MountRootfs(cc.ID, cc.Rootfs, cc.BundleRootfs)
 	if err != nil {
 		return nil, nil, err
 	}
 	undo.add("unshare container files", func() error { return s.share.RemoveContainer(cc.ID) })
-	volumes := map[int]string{}
-	for _, i := range sharedVolumes(cc.Spec) {
+	volumes := map[int]fsshare.Bound{}
+	for i, v := range binds {
 		m := cc.Spec.Mounts[i]
-		g, err := s.share.BindVolume(cc.ID, i, m.Source, isReadOnly(m))
+		g, err := s.share.BindVolume(cc.ID, i, v)
 		if err != nil {
 			return nil, nil, fmt.Errorf("container %s: volume %s: %w", cc.ID, m.Destination, err)
+		}
+		if g.SubmountsOmitted {
+			log.G(ctx).WithField("container", cc.ID).Warnf("volume %s: more than %d mounts below its source %s: "+
+				"in the guest they take the volume's own flags (read-only under ro), not their own", m.Destination, fsshare.MaxSubmounts, m.Source)
 		}
 		volumes[i] = g
 	}

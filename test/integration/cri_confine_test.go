@@ -113,9 +113,19 @@ func testCRIConfinedVMM(t *testing.T, sandboxCgroupOnly bool) {
 	if _, err := os.Lstat(filepath.Join(vol, "null")); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("a device node reached the volume: %v", err)
 	}
-	shared, _ := filepath.Glob(filepath.Join("/run/kasa/shared", podID, id, "volumes", "*-"+filepath.Base(vol)))
+	// The share's copy of a volume lives in virtiofsd's mount namespace
+	// only: look through the daemon's root, which is the share.
+	var shared []string
+	for what, pid := range inGroup {
+		if strings.HasPrefix(what, "virtiofsd") {
+			shared, _ = filepath.Glob(filepath.Join("/proc", strconv.Itoa(pid), "root", id, "volumes", "*-"+filepath.Base(vol)))
+			if len(shared) == 1 {
+				break
+			}
+		}
+	}
 	if len(shared) != 1 {
-		t.Fatalf("the volume in the share: %v", shared)
+		t.Fatalf("the volume in virtiofsd's view of the share: %v", shared)
 	}
 	var fs unix.Statfs_t
 	if err := unix.Statfs(filepath.Join(shared[0], "suid"), &fs); err != nil || fs.Flags&unix.ST_NOSUID == 0 {

@@ -60,31 +60,42 @@ func onContainerds(t *testing.T, body func(t *testing.T, ctd containerdUnderTest
 	}
 	t.Run(name, func(t *testing.T) { body(t, containerdUnderTest{name: name, release: rel}) })
 
-	path := containerd2Path()
-	name, rel = "containerd-2", ctrtest.Release{}
-	r, relErr := ctrtest.BinaryRelease(path)
-	if relErr == nil {
-		name, rel = "containerd-"+r.String(), r
+	name, rel, relErr := containerd2Release()
+	t.Run(name, func(t *testing.T) { body(t, containerd2(t, rel, relErr)) })
+}
+
+// containerd2Release names containerd 2.x's subtest after its release.
+func containerd2Release() (string, ctrtest.Release, error) {
+	r, err := ctrtest.BinaryRelease(containerd2Path())
+	if err != nil {
+		return "containerd-2", ctrtest.Release{}, err
 	}
-	t.Run(name, func(t *testing.T) {
-		if relErr != nil {
-			ctrtest.Missing(t, "containerd 2.x at %s (make containerd2; KASA_TEST_CONTAINERD2 names another): %v", path, relErr)
+	return "containerd-" + r.String(), r, nil
+}
+
+// containerd2 is containerd 2.x for a test that runs on it alone. A
+// missing build skips the test outside CI, saying why, and fails it under
+// CI=true.
+func containerd2(t *testing.T, rel ctrtest.Release, relErr error) containerdUnderTest {
+	t.Helper()
+	path := containerd2Path()
+	if relErr != nil {
+		ctrtest.Missing(t, "containerd 2.x at %s (make containerd2; KASA_TEST_CONTAINERD2 names another): %v", path, relErr)
+	}
+	if !rel.V2() {
+		t.Fatalf("%s is containerd %s, not 2.x", path, rel.Text)
+	}
+	dir := filepath.Dir(path)
+	for _, b := range []string{"ctr", "containerd-shim-runc-v2"} {
+		if _, err := os.Stat(filepath.Join(dir, b)); err != nil {
+			ctrtest.Missing(t, "%s beside %s (make containerd2)", b, path)
 		}
-		if !rel.V2() {
-			t.Fatalf("%s is containerd %s, not 2.x", path, rel.Text)
-		}
-		dir := filepath.Dir(path)
-		for _, b := range []string{"ctr", "containerd-shim-runc-v2"} {
-			if _, err := os.Stat(filepath.Join(dir, b)); err != nil {
-				ctrtest.Missing(t, "%s beside %s (make containerd2)", b, path)
-			}
-		}
-		body(t, containerdUnderTest{name: name, release: rel, opts: func(o *ctrtest.Options) {
-			o.Containerd, o.Ctr = path, filepath.Join(dir, "ctr")
-			// Its own runc shim, first on containerd's PATH.
-			o.BinDirs = append([]string{dir}, o.BinDirs...)
-		}})
-	})
+	}
+	return containerdUnderTest{name: "containerd-" + rel.String(), release: rel, opts: func(o *ctrtest.Options) {
+		o.Containerd, o.Ctr = path, filepath.Join(dir, "ctr")
+		// Its own runc shim, first on containerd's PATH.
+		o.BinDirs = append([]string{dir}, o.BinDirs...)
+	}}
 }
 
 // bundleSpec is the OCI spec containerd gave the shim for container id (a

@@ -13,6 +13,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 
 	"github.com/containerd/containerd/mount"
 	"golang.org/x/sys/unix"
@@ -42,6 +43,14 @@ type Share struct {
 	// root is host uid usernsRoot.
 	userns     *os.File
 	usernsRoot uint32
+
+	mu sync.Mutex
+	// daemonPID is virtiofsd's, once StartVirtioFSD started it.
+	daemonPID int
+	// volumeNS is virtiofsd's mount namespace, where volumes are
+	// attached (volumens.go); nil until the first volume, or without
+	// virtiofsd.
+	volumeNS *os.File
 }
 
 // New creates the sandbox's shared directory.
@@ -97,45 +106,9 @@ func (s *Share) MountRootfs(containerID string, mounts []mount.Mount, bundleRoot
 		os.RemoveAll(s.containerDir(containerID))
 		return "", fmt.Errorf("mount rootfs of %s: %w", containerID, err)
 	}
-	if err := restrict(target, false); err != nil {
+	if err := restrict(target, false, false); err != nil {
 		unmountAndRemove(s.containerDir(containerID))
 		return "", fmt.Errorf("rootfs of %s: %w", containerID, err)
-	}
-	return s.guestPath(target), nil
-}
-
-// BindVolume bind-mounts a host file or directory into the share, read-only
-// if asked, and returns its guest path.
-func (s *Share) BindVolume(containerID string, index int, source string, readOnly bool) (string, error) {
-	fi, err := os.Stat(source)
-	if err != nil {
-		return "", fmt.Errorf("volume source: %w", err)
-	}
-	target := filepath.Join(s.containerDir(containerID), "volumes", strconv.Itoa(index)+"-"+filepath.Base(source))
-	if err := os.MkdirAll(filepath.Dir(target), 0o755); err != nil {
-		return "", err
-	}
-	if fi.IsDir() {
-		err = os.MkdirAll(target, 0o755)
-	} else {
-		var f *os.File
-		if f, err = os.OpenFile(target, os.O_CREATE|os.O_WRONLY, 0o644); err == nil {
-			f.Close()
-		}
-	}
-	if err != nil {
-		return "", err
-	}
-	bind := func() error { return unix.Mount(source, target, "", unix.MS_BIND|unix.MS_REC, "") }
-	if s.userns != nil {
-		bind = func() error { return s.bindIdmapped(source, target) }
-	}
-	if err := bind(); err != nil {
-		return "", fmt.Errorf("bind volume %s: %w", source, err)
-	}
-	if err := restrict(target, readOnly); err != nil {
-		unix.Unmount(target, unix.MNT_DETACH)
-		return "", fmt.Errorf("volume %s: %w", source, err)
 	}
 	return s.guestPath(target), nil
 }
@@ -163,12 +136,19 @@ func (s *Share) makeShared() error {
 }
 
 // restrict makes the mount at target and every mount below it nosuid and
-// nodev, and read-only too if asked: what a guest writes into a volume (a
-// set-uid binary, a device node) must never work as such on the host.
-func restrict(target string, readOnly bool) error {
+// nodev, and read-only and noexec too if asked: what a guest writes into
+// the share (a set-uid binary, a device node) must never work as such on
+// the host.
+func restrict(target string, readOnly, noExec bool) error {
 	attr := uint64(unix.MOUNT_ATTR_NOSUID | unix.MOUNT_ATTR_NODEV)
+	flags := uintptr(unix.MS_BIND | unix.MS_REMOUNT | unix.MS_NOSUID | unix.MS_NODEV)
 	if readOnly {
 		attr |= unix.MOUNT_ATTR_RDONLY
+		flags |= unix.MS_RDONLY
+	}
+	if noExec {
+		attr |= unix.MOUNT_ATTR_NOEXEC
+		flags |= unix.MS_NOEXEC
 	}
 	err := unix.MountSetattr(-1, target, unix.AT_RECURSIVE|unix.AT_SYMLINK_NOFOLLOW, &unix.MountAttr{Attr_set: attr})
 	if !errors.Is(err, unix.ENOSYS) {
@@ -182,10 +162,6 @@ func restrict(target string, readOnly bool) error {
 	if err != nil {
 		return err
 	}
-	flags := uintptr(unix.MS_BIND | unix.MS_REMOUNT | unix.MS_NOSUID | unix.MS_NODEV)
-	if readOnly {
-		flags |= unix.MS_RDONLY
-	}
 	for _, m := range mounts {
 		if err := unix.Mount("", m, "", flags, ""); err != nil {
 			return fmt.Errorf("restrict %s: %w", m, err)
@@ -196,11 +172,17 @@ func restrict(target string, readOnly bool) error {
 
 // RemoveContainer unmounts everything of one container and removes its directory.
 func (s *Share) RemoveContainer(containerID string) error {
+	if err := s.detachVolumes(containerID); err != nil {
+		return err
+	}
 	return unmountAndRemove(s.containerDir(containerID))
 }
 
-// Destroy unmounts everything in the share and removes it. It is idempotent.
+// Destroy unmounts everything in the share and removes it. It is
+// idempotent. The volumes in virtiofsd's namespace go with it once the
+// daemon is gone too.
 func (s *Share) Destroy() error {
+	s.closeVolumeNamespace()
 	return errors.Join(unmountAndRemove(s.HostDir), s.destroyUserns())
 }
 

@@ -55,32 +55,32 @@ func TestIntegrationShareMountsAndCleanup(t *testing.T) {
 	if b, err := os.ReadFile(filepath.Join(s.HostDir, "c1", "rootfs", "hello")); err != nil || string(b) != "hi" {
 		t.Fatalf("rootfs content: %q %v", b, err)
 	}
-	// A tmpfs below the volume's source: read-only reaches it too.
+	// A tmpfs below the volume's source: recursive read-only reaches it too.
 	sub := filepath.Join(src, "sub")
 	os.Mkdir(sub, 0o755)
 	if err := unix.Mount("tmpfs", sub, "tmpfs", 0, "size=1m"); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { unix.Unmount(sub, unix.MNT_DETACH) })
-	roGuest, err := s.BindVolume("c1", 0, src, true)
+	roGuest, err := s.BindVolume("c1", 0, Volume{Source: src, Recursive: true, RecursiveReadOnly: true})
 	if err != nil {
 		t.Fatal(err)
 	}
-	roHost := filepath.Join(s.HostDir, strings.TrimPrefix(roGuest, GuestRoot+"/"))
+	roHost := filepath.Join(s.HostDir, strings.TrimPrefix(roGuest.GuestPath, GuestRoot+"/"))
 	if err := os.WriteFile(filepath.Join(roHost, "x"), nil, 0o644); err == nil {
 		t.Fatal("wrote into a read-only volume")
 	}
 	if err := os.WriteFile(filepath.Join(roHost, "sub", "x"), nil, 0o644); err == nil {
 		t.Fatal("wrote into a mount below a read-only volume")
 	}
-	rwGuest, err := s.BindVolume("c1", 1, hostFile, false)
+	rwGuest, err := s.BindVolume("c1", 1, Volume{Source: hostFile})
 	if err != nil {
 		t.Fatal(err)
 	}
 	// What the guest writes into a share is never set-uid or a device on
 	// the host: every mount of it is nosuid and nodev.
 	for _, p := range []string{filepath.Join(s.HostDir, "c1", "rootfs"), roHost, filepath.Join(roHost, "sub"),
-		filepath.Join(s.HostDir, strings.TrimPrefix(rwGuest, GuestRoot+"/"))} {
+		filepath.Join(s.HostDir, strings.TrimPrefix(rwGuest.GuestPath, GuestRoot+"/"))} {
 		var st unix.Statfs_t
 		if err := unix.Statfs(p, &st); err != nil {
 			t.Fatal(err)
@@ -89,7 +89,7 @@ func TestIntegrationShareMountsAndCleanup(t *testing.T) {
 			t.Errorf("%s: mount flags %#x lack nosuid or nodev", p, st.Flags)
 		}
 	}
-	if _, err := s.BindVolume("c1", 2, "/nonexistent/dir", false); err == nil {
+	if _, err := s.BindVolume("c1", 2, Volume{Source: "/nonexistent/dir"}); err == nil {
 		t.Fatal("volume with a missing source succeeded")
 	}
 

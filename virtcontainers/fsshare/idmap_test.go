@@ -167,11 +167,11 @@ func TestIntegrationIdmappedShare(t *testing.T) {
 
 	// A volume on a disk filesystem (the test's temporary directory).
 	vol := walkableTempDir(t)
-	guest, err := s.BindVolume("c1", 0, vol, false)
+	guest, err := s.BindVolume("c1", 0, Volume{Source: vol, Recursive: true})
 	if err != nil {
 		t.Fatal(err)
 	}
-	volHost := filepath.Join(s.HostDir, strings.TrimPrefix(guest, GuestRoot+"/"))
+	volHost := filepath.Join(s.HostDir, strings.TrimPrefix(guest.GuestPath, GuestRoot+"/"))
 	inTestUserns(t, 0, "mkdir", filepath.Join(volHost, "w"))
 	inTestUserns(t, 1234, "write", filepath.Join(volHost, "w", "u"))
 	if got := ownerOf(t, filepath.Join(vol, "w", "u")); got != 1234 {
@@ -188,7 +188,7 @@ func TestIntegrationIdmappedShare(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { unix.Unmount(m, unix.MNT_DETACH) })
-	_, err = s.BindVolume("c1", 1, m, false)
+	_, err = s.BindVolume("c1", 1, Volume{Source: m, Recursive: true})
 	if !errors.Is(err, ErrNotIdmappable) || !strings.Contains(err.Error(), m) || !strings.Contains(err.Error(), "overlay") {
 		t.Fatalf("volume on overlayfs: %v; want ErrNotIdmappable naming %s and overlay", err, m)
 	}
@@ -201,7 +201,7 @@ func TestIntegrationIdmappedShare(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { unix.Unmount(sub, unix.MNT_DETACH) })
-	_, err = s.BindVolume("c1", 2, nested, false)
+	_, err = s.BindVolume("c1", 2, Volume{Source: nested, Recursive: true})
 	if !errors.Is(err, ErrNotIdmappable) || !strings.Contains(err.Error(), sub+" (overlay)") || strings.Contains(err.Error(), nested+" (") {
 		t.Fatalf("volume with an overlayfs mount below it: %v; want ErrNotIdmappable naming %s (overlay) only", err, sub)
 	}

@@ -201,6 +201,9 @@ func (s *Share) StartVirtioFSD(ctx context.Context, daemon, socket string, idFir
 		return nil, nil, err
 	}
 	s.userns, s.usernsRoot = userns, idFirst
+	s.mu.Lock()
+	s.daemonPID = cmd.Process.Pid
+	s.mu.Unlock()
 	return d, conn, nil
 }
 

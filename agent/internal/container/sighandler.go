@@ -20,8 +20,12 @@ import (
 // runc has the same rule, but on a fast host the window between start and
 // the handler is milliseconds; in a VM under software emulation it is
 // seconds (`sh -c top` stopped right after it started: 5 of 6 stops hit it).
+// The same holds while PID 1 is still libcontainer's init (this binary,
+// re-executed), which has yet to exec the container's program: the Go
+// runtime there catches every signal, but the execve that follows resets
+// the handlers and a signal still pending then is dropped.
 // So a catchable signal for a running container's PID 1 is held until the
-// process catches it, while the process is younger than handlerWindow, and
+// process runs its own program and catches it, while the process is younger than handlerWindow, and
 // then sent in any case, where the kernel decides as it would have. A PID 1
 // that has run longer than that without a handler is signalled at once.
 // handlerWindow is counted from the process's start, not from the signal,
@@ -45,7 +49,7 @@ func awaitHandler(ctx context.Context, pid int, sig unix.Signal, window time.Dur
 	deadline := time.Now().Add(window - age)
 	for {
 		st, err := readSigStatus(pid)
-		if err != nil || !st.nsInit || st.handles(sig) || time.Now().After(deadline) {
+		if err != nil || !st.nsInit || (st.handles(sig) && !inLibcontainerInit(pid)) || time.Now().After(deadline) {
 			return
 		}
 		select {
@@ -66,6 +70,22 @@ type sigStatus struct {
 func (s sigStatus) handles(sig unix.Signal) bool {
 	bit := uint64(1) << (uint(sig) - 1)
 	return (s.caught|s.ignored)&bit != 0
+}
+
+// inLibcontainerInit reports whether pid is still libcontainer's init, not
+// yet the container's program: it runs this binary (or libcontainer's
+// sealed copy of it, which nsexec names "runc:[2:INIT]").
+func inLibcontainerInit(pid int) bool {
+	proc := "/proc/" + strconv.Itoa(pid)
+	if comm, err := os.ReadFile(proc + "/comm"); err == nil && strings.HasPrefix(string(comm), "runc:[") {
+		return true
+	}
+	self, err := os.Stat("/proc/self/exe")
+	if err != nil {
+		return false
+	}
+	exe, err := os.Stat(proc + "/exe")
+	return err == nil && os.SameFile(self, exe)
 }
 
 // processAge is how long pid has existed, from its start time in

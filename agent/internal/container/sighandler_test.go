@@ -83,3 +83,17 @@ func TestParseProcessAge(t *testing.T) {
 		t.Errorf("our own age = %v, %v", age, err)
 	}
 }
+
+func TestInLibcontainerInit(t *testing.T) {
+	if !inLibcontainerInit(os.Getpid()) {
+		t.Error("this process runs its own binary")
+	}
+	cmd := exec.Command("sleep", "60")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Process.Kill()
+	if inLibcontainerInit(cmd.Process.Pid) {
+		t.Error("sleep does not run this binary")
+	}
+}
