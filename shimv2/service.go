@@ -345,7 +345,8 @@ func (s *service) ensureSandbox(ctx context.Context, r *taskAPI.CreateTaskReques
 		}
 		var sb *virtcontainers.Sandbox
 		if err == nil {
-			sc := virtcontainers.SandboxConfig{ID: r.ID, Config: cfg, Hostname: spec.Hostname, NetNS: netnsPath(spec)}
+			sc := virtcontainers.SandboxConfig{ID: r.ID, Config: cfg, Hostname: spec.Hostname, NetNS: netnsPath(spec),
+				PremountedRootfs: len(r.Rootfs) == 0}
 			if spec.Linux != nil {
 				sc.CgroupsPath = spec.Linux.CgroupsPath
 			}

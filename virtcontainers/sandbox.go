@@ -52,6 +52,11 @@ type SandboxConfig struct {
 	Boot *BootRecord
 	// AgentObserver, if set, is told of every RPC to the agent.
 	AgentObserver client.Observer
+	// PremountedRootfs says the container manager mounts the root
+	// filesystems itself and hands the shim mounted overlays (CRI-O)
+	// instead of the mounts to make (containerd). An overlay mount cannot
+	// be idmapped, so virtio_fs_userns = "auto" runs virtiofsd as root then.
+	PremountedRootfs bool
 }
 
 // Sandbox is one VM with its shared directory and the containers in it.
@@ -98,7 +103,7 @@ func shareWithGuest(ctx context.Context, sc SandboxConfig, share *fsshare.Share,
 		return nil, nil, nil, nil
 	case configuration.SharedFSVirtioFS:
 		sock := filepath.Join(stateDir(sc.ID), "virtiofsd.sock")
-		idFirst, err := virtiofsdIDs(sc.ID, h)
+		idFirst, err := virtiofsdIDs(ctx, sc.ID, h, sc.PremountedRootfs)
 		if err != nil {
 			return nil, nil, nil, err
 		}

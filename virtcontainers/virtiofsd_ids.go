@@ -1,7 +1,10 @@
 package virtcontainers
 
 import (
+	"context"
 	"fmt"
+
+	"github.com/containerd/log"
 
 	"github.com/kasa-runtime/kasa/configuration"
 	"github.com/kasa-runtime/kasa/virtcontainers/fsshare"
@@ -33,9 +36,15 @@ func VirtiofsdUnprivileged(h configuration.HypervisorConfig) (bool, string) {
 
 // virtiofsdIDs returns the first host id of the range sandbox id's
 // virtiofsd runs as (the root of its user namespace), or 0 when it runs as
-// root (VirtiofsdUnprivileged).
-func virtiofsdIDs(id string, h configuration.HypervisorConfig) (uint32, error) {
+// root (VirtiofsdUnprivileged). With "auto", a sandbox whose container
+// manager hands over mounted overlays (premounted, CRI-O) gets a root
+// virtiofsd too: the unprivileged one could serve none of its containers.
+func virtiofsdIDs(ctx context.Context, id string, h configuration.HypervisorConfig, premounted bool) (uint32, error) {
 	if ok, _ := VirtiofsdUnprivileged(h); !ok {
+		return 0, nil
+	}
+	if premounted && h.VirtioFSUserns == configuration.VirtioFSUsernsAuto {
+		log.G(ctx).Warn(`virtiofsd runs as root for this pod: its container manager hands over root filesystems already mounted (as CRI-O does), and a mounted overlay cannot be idmapped (hypervisor.qemu.virtio_fs_userns = "on" refuses such pods instead)`)
 		return 0, nil
 	}
 	first, err := vmmuser.AllocateRange(id)

@@ -1,6 +1,7 @@
 package virtcontainers
 
 import (
+	"context"
 	"strings"
 	"testing"
 
@@ -27,5 +28,15 @@ func TestVirtiofsdUnprivileged(t *testing.T) {
 		if got != tt.want || (!got && !strings.Contains(why, tt.why)) {
 			t.Errorf("rootless %v, %q on Linux %s: %v (%s), want %v (%s)", tt.rootless, tt.mode, release, got, why, tt.want, tt.why)
 		}
+	}
+}
+
+// With "auto", a pod whose root filesystems come mounted (CRI-O) gets a
+// root virtiofsd without an id block; "on" keeps it unprivileged.
+func TestVirtiofsdIDsPremounted(t *testing.T) {
+	h := configuration.Default().Hypervisor
+	h.VirtioFSUserns = configuration.VirtioFSUsernsAuto
+	if first, err := virtiofsdIDs(context.Background(), "premounted-auto", h, true); first != 0 || err != nil {
+		t.Errorf("auto, premounted: ids from %d (%v), want a root virtiofsd", first, err)
 	}
 }
