@@ -5,6 +5,7 @@ package hostcheck
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -174,19 +175,28 @@ func checkTapTC(ctx context.Context) Result {
 	script := "ip tuntap add dev kasachk0 mode tap && ip link set kasachk0 up && " +
 		"tc qdisc add dev kasachk0 ingress && " +
 		"tc filter add dev kasachk0 parent ffff: protocol all u32 match u8 0 0 action mirred egress redirect dev lo"
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	var stderr bytes.Buffer
-	cmd := exec.CommandContext(ctx, "unshare", "--net", "sh", "-c", script)
-	cmd.Stderr = &stderr
-	if err := cmd.Run(); err != nil {
-		r.Detail = strings.TrimSpace(fmt.Sprintf("%v: %s", err, stderr.String()))
+	if err := inThrowawayNetns(ctx, script); err != nil {
+		r.Detail = err.Error()
 		r.Remedy = "run as root with iproute2 installed and the tun, sch_ingress, cls_u32 and act_mirred kernel modules available"
 		return r
 	}
 	r.Status = Pass
 	r.Detail = "tap device, ingress qdisc and mirred redirect work"
 	return r
+}
+
+// inThrowawayNetns runs the shell script in a network namespace of its own
+// and returns its failure with what it wrote to stderr.
+func inThrowawayNetns(ctx context.Context, script string) error {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	var stderr bytes.Buffer
+	cmd := exec.CommandContext(ctx, "unshare", "--net", "sh", "-c", script)
+	cmd.Stderr = &stderr
+	if err := cmd.Run(); err != nil {
+		return errors.New(strings.TrimSpace(fmt.Sprintf("%v: %s", err, stderr.String())))
+	}
+	return nil
 }
 
 // checkPortForward does in a throwaway network namespace what a pod's port
@@ -202,13 +212,8 @@ func checkPortForward(ctx context.Context, cfg *configuration.Config) Result {
 	script := "PATH=$PATH:/usr/sbin:/sbin; ip link set lo up && " +
 		"iptables -w 5 -t nat -A OUTPUT -o lo -d 127.0.0.1/32 -p tcp ! --dport 1 -j REDIRECT --to-ports 1 && " +
 		"ip6tables -w 5 -t nat -A OUTPUT -o lo -d ::1/128 -p tcp ! --dport 1 -j REDIRECT --to-ports 1"
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	var stderr bytes.Buffer
-	cmd := exec.CommandContext(ctx, "unshare", "--net", "sh", "-c", script)
-	cmd.Stderr = &stderr
-	if err := cmd.Run(); err != nil {
-		r.Detail = strings.TrimSpace(fmt.Sprintf("%v: %s", err, stderr.String()))
+	if err := inThrowawayNetns(ctx, script); err != nil {
+		r.Detail = err.Error()
 		r.Remedy = "install iptables (apt-get install iptables) with the nat table (nf_nat, xt_REDIRECT or nft_redir) available; pods run without port forwarding until then"
 		return r
 	}
