@@ -165,6 +165,10 @@ type HypervisorConfig struct {
 	// SeccompSandbox is QEMU's -sandbox value, its own syscall filter; ""
 	// turns it off (QEMU only; Kata's key).
 	SeccompSandbox string `toml:"seccompsandbox"`
+	// ReclaimGuestFreedMemory gives the guest a virtio-balloon device with
+	// free page reporting: memory the guest frees goes back to the host
+	// (Kata's key; default true here).
+	ReclaimGuestFreedMemory bool `toml:"reclaim_guest_freed_memory"`
 }
 
 // AgentConfig is the [agent.kata] table.

@@ -68,6 +68,8 @@ func defaultHypervisor() HypervisorConfig {
 		Rootless:       true,
 		VirtioFSUserns: VirtioFSUsernsAuto,
 		SeccompSandbox: DefaultSeccompSandbox,
+
+		ReclaimGuestFreedMemory: true,
 	}
 }
 

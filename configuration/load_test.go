@@ -133,6 +133,7 @@ machine_type = "microvm"
 default_vcpus = 2
 kernel_params = "quiet"
 enable_annotations = ["default_.*"]
+reclaim_guest_freed_memory = false
 [agent.kata]
 dial_timeout = 90
 kernel_modules = ["vsock", "9p debug=0"]
@@ -149,13 +150,14 @@ disable_new_netns = true
 	want.Hypervisor.DefaultVCPUs = 2
 	want.Hypervisor.KernelParams = "quiet"
 	want.Hypervisor.EnableAnnotations = []string{"default_.*"}
+	want.Hypervisor.ReclaimGuestFreedMemory = false
 	want.Agent.DialTimeout = 90 * time.Second
 	want.Agent.KernelModules = []string{"vsock", "9p debug=0"}
 	want.Runtime.InterNetworkingModel = NetNone
 	want.Runtime.DisableNewNetns = true
 	want.Origins = map[string]string{}
 	for _, k := range []string{"hypervisor.qemu.machine_type", "hypervisor.qemu.default_vcpus", "hypervisor.qemu.kernel_params",
-		"hypervisor.qemu.enable_annotations", "agent.kata.dial_timeout", "agent.kata.kernel_modules",
+		"hypervisor.qemu.enable_annotations", "hypervisor.qemu.reclaim_guest_freed_memory", "agent.kata.dial_timeout", "agent.kata.kernel_modules",
 		"runtime.internetworking_model", "runtime.disable_new_netns"} {
 		want.Origins[k] = cfg.Path
 	}

@@ -76,6 +76,10 @@ type VMConfig struct {
 	// Debug makes the guest kernel verbose on the console.
 	Debug bool
 
+	// FreePageReporting gives the guest a virtio-balloon that reports the
+	// memory it frees, which the hypervisor then gives back to the host.
+	FreePageReporting bool
+
 	// Confinement locks the hypervisor process down; the zero value runs it
 	// as the caller (root) without a seccomp filter.
 	Confinement Confinement

@@ -43,6 +43,7 @@ func TemplateSpec(cfg *configuration.Config) (template.Spec, string, error) {
 		MachineType: vc.MachineType, VCPUs: vc.VCPUs, MemoryMiB: vc.MemoryMiB,
 		KernelParams: vc.KernelParams, Accelerator: string(vc.Accelerator),
 		Transport: string(vc.AgentTransport), SharedFS: string(cfg.Hypervisor.SharedFS), Debug: vc.Debug,
+		FreePageReporting: vc.FreePageReporting,
 	}
 	key, err := template.Key(spec)
 	return spec, key, err

@@ -120,6 +120,8 @@ func VMConfigFor(id string, cfg *configuration.Config) hypervisor.VMConfig {
 		Accelerator:    hypervisor.Accelerator(h.Accelerator),
 		AgentTransport: transport,
 		Debug:          h.EnableDebug,
+
+		FreePageReporting: h.ReclaimGuestFreedMemory,
 		// The identity (rootless) is allocated per sandbox by startVM.
 		Confinement: hypervisor.Confinement{
 			Seccomp:           h.SeccompSandbox,

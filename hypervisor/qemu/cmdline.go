@@ -349,6 +349,12 @@ func BuildArgs(cfg hypervisor.VMConfig, accel hypervisor.Accelerator) ([]string,
 		"-object", "rng-random,id=rng0,filename=/dev/urandom",
 		"-device", "virtio-rng"+model.virtioSuffix+",rng=rng0"+pciAddr(cfg, slotRNG),
 	)
+	if cfg.FreePageReporting {
+		// The guest reports the blocks it frees; QEMU discards them
+		// (a hole punched in a memfd or a template's file, MADV_DONTNEED
+		// in anonymous RAM). The balloon itself is never inflated.
+		args = append(args, "-device", "virtio-balloon"+model.virtioSuffix+",free-page-reporting=on"+pciAddr(cfg, slotBalloon))
+	}
 	if cfg.Snapshot != nil {
 		args = append(args, hotplugPortArgs(cfg)...)
 		args = append(args, snapshotMemoryArgs(cfg, fds)...)

@@ -110,9 +110,17 @@ func TestBuildArgsVariants(t *testing.T) {
 			expectValues(t, args, "-accel", "tcg,thread=multi")
 			expectValues(t, args, "-cpu", "max")
 			expectContains(t, values(args, "-device"), "virtio-serial-device,id=serial0", "virtio-rng-device,rng=rng0")
+			expectAbsent(t, values(args, "-device"), "virtio-balloon-device,free-page-reporting=on")
 			p := params(t, args)
 			expectContains(t, p, "reboot=t", "console=ttyS0")
 			expectAbsent(t, p, "reboot=k", "pci=lastbus=0", "acpi=off", "acpi=noirq")
+		},
+	}, {
+		name:   "free page reporting on microvm",
+		modify: func(c *hypervisor.VMConfig) { c.MachineType = MachineMicroVM; c.FreePageReporting = true },
+		accel:  hypervisor.AccelTCG,
+		check: func(t *testing.T, args []string) {
+			expectContains(t, values(args, "-device"), "virtio-balloon-device,free-page-reporting=on")
 		},
 	}, {
 		name: "virtio-9p shared directory",

@@ -30,6 +30,7 @@ const (
 	maxSnapNICs   = 8
 	slotAgent     = slotNIC + maxSnapNICs
 	slotFS        = slotAgent + 1
+	slotBalloon   = slotFS + 1
 )
 
 // saveWait bounds SaveVM's wait for the device state to be written, and a

@@ -64,6 +64,26 @@ func TestBuildArgsTemplate(t *testing.T) {
 	if slices.Contains(args, "-incoming") {
 		t.Error("a template waits for incoming state")
 	}
+
+	// Free page reporting puts the balloon in a slot of its own, which a
+	// clone has too.
+	cfg.FreePageReporting = true
+	args, err = BuildArgs(cfg, hypervisor.AccelTCG)
+	if err != nil {
+		t.Fatal(err)
+	}
+	balloon := "virtio-balloon-pci,free-page-reporting=on,addr=" + strconv.Itoa(slotBalloon)
+	if !slices.Contains(devices(args), balloon) {
+		t.Errorf("template with FreePageReporting: no %q in %q", balloon, devices(args))
+	}
+	clone := snapshotConfig(hypervisor.SnapshotClone)
+	clone.FreePageReporting = true
+	if args, err = BuildArgs(clone, hypervisor.AccelTCG); err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Contains(devices(args), balloon) {
+		t.Errorf("clone with FreePageReporting: no %q in %q", balloon, devices(args))
+	}
 }
 
 func TestBuildArgsClone(t *testing.T) {

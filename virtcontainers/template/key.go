@@ -13,7 +13,7 @@ import (
 // layoutVersion changes whenever what a template contains changes (its
 // devices and their slots, the agent's template contract): templates of an
 // older runtime are then not used.
-const layoutVersion = 1
+const layoutVersion = 2
 
 // Spec is everything that makes a booted guest what it is: two sandboxes
 // whose Specs are equal can start from the same template. Files are named by
@@ -32,6 +32,8 @@ type Spec struct {
 	Transport    string   `json:"transport"`
 	SharedFS     string   `json:"shared_fs"`
 	Debug        bool     `json:"debug"`
+	// FreePageReporting adds a device (a virtio-balloon) to the machine.
+	FreePageReporting bool `json:"free_page_reporting,omitempty"`
 }
 
 // keyInput is what is hashed into a key.
