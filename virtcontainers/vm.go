@@ -182,6 +182,13 @@ func startVM(ctx context.Context, id string, cfg *configuration.Config, shared *
 		}
 		return nil, fmt.Errorf("sandbox %s: create VM: %w", id, err)
 	}
+	// The driver took the VM as it is now: a clone of the template, or,
+	// without a template or after the fallback above, a cold boot.
+	if vm.Config.Snapshot != nil {
+		boot.setVMStart(VMStartTemplate)
+	} else {
+		boot.setVMStart(VMStartCold)
+	}
 	// From here on the driver holds what CreateVM claimed (a guest CID):
 	// on failure StopVM, idempotent, releases it and whatever StartVM left
 	// running.
