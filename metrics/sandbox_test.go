@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/kasa-runtime/kasa/hypervisor"
+	"github.com/kasa-runtime/kasa/metrics/metricstest"
 	"github.com/kasa-runtime/kasa/virtcontainers"
 )
 
@@ -107,6 +108,39 @@ func TestSandboxMetrics(t *testing.T) {
 	for _, mf := range mfs {
 		if mf.GetName() == AgentRPCSeconds && (len(mf.GetMetric()) != 1 || mf.GetMetric()[0].GetHistogram().GetSampleCount() != 2) {
 			t.Errorf("RPC histogram %v, want one series of 2 samples", mf)
+		}
+	}
+}
+
+// TestSandboxBootMetrics: the start's series say how the VM started, a
+// clone of a template or a cold boot, on the whole start and each phase.
+func TestSandboxBootMetrics(t *testing.T) {
+	for _, start := range []virtcontainers.VMStart{virtcontainers.VMStartCold, virtcontainers.VMStartTemplate} {
+		m := NewSandbox(PodLabels{SandboxID: "sb-" + string(start)})
+		m.boot = virtcontainers.BootRecordForTest(start,
+			virtcontainers.BootPhase{Step: virtcontainers.StepVMCreate, Duration: time.Second},
+			virtcontainers.BootPhase{Step: virtcontainers.StepAgent, Duration: 2 * time.Second})
+		mfs, err := m.Registry().Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		labels := map[string]string{LabelSandboxID: "sb-" + string(start), labelStart: string(start)}
+		if v, ok := find(mfs, SandboxBootSeconds, labels); !ok || v != 3 {
+			t.Errorf("%s%v = %v, %v; want 3", SandboxBootSeconds, labels, v, ok)
+		}
+		labels[labelPhase] = string(virtcontainers.StepAgent)
+		if v, ok := find(mfs, SandboxBootPhaseSeconds, labels); !ok || v != 2 {
+			t.Errorf("%s%v = %v, %v; want 2", SandboxBootPhaseSeconds, labels, v, ok)
+		}
+		for _, mf := range mfs {
+			if n := mf.GetName(); n != SandboxBootSeconds && n != SandboxBootPhaseSeconds {
+				continue
+			}
+			for _, s := range mf.GetMetric() {
+				if !metricstest.HasLabels(s, map[string]string{labelStart: string(start)}) {
+					t.Errorf("%s series %v lacks start=%q", mf.GetName(), s.GetLabel(), start)
+				}
+			}
 		}
 	}
 }
