@@ -313,6 +313,9 @@ func (q *QEMU) StartVM(ctx context.Context) (retErr error) {
 			}
 		}
 		if reaped() {
+			if q.exitErr == nil { // exited with status 0: no reason of its own
+				return fmt.Errorf("starting VM: QEMU exited before it became controllable: %w", err)
+			}
 			return fmt.Errorf("starting VM: %w", q.exitErr)
 		}
 		return fmt.Errorf("QEMU did not become controllable: %w", err)
