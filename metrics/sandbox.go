@@ -125,8 +125,12 @@ func (m *Sandbox) source() Source {
 type sandboxCollector struct{ m *Sandbox }
 
 var (
-	descBoot      = prometheus.NewDesc(SandboxBootSeconds, "Duration of the sandbox's start, from the shim's first step to the guest ready, by how its VM started (cold or template).", []string{labelStart}, nil)
-	descBootPhase = prometheus.NewDesc(SandboxBootPhaseSeconds, "Duration of each step of the sandbox's start, by how its VM started (cold or template).", []string{labelPhase, labelStart}, nil)
+	// A family's help is a contract between shims of different versions:
+	// kasa monitor merges every shim's families and drops those whose help
+	// differs from the first one's (prometheus.Gatherers), so a label
+	// added to a family keeps its help as it was.
+	descBoot      = prometheus.NewDesc(SandboxBootSeconds, "Duration of the sandbox's start, from the shim's first step to the guest ready.", []string{labelStart}, nil)
+	descBootPhase = prometheus.NewDesc(SandboxBootPhaseSeconds, "Duration of each step of the sandbox's start.", []string{labelPhase, labelStart}, nil)
 	descRSS       = prometheus.NewDesc(HostProcessRSSBytes, "Resident memory of the sandbox's host processes (smaps_rollup Rss).", []string{labelProcess}, nil)
 	descPSS       = prometheus.NewDesc(HostProcessPSSBytes, "Proportional set size of the sandbox's host processes (smaps_rollup Pss).", []string{labelProcess}, nil)
 	descCPU       = prometheus.NewDesc(HostProcessCPUSeconds, "CPU time (user and system) of the sandbox's host processes.", []string{labelProcess}, nil)

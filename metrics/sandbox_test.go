@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/kasa-runtime/kasa/hypervisor"
 	"github.com/kasa-runtime/kasa/metrics/metricstest"
 	"github.com/kasa-runtime/kasa/virtcontainers"
@@ -193,5 +195,42 @@ func TestPodLabelsFor(t *testing.T) {
 	long := PodLabelsFor("id", map[string]string{"io.kubernetes.cri.sandbox-name": string(make([]byte, 300)), "io.kubernetes.cri.sandbox-namespace": "ns\n"})
 	if long != (PodLabels{SandboxID: "id"}) {
 		t.Errorf("invalid names kept: %+v", long)
+	}
+}
+
+// TestBootSeriesMergeWithOlderShims: kasa monitor merges the families of
+// every shim on the node, of whatever version; a shim from before the
+// start label serves the same families with the same help, and both
+// sandboxes' series are kept.
+func TestBootSeriesMergeWithOlderShims(t *testing.T) {
+	old := prometheus.NewRegistry()
+	oldBoot := prometheus.NewGauge(prometheus.GaugeOpts{Name: SandboxBootSeconds,
+		Help: "Duration of the sandbox's start, from the shim's first step to the guest ready.", ConstLabels: prometheus.Labels{LabelSandboxID: "old"}})
+	oldBoot.Set(5)
+	oldPhase := prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: SandboxBootPhaseSeconds,
+		Help: "Duration of each step of the sandbox's start.", ConstLabels: prometheus.Labels{LabelSandboxID: "old"}}, []string{labelPhase})
+	oldPhase.WithLabelValues("agent").Set(4)
+	old.MustRegister(oldBoot, oldPhase)
+
+	m := NewSandbox(PodLabels{SandboxID: "new"})
+	m.boot = virtcontainers.BootRecordForTest(virtcontainers.VMStartTemplate,
+		virtcontainers.BootPhase{Step: virtcontainers.StepAgent, Duration: time.Second})
+	mfs, err := prometheus.Gatherers{old, m.Registry()}.Gather()
+	if err != nil {
+		t.Fatalf("merging an older shim's boot series: %v", err)
+	}
+	for _, c := range []struct {
+		name   string
+		labels map[string]string
+		want   float64
+	}{
+		{SandboxBootSeconds, map[string]string{LabelSandboxID: "old"}, 5},
+		{SandboxBootSeconds, map[string]string{LabelSandboxID: "new", labelStart: StartTemplate}, 1},
+		{SandboxBootPhaseSeconds, map[string]string{LabelSandboxID: "old", labelPhase: "agent"}, 4},
+		{SandboxBootPhaseSeconds, map[string]string{LabelSandboxID: "new", labelPhase: "agent", labelStart: StartTemplate}, 1},
+	} {
+		if v, ok := find(mfs, c.name, c.labels); !ok || v != c.want {
+			t.Errorf("%s%v = %v, %v; want %v", c.name, c.labels, v, ok, c.want)
+		}
 	}
 }
