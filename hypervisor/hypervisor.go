@@ -13,6 +13,11 @@ import (
 // configuration value it cannot honour.
 var ErrNotSupported = errors.New("not supported by this hypervisor")
 
+// ErrTransportUnavailable is returned (wrapped) by CreateVM when the host
+// cannot provide the configured AgentTransport for this VM (for
+// TransportVsock: no usable /dev/vhost-vsock, or no free guest CID).
+var ErrTransportUnavailable = errors.New("agent transport unavailable on this host")
+
 // Accelerator is how the guest's CPUs are run.
 type Accelerator string
 
@@ -30,7 +35,8 @@ const (
 	// TransportVirtioSerial carries ttrpc over a virtio-serial port, framed so
 	// that a host reconnect cannot corrupt the stream (see agent/serialmux).
 	TransportVirtioSerial AgentTransport = "virtio-serial"
-	// TransportVsock uses the kernel's vhost-vsock (/dev/vhost-vsock).
+	// TransportVsock uses the kernel's vhost-vsock (/dev/vhost-vsock); the
+	// driver claims the VM's guest CID on it and releases it with the VM.
 	TransportVsock AgentTransport = "vsock"
 	// TransportVhostUserVsock uses Kasa's user-space vhost-user-vsock backend.
 	TransportVhostUserVsock AgentTransport = "vhost-user-vsock"
@@ -69,9 +75,6 @@ type VMConfig struct {
 
 	// NICs are the guest's network cards, in order (eth0, eth1...).
 	NICs []NIC
-
-	// VhostVsock is the kernel vsock device TransportVsock needs; nil otherwise.
-	VhostVsock *VhostVsock
 
 	// Debug makes the guest kernel verbose on the console.
 	Debug bool
@@ -185,18 +188,13 @@ type NIC struct {
 	MAC net.HardwareAddr
 }
 
-// VhostVsock is an open /dev/vhost-vsock whose guest CID is already set
-// (hypervisor/vsock.OpenVhostVsock). The driver hands the file to the
-// hypervisor; the caller keeps it open while the VM runs and closes it after.
-type VhostVsock struct {
-	File *os.File
-	CID  uint32
-}
-
 // Driver is one hypervisor implementation: it makes a Hypervisor per VM,
 // and cleans up after a VM whose owner died, from what the owner persisted
 // (the VM's StateDir, its id and its Confinement.UID). The sandbox layer
-// knows drivers only through this.
+// knows drivers only through this. Nothing reaches a guest without its live
+// Hypervisor: the owner (the shim) holds the only agent connection and
+// serves the debug console on its own socket, so no process needs to dial
+// a guest from persisted state.
 type Driver interface {
 	New() Hypervisor
 	// KillOrphan ends the hypervisor of VM id that a dead owner left
@@ -220,8 +218,15 @@ type Hypervisor interface {
 	Done() <-chan struct{}
 	// ExitError says why the process exited (nil for a clean exit); valid after Done.
 	ExitError() error
-	// AgentAddress is where the agent is dialled, e.g. "serial:///run/kasa/vm/ID/agent.sock".
-	AgentAddress() string
+	// DialGuest opens one stream to the guest's vsock port (the agent's,
+	// agent/api.AgentVsockPort, or another guest service's), through
+	// whichever channel the driver gave the VM. It makes one attempt,
+	// bounded by ctx: a guest still booting refuses it, and a caller that
+	// waits for the guest retries (agent/client.Connect). A channel without
+	// vsock ports (TransportVirtioSerial) carries the agent's port only and
+	// refuses others with ErrNotSupported. It is safe to call concurrently
+	// with the lifecycle methods, once StartVM has returned.
+	DialGuest(ctx context.Context, port uint32) (net.Conn, error)
 	// ConsolePath is the file the guest console is written to.
 	ConsolePath() string
 	// PID is the hypervisor process id (0 before start).

@@ -115,8 +115,11 @@ func (m *Monitor) Gather() ([]*dto.MetricFamily, error) {
 	if cerr != nil {
 		errs = append(errs, cerr)
 	} else {
-		s := prometheus.NewCounter(prometheus.CounterOpts{Name: SandboxStarts, Help: "Sandbox starts that succeeded on this node since its boot."})
-		s.Add(float64(starts))
+		s := prometheus.NewCounterVec(prometheus.CounterOpts{Name: SandboxStarts,
+			Help: "Sandbox starts that succeeded on this node since its boot, by how the VM started (cold or template)."}, []string{labelStart})
+		for start, n := range starts {
+			s.WithLabelValues(start).Add(float64(n))
+		}
 		f := prometheus.NewCounterVec(prometheus.CounterOpts{Name: SandboxStartFailures,
 			Help: "Sandbox starts that failed on this node since its boot, by the step that failed."}, []string{labelReason})
 		for _, r := range FailureReasons {

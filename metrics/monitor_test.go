@@ -13,6 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/kasa-runtime/kasa/metrics/metricstest"
+	"github.com/kasa-runtime/kasa/virtcontainers"
 )
 
 // fakeShim serves h on sandbox id's metrics socket under root, as a shim
@@ -111,13 +112,29 @@ func TestMonitorGathersDespiteBadShims(t *testing.T) {
 }
 
 // TestMonitorNodeCounters: starts and failed starts that shims recorded
-// are served, every reason present; an unknown reason counts as other.
+// are served, starts by how the VM started, every reason present; an
+// unknown reason counts as other.
 func TestMonitorNodeCounters(t *testing.T) {
 	old := NodeRoot
 	NodeRoot = t.TempDir()
 	defer func() { NodeRoot = old }()
-	for i := 0; i < 3; i++ {
-		if err := RecordStart(); err != nil {
+	m := NewMonitor(filepath.Join(t.TempDir(), "none"))
+	m.NodeRoot = NodeRoot
+	mfs, err := m.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range []string{StartCold, StartTemplate} {
+		if v, ok := find(mfs, SandboxStarts, map[string]string{labelStart: s}); !ok || v != 0 {
+			t.Errorf("%s{start=%s} = %v, %v before any start; want 0", SandboxStarts, s, v, ok)
+		}
+	}
+	if _, ok := find(mfs, SandboxStarts, map[string]string{labelStart: StartUnknown}); ok {
+		t.Errorf("%s{start=%s} served with nothing counted", SandboxStarts, StartUnknown)
+	}
+
+	for _, s := range []virtcontainers.VMStart{virtcontainers.VMStartCold, virtcontainers.VMStartTemplate, virtcontainers.VMStartTemplate, "", "../x"} {
+		if err := RecordStart(s); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -126,14 +143,14 @@ func TestMonitorNodeCounters(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	m := NewMonitor(filepath.Join(t.TempDir(), "none"))
-	m.NodeRoot = NodeRoot
-	mfs, err := m.Gather()
+	mfs, err = m.Gather()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if v, _ := find(mfs, SandboxStarts, nil); v != 3 {
-		t.Errorf("%s = %v, want 3", SandboxStarts, v)
+	for s, w := range map[string]float64{StartCold: 1, StartTemplate: 2, StartUnknown: 2} {
+		if v, ok := find(mfs, SandboxStarts, map[string]string{labelStart: s}); !ok || v != w {
+			t.Errorf("%s{start=%s} = %v, %v; want %v", SandboxStarts, s, v, ok, w)
+		}
 	}
 	want := map[string]float64{ReasonConfig: 1, "agent": 2, ReasonOther: 1, "vm_start": 0}
 	for r, w := range want {
@@ -142,8 +159,8 @@ func TestMonitorNodeCounters(t *testing.T) {
 		}
 	}
 	entries, _ := os.ReadDir(NodeRoot)
-	if len(entries) != 4 {
-		t.Errorf("counter files %v, want 4 (no file outside the fixed set)", entries)
+	if len(entries) != 6 {
+		t.Errorf("counter files %v, want 6 (no file outside the fixed set)", entries)
 	}
 }
 
@@ -156,7 +173,7 @@ func TestNodeCountersConcurrent(t *testing.T) {
 		go func() {
 			var err error
 			for j := 0; j < each && err == nil; j++ {
-				err = addCounter(root, startsFile)
+				err = addCounter(root, startsFilePref+StartTemplate)
 			}
 			errs <- err
 		}()
@@ -167,8 +184,8 @@ func TestNodeCountersConcurrent(t *testing.T) {
 		}
 	}
 	starts, _, err := nodeCounters(root)
-	if err != nil || starts != n*each {
-		t.Errorf("starts = %d, %v; want %d", starts, err, n*each)
+	if err != nil || starts[StartTemplate] != n*each {
+		t.Errorf("starts = %v, %v; want %d template starts", starts, err, n*each)
 	}
 }
 
@@ -176,8 +193,9 @@ func TestNodeCountersConcurrent(t *testing.T) {
 // error naming it, never a wrong count.
 func TestNodeCounterCorrupt(t *testing.T) {
 	root := t.TempDir()
-	os.WriteFile(filepath.Join(root, startsFile), []byte("lots\n"), 0o600)
-	if err := addCounter(root, startsFile); err == nil || !strings.Contains(err.Error(), startsFile) {
+	cold := startsFilePref + StartCold
+	os.WriteFile(filepath.Join(root, cold), []byte("lots\n"), 0o600)
+	if err := addCounter(root, cold); err == nil || !strings.Contains(err.Error(), cold) {
 		t.Errorf("add to a corrupt counter: %v", err)
 	}
 	if _, _, err := nodeCounters(root); err == nil {

@@ -20,10 +20,10 @@ const (
 
 // Per-sandbox metrics, served by the sandbox's shim.
 const (
-	// Gauge, seconds: the whole start, from the shim's first step to the
-	// guest ready.
+	// Gauge, seconds, label "start" (StartLabels): the whole start, from
+	// the shim's first step to the guest ready.
 	SandboxBootSeconds = "kasa_sandbox_boot_seconds"
-	// Gauge, seconds, label "phase" (virtcontainers.BootSteps).
+	// Gauge, seconds, labels "phase" (virtcontainers.BootSteps) and "start".
 	SandboxBootPhaseSeconds = "kasa_sandbox_boot_phase_seconds"
 	// Histogram, seconds, label "method" (agent.proto's RPC names, or
 	// "unknown"). Long polls (WaitProcess, ReadStdout, ReadStderr,
@@ -49,6 +49,7 @@ const (
 	ContainerOOMEvents    = "kasa_container_oom_events_total"
 	ContainerExits        = "kasa_container_exits_total" // label "exit": ExitZero, ExitNonzero, ExitSignal
 	labelPhase            = "phase"
+	labelStart            = "start"
 	labelMethod           = "method"
 	labelProcess          = "process"
 	labelDirection        = "direction"
@@ -70,7 +71,9 @@ const (
 const (
 	// Gauge: sandboxes whose shim serves metrics (accepts a connection).
 	SandboxesRunning = "kasa_sandboxes_running"
-	// Counter: sandbox starts that succeeded, on this node since boot.
+	// Counter, label "start" (StartLabels, and StartUnknown for what a
+	// shim counted before the label existed): sandbox starts that
+	// succeeded, on this node since boot.
 	SandboxStarts = "kasa_sandbox_starts_total"
 	// Counter, label "reason" (FailureReasons): starts that failed.
 	SandboxStartFailures = "kasa_sandbox_start_failures_total"
@@ -82,6 +85,26 @@ const (
 	MonitorScrapeErrors = "kasa_monitor_shim_scrape_errors_total"
 	labelReason         = "reason"
 )
+
+// Values of the "start" label: how the sandbox's VM started
+// (virtcontainers.VMStart).
+const (
+	StartCold     = string(virtcontainers.VMStartCold)     // booted
+	StartTemplate = string(virtcontainers.VMStartTemplate) // cloned from a VM template
+	// StartUnknown is SandboxStarts' count of the starts a shim recorded
+	// before the label existed (the counters live on /run across an
+	// upgrade); served only while it is not zero.
+	StartUnknown = "unknown"
+)
+
+// StartLabels are the values of the "start" label a start is recorded with.
+var StartLabels = func() []string {
+	var out []string
+	for _, s := range virtcontainers.VMStarts {
+		out = append(out, string(s))
+	}
+	return out
+}()
 
 // Failure reasons of SandboxStartFailures: the step of the start that
 // failed (virtcontainers.BootSteps), or one of the shim's own.

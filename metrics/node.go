@@ -9,6 +9,8 @@ import (
 	"strconv"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/kasa-runtime/kasa/virtcontainers"
 )
 
 // NodeRoot holds the node's counters (docs/architecture.md, "Contracts"):
@@ -18,15 +20,26 @@ import (
 var NodeRoot = "/run/kasa/metrics"
 
 const (
-	startsFile       = "sandbox_starts"
+	// startsFilePref+start counts the starts of one kind (StartLabels);
+	// legacyStartsFile is what shims counted before the kinds, served as
+	// StartUnknown.
+	startsFilePref   = "sandbox_starts."
+	legacyStartsFile = "sandbox_starts"
 	failuresFilePref = "sandbox_start_failures."
 	// counterWidth is every counter file's length: 20 digits and a newline,
 	// rewritten in place at once.
 	counterWidth = 21
 )
 
-// RecordStart counts a sandbox start that succeeded.
-func RecordStart() error { return addCounter(NodeRoot, startsFile) }
+// RecordStart counts a sandbox start that succeeded, by how its VM
+// started (the BootRecord's VMStart); anything but cold or template
+// counts as StartUnknown.
+func RecordStart(start virtcontainers.VMStart) error {
+	if !slices.Contains(StartLabels, string(start)) {
+		return addCounter(NodeRoot, legacyStartsFile)
+	}
+	return addCounter(NodeRoot, startsFilePref+string(start))
+}
 
 // RecordStartFailure counts a sandbox start that failed for reason, one of
 // FailureReasons (anything else counts as ReasonOther).
@@ -72,7 +85,8 @@ func readCounter(f *os.File) (uint64, error) {
 }
 
 // nodeCounters reads the counters under root; a missing file is zero.
-func nodeCounters(root string) (starts uint64, failures map[string]uint64, err error) {
+// starts is by StartLabels, with StartUnknown only when it is not zero.
+func nodeCounters(root string) (starts, failures map[string]uint64, err error) {
 	read := func(name string) (uint64, error) {
 		f, err := os.Open(filepath.Join(root, name))
 		if os.IsNotExist(err) {
@@ -84,13 +98,21 @@ func nodeCounters(root string) (starts uint64, failures map[string]uint64, err e
 		defer f.Close()
 		return readCounter(f)
 	}
-	if starts, err = read(startsFile); err != nil {
-		return 0, nil, err
+	starts = map[string]uint64{}
+	for _, s := range StartLabels {
+		if starts[s], err = read(startsFilePref + s); err != nil {
+			return nil, nil, err
+		}
+	}
+	if n, err := read(legacyStartsFile); err != nil {
+		return nil, nil, err
+	} else if n > 0 {
+		starts[StartUnknown] = n
 	}
 	failures = map[string]uint64{}
 	for _, r := range FailureReasons {
 		if failures[r], err = read(failuresFilePref + r); err != nil {
-			return 0, nil, err
+			return nil, nil, err
 		}
 	}
 	return starts, failures, nil

@@ -125,8 +125,12 @@ func (m *Sandbox) source() Source {
 type sandboxCollector struct{ m *Sandbox }
 
 var (
-	descBoot      = prometheus.NewDesc(SandboxBootSeconds, "Duration of the sandbox's start, from the shim's first step to the guest ready.", nil, nil)
-	descBootPhase = prometheus.NewDesc(SandboxBootPhaseSeconds, "Duration of each step of the sandbox's start.", []string{labelPhase}, nil)
+	// A family's help is a contract between shims of different versions:
+	// kasa monitor merges every shim's families and drops those whose help
+	// differs from the first one's (prometheus.Gatherers), so a label
+	// added to a family keeps its help as it was.
+	descBoot      = prometheus.NewDesc(SandboxBootSeconds, "Duration of the sandbox's start, from the shim's first step to the guest ready.", []string{labelStart}, nil)
+	descBootPhase = prometheus.NewDesc(SandboxBootPhaseSeconds, "Duration of each step of the sandbox's start.", []string{labelPhase, labelStart}, nil)
 	descRSS       = prometheus.NewDesc(HostProcessRSSBytes, "Resident memory of the sandbox's host processes (smaps_rollup Rss).", []string{labelProcess}, nil)
 	descPSS       = prometheus.NewDesc(HostProcessPSSBytes, "Proportional set size of the sandbox's host processes (smaps_rollup Pss).", []string{labelProcess}, nil)
 	descCPU       = prometheus.NewDesc(HostProcessCPUSeconds, "CPU time (user and system) of the sandbox's host processes.", []string{labelProcess}, nil)
@@ -163,9 +167,11 @@ func (c sandboxCollector) Describe(ch chan<- *prometheus.Desc) {
 func (c sandboxCollector) Collect(ch chan<- prometheus.Metric) {
 	m := c.m
 	if total, ok := m.boot.Total(); ok {
-		ch <- prometheus.MustNewConstMetric(descBoot, prometheus.GaugeValue, total.Seconds())
+		// A start that finished has created its VM: the label is set.
+		start := string(m.boot.VMStart())
+		ch <- prometheus.MustNewConstMetric(descBoot, prometheus.GaugeValue, total.Seconds(), start)
 		for _, p := range m.boot.Phases() {
-			ch <- prometheus.MustNewConstMetric(descBootPhase, prometheus.GaugeValue, p.Duration.Seconds(), string(p.Step))
+			ch <- prometheus.MustNewConstMetric(descBootPhase, prometheus.GaugeValue, p.Duration.Seconds(), string(p.Step), start)
 		}
 	}
 	procs := []virtcontainers.HostProcess{{Name: processShim, PID: os.Getpid()}}

@@ -9,7 +9,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/kasa-runtime/kasa/hypervisor"
+	"github.com/kasa-runtime/kasa/metrics/metricstest"
 	"github.com/kasa-runtime/kasa/virtcontainers"
 )
 
@@ -111,6 +114,39 @@ func TestSandboxMetrics(t *testing.T) {
 	}
 }
 
+// TestSandboxBootMetrics: the start's series say how the VM started, a
+// clone of a template or a cold boot, on the whole start and each phase.
+func TestSandboxBootMetrics(t *testing.T) {
+	for _, start := range []virtcontainers.VMStart{virtcontainers.VMStartCold, virtcontainers.VMStartTemplate} {
+		m := NewSandbox(PodLabels{SandboxID: "sb-" + string(start)})
+		m.boot = virtcontainers.BootRecordForTest(start,
+			virtcontainers.BootPhase{Step: virtcontainers.StepVMCreate, Duration: time.Second},
+			virtcontainers.BootPhase{Step: virtcontainers.StepAgent, Duration: 2 * time.Second})
+		mfs, err := m.Registry().Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		labels := map[string]string{LabelSandboxID: "sb-" + string(start), labelStart: string(start)}
+		if v, ok := find(mfs, SandboxBootSeconds, labels); !ok || v != 3 {
+			t.Errorf("%s%v = %v, %v; want 3", SandboxBootSeconds, labels, v, ok)
+		}
+		labels[labelPhase] = string(virtcontainers.StepAgent)
+		if v, ok := find(mfs, SandboxBootPhaseSeconds, labels); !ok || v != 2 {
+			t.Errorf("%s%v = %v, %v; want 2", SandboxBootPhaseSeconds, labels, v, ok)
+		}
+		for _, mf := range mfs {
+			if n := mf.GetName(); n != SandboxBootSeconds && n != SandboxBootPhaseSeconds {
+				continue
+			}
+			for _, s := range mf.GetMetric() {
+				if !metricstest.HasLabels(s, map[string]string{labelStart: string(start)}) {
+					t.Errorf("%s series %v lacks start=%q", mf.GetName(), s.GetLabel(), start)
+				}
+			}
+		}
+	}
+}
+
 // TestSandboxMetricsSilentGuest: a guest that does not answer costs a
 // scrape its guest series and at most the guest bound, nothing else.
 func TestSandboxMetricsSilentGuest(t *testing.T) {
@@ -159,5 +195,42 @@ func TestPodLabelsFor(t *testing.T) {
 	long := PodLabelsFor("id", map[string]string{"io.kubernetes.cri.sandbox-name": string(make([]byte, 300)), "io.kubernetes.cri.sandbox-namespace": "ns\n"})
 	if long != (PodLabels{SandboxID: "id"}) {
 		t.Errorf("invalid names kept: %+v", long)
+	}
+}
+
+// TestBootSeriesMergeWithOlderShims: kasa monitor merges the families of
+// every shim on the node, of whatever version; a shim from before the
+// start label serves the same families with the same help, and both
+// sandboxes' series are kept.
+func TestBootSeriesMergeWithOlderShims(t *testing.T) {
+	old := prometheus.NewRegistry()
+	oldBoot := prometheus.NewGauge(prometheus.GaugeOpts{Name: SandboxBootSeconds,
+		Help: "Duration of the sandbox's start, from the shim's first step to the guest ready.", ConstLabels: prometheus.Labels{LabelSandboxID: "old"}})
+	oldBoot.Set(5)
+	oldPhase := prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: SandboxBootPhaseSeconds,
+		Help: "Duration of each step of the sandbox's start.", ConstLabels: prometheus.Labels{LabelSandboxID: "old"}}, []string{labelPhase})
+	oldPhase.WithLabelValues("agent").Set(4)
+	old.MustRegister(oldBoot, oldPhase)
+
+	m := NewSandbox(PodLabels{SandboxID: "new"})
+	m.boot = virtcontainers.BootRecordForTest(virtcontainers.VMStartTemplate,
+		virtcontainers.BootPhase{Step: virtcontainers.StepAgent, Duration: time.Second})
+	mfs, err := prometheus.Gatherers{old, m.Registry()}.Gather()
+	if err != nil {
+		t.Fatalf("merging an older shim's boot series: %v", err)
+	}
+	for _, c := range []struct {
+		name   string
+		labels map[string]string
+		want   float64
+	}{
+		{SandboxBootSeconds, map[string]string{LabelSandboxID: "old"}, 5},
+		{SandboxBootSeconds, map[string]string{LabelSandboxID: "new", labelStart: StartTemplate}, 1},
+		{SandboxBootPhaseSeconds, map[string]string{LabelSandboxID: "old", labelPhase: "agent"}, 4},
+		{SandboxBootPhaseSeconds, map[string]string{LabelSandboxID: "new", labelPhase: "agent", labelStart: StartTemplate}, 1},
+	} {
+		if v, ok := find(mfs, c.name, c.labels); !ok || v != c.want {
+			t.Errorf("%s%v = %v, %v; want %v", c.name, c.labels, v, ok, c.want)
+		}
 	}
 }

@@ -107,7 +107,7 @@ func newFakeShim(t *testing.T) *fakeShim {
 	reapOrphans = func(context.Context) ([]string, error) { return nil, nil }
 	t.Cleanup(func() { startReaper, reapOrphans = oldReaper, oldReap })
 	createSandbox = func(ctx context.Context, sc virtcontainers.SandboxConfig) (*virtcontainers.Sandbox, error) {
-		return virtcontainers.SandboxWithAgentForTest(ctx, sc.ID, a.Addr, dir, shortTimeouts, newStandInVM(a.Addr))
+		return virtcontainers.SandboxWithAgentForTest(ctx, sc.ID, dir, shortTimeouts, newStandInVM(a.Dial))
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	ctx, sd := shutdown.WithShutdown(ctx)
@@ -299,7 +299,7 @@ func TestBootHoldsNoLock(t *testing.T) {
 			startReaper = func(string) (*os.File, error) { return nil, nil }
 			t.Cleanup(func() { startReaper = oldReaper })
 			createSandbox = func(ctx context.Context, sc virtcontainers.SandboxConfig) (*virtcontainers.Sandbox, error) {
-				return virtcontainers.SandboxWithAgentForTest(ctx, sc.ID, f.a.Addr, f.dir, shortTimeouts, newStandInVM(f.a.Addr))
+				return virtcontainers.SandboxWithAgentForTest(ctx, sc.ID, f.dir, shortTimeouts, newStandInVM(f.a.Dial))
 			}
 			f.startPod(t, "pod3")
 		})

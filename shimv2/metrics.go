@@ -41,7 +41,7 @@ func (sm *shimMetrics) started(ctx context.Context, sb *virtcontainers.Sandbox, 
 		recordStartFailure(ctx, startFailureReason(ctx, sm.m.Boot()))
 		return
 	}
-	if rerr := metrics.RecordStart(); rerr != nil {
+	if rerr := metrics.RecordStart(sm.m.Boot().VMStart()); rerr != nil {
 		log.G(ctx).WithError(rerr).Warn("counting the sandbox's start")
 	}
 	sm.m.Attach(sb)

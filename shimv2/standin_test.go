@@ -3,8 +3,11 @@ package shimv2
 import (
 	"context"
 	"errors"
+	"fmt"
+	"net"
 	"sync"
 
+	"github.com/kasa-runtime/kasa/agent/api"
 	"github.com/kasa-runtime/kasa/hypervisor"
 )
 
@@ -12,7 +15,7 @@ import (
 // virtcontainers.SandboxWithAgentForTest: the agent is a fake on a unix
 // socket, and stop ends the "VM" as if the guest had died.
 type standInVM struct {
-	addr string
+	dial func(context.Context) (net.Conn, error)
 	once sync.Once
 	done chan struct{}
 	err  error
@@ -20,8 +23,10 @@ type standInVM struct {
 
 var _ hypervisor.Hypervisor = (*standInVM)(nil)
 
-func newStandInVM(agentAddr string) *standInVM {
-	return &standInVM{addr: agentAddr, done: make(chan struct{})}
+// newStandInVM is a stand-in whose agent is the one dial reaches (an
+// agenttest fake's Dial).
+func newStandInVM(dial func(context.Context) (net.Conn, error)) *standInVM {
+	return &standInVM{dial: dial, done: make(chan struct{})}
 }
 
 func (v *standInVM) stop(err error) {
@@ -38,6 +43,11 @@ func (v *standInVM) Done() <-chan struct{}                               { retur
 func (v *standInVM) ExitError() error                                    { return v.err }
 func (v *standInVM) PauseVM(context.Context) error                       { return nil }
 func (v *standInVM) ResumeVM(context.Context) error                      { return nil }
-func (v *standInVM) AgentAddress() string                                { return v.addr }
-func (v *standInVM) ConsolePath() string                                 { return "" }
-func (v *standInVM) PID() int                                            { return 0 }
+func (v *standInVM) DialGuest(ctx context.Context, port uint32) (net.Conn, error) {
+	if port != api.AgentVsockPort {
+		return nil, fmt.Errorf("stand-in VM: guest port %d: %w", port, hypervisor.ErrNotSupported)
+	}
+	return v.dial(ctx)
+}
+func (v *standInVM) ConsolePath() string { return "" }
+func (v *standInVM) PID() int            { return 0 }

@@ -18,7 +18,8 @@ const (
 	StepSharedFS  BootStep = "shared_fs"  // virtiofsd
 	StepNetwork   BootStep = "network"    // taps and tc filters in the pod netns
 	// StepVMCreate is the driver's CreateVM with what precedes it: the VMM
-	// uid, the vhost-vsock CID, validation, the accelerator's probe and the
+	// uid, the VM template (made first if there is none), and in the driver
+	// validation, the vhost-vsock CID, the accelerator's probe and the
 	// command line.
 	StepVMCreate BootStep = "vm_create"
 	// StepAdmission is the wait for one of the node's boot slots
@@ -38,6 +39,21 @@ const (
 var BootSteps = []BootStep{StepSharedDir, StepState, StepCgroup, StepSharedFS, StepNetwork,
 	StepVMCreate, StepAdmission, StepVMStart, StepAgent, StepGuestNetwork, StepGuestSandbox, StepPortForward}
 
+// VMStart is how a sandbox's VM started. Metrics use the names as label
+// values: the set is fixed.
+type VMStart string
+
+const (
+	// VMStartCold is a VM that booted: firmware, kernel, the agent's init.
+	VMStartCold VMStart = "cold"
+	// VMStartTemplate is a clone of a VM template: its guest resumed from
+	// the template's saved memory and device state (templates.go).
+	VMStartTemplate VMStart = "template"
+)
+
+// VMStarts are all the kinds of VM start.
+var VMStarts = []VMStart{VMStartCold, VMStartTemplate}
+
 // BootPhase is how long one step of a start took.
 type BootPhase struct {
 	Step     BootStep
@@ -56,6 +72,7 @@ type BootRecord struct {
 	phases   []BootPhase
 	finished bool
 	total    time.Duration
+	vmStart  VMStart
 }
 
 // NewBootRecord returns a record whose clock starts now.
@@ -134,6 +151,28 @@ func (r *BootRecord) Current() BootStep {
 	return r.current
 }
 
+// setVMStart records how the VM starts, once the driver has accepted it
+// (startVM, after CreateVM).
+func (r *BootRecord) setVMStart(s VMStart) {
+	if r == nil {
+		return
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.vmStart = s
+}
+
+// VMStart is how the sandbox's VM started: VMStartCold or
+// VMStartTemplate; "" before the VM was created.
+func (r *BootRecord) VMStart() VMStart {
+	if r == nil {
+		return ""
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.vmStart
+}
+
 type bootRecordKey struct{}
 
 func withBootRecord(ctx context.Context, r *BootRecord) context.Context {
@@ -143,5 +182,18 @@ func withBootRecord(ctx context.Context, r *BootRecord) context.Context {
 // bootRecordFrom is the record of the start ctx belongs to, or nil.
 func bootRecordFrom(ctx context.Context) *BootRecord {
 	r, _ := ctx.Value(bootRecordKey{}).(*BootRecord)
+	return r
+}
+
+// BootRecordForTest returns the record of a start that finished, its VM
+// started as start, with phases: the seam for tests of what reads records
+// (metrics), which cannot take a start's steps themselves.
+func BootRecordForTest(start VMStart, phases ...BootPhase) *BootRecord {
+	r := NewBootRecord()
+	r.vmStart, r.finished = start, true
+	for _, p := range phases {
+		r.phases = append(r.phases, p)
+		r.total += p.Duration
+	}
 	return r
 }

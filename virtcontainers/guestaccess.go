@@ -13,7 +13,6 @@ import (
 	"github.com/containerd/log"
 
 	"github.com/kasa-runtime/kasa/agent/api"
-	"github.com/kasa-runtime/kasa/agent/client"
 	"github.com/kasa-runtime/kasa/configuration"
 	"github.com/kasa-runtime/kasa/hypervisor"
 	"github.com/kasa-runtime/kasa/virtcontainers/debugconsole"
@@ -47,13 +46,13 @@ func agentKernelParams(a configuration.AgentConfig) []string {
 }
 
 // guestPortDialer dials another vsock port of vm's guest through the
-// agent's channel, or is nil when the transport has no vsock ports.
+// driver (the agent's channel), or is nil when the transport has no vsock
+// ports.
 func guestPortDialer(vm *VM, port uint32) func(ctx context.Context) (net.Conn, error) {
 	if vm.Config.AgentTransport == hypervisor.TransportVirtioSerial {
 		return nil
 	}
-	addr := vm.Agent.Address()
-	return func(ctx context.Context) (net.Conn, error) { return client.DialVsockPort(ctx, addr, port) }
+	return func(ctx context.Context) (net.Conn, error) { return vm.DialGuest(ctx, port) }
 }
 
 // startGuestLog forwards the guest's log to the shim's log (ctx's logger,

@@ -13,16 +13,17 @@ import (
 
 // SandboxWithAgentForTest returns a sandbox whose VM is hv, an already
 // running driver the caller provides (a test's stand-in without a
-// hypervisor process), and whose agent is the one at agentAddr, typically
-// agent/agenttest's fake, with the given deadlines. Its shared directory is
+// hypervisor process), and whose agent is the one hv.DialGuest reaches,
+// typically agent/agenttest's fake, with the given deadlines. Its shared directory is
 // under dir; its state goes under SandboxStateRoot as a real sandbox's. It
 // is the seam for tests of the layers above, such as the shim's handling of
 // a guest that misbehaves; the stand-ins themselves live in those tests.
-func SandboxWithAgentForTest(ctx context.Context, id, agentAddr, dir string, timeouts client.Timeouts, hv hypervisor.Hypervisor) (*Sandbox, error) {
+func SandboxWithAgentForTest(ctx context.Context, id, dir string, timeouts client.Timeouts, hv hypervisor.Hypervisor) (*Sandbox, error) {
 	if err := validID(id); err != nil {
 		return nil, err
 	}
-	c, err := client.Dial(ctx, agentAddr)
+	vm := &VM{ID: id, hv: hv}
+	c, err := client.Connect(ctx, vm.agentDialer())
 	if err != nil {
 		return nil, err
 	}
@@ -39,6 +40,7 @@ func SandboxWithAgentForTest(ctx context.Context, id, agentAddr, dir string, tim
 		return nil, err
 	}
 	// No pod cgroup: an empty group, which Stop deletes as nothing.
-	return &Sandbox{ID: id, vm: &VM{ID: id, hv: hv, Agent: c}, agent: c, share: share, shared: true,
+	vm.Agent = c
+	return &Sandbox{ID: id, vm: vm, agent: c, share: share, shared: true,
 		cgroup: &podcgroup.Group{}, containers: map[string]struct{}{}, state: st}, nil
 }

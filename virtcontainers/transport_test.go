@@ -1,6 +1,7 @@
 package virtcontainers
 
 import (
+	"context"
 	"errors"
 	"os"
 	"path/filepath"
@@ -9,6 +10,7 @@ import (
 
 	"github.com/kasa-runtime/kasa/configuration"
 	"github.com/kasa-runtime/kasa/hypervisor"
+	"github.com/kasa-runtime/kasa/hypervisor/qemu"
 )
 
 func TestSelectTransport(t *testing.T) {
@@ -49,10 +51,36 @@ func TestSelectTransportProbesDevice(t *testing.T) {
 	if got, why := SelectTransport(configuration.TransportAuto); got != hypervisor.TransportVsock {
 		t.Errorf("with an openable device: %s (%s)", got, why)
 	}
-	// A file that is not the device fails the CID ioctl with a clear error
-	// naming the way out.
-	_, err := openVhostVsock()
-	if err == nil || !strings.Contains(err.Error(), "guest CID") || !strings.Contains(err.Error(), "auto") {
-		t.Errorf("openVhostVsock on a plain file: %v", err)
+}
+
+// The driver claims the guest CID; a device it cannot use fails the start
+// before anything runs, with the way out (agent.kata.transport = "auto").
+func TestStartVMVsockWithoutUsableDevice(t *testing.T) {
+	old, oldRoot := qemu.VhostVsockDevice, VMStateRoot
+	defer func() { qemu.VhostVsockDevice, VMStateRoot = old, oldRoot }()
+	dir := t.TempDir()
+	qemu.VhostVsockDevice = filepath.Join(dir, "vhost-vsock")
+	if err := os.WriteFile(qemu.VhostVsockDevice, nil, 0o600); err != nil { // not the device
+		t.Fatal(err)
+	}
+	VMStateRoot = filepath.Join(dir, "vm")
+	cfg := configuration.Default()
+	cfg.Factory.EnableTemplate = false
+	cfg.Hypervisor.Rootless = false
+	cfg.Hypervisor.Path = "/bin/true"
+	cfg.Hypervisor.Accelerator = configuration.AccelTCG
+	cfg.Agent.Transport = configuration.TransportVsock
+	for _, f := range []*string{&cfg.Hypervisor.Kernel, &cfg.Hypervisor.Initrd} {
+		*f = filepath.Join(dir, filepath.Base(*f))
+		if err := os.WriteFile(*f, nil, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_, err := StartVM(context.Background(), "vsock-claim", cfg)
+	if !errors.Is(err, hypervisor.ErrTransportUnavailable) || !strings.Contains(err.Error(), "guest CID") || !strings.Contains(err.Error(), `"auto"`) {
+		t.Fatalf("StartVM on a plain file as vhost-vsock: %v, want ErrTransportUnavailable about the guest CID naming \"auto\"", err)
+	}
+	if _, err := os.Stat(filepath.Join(VMStateRoot, "vsock-claim")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("a failed start left its state directory: %v", err)
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -37,7 +38,8 @@ const (
 	consoleTail = 2048
 )
 
-// VhostVsockDevice is the kernel's vhost-vsock device; a variable for tests.
+// VhostVsockDevice is the kernel's vhost-vsock device SelectTransport
+// probes; a variable for tests. The driver claims the VM's CID on it.
 var VhostVsockDevice = vsock.VhostVsockDevice
 
 // VM is one running guest with its agent connected.
@@ -90,16 +92,6 @@ func selectTransport(want configuration.AgentTransport, vhostVsockErr error) (hy
 	default:
 		return hypervisor.AgentTransport(want), "set by agent.kata.transport"
 	}
-}
-
-// openVhostVsock claims a guest CID on the kernel's vhost-vsock for a VM
-// that uses it. The caller closes the file after the VM is gone.
-func openVhostVsock() (*hypervisor.VhostVsock, error) {
-	f, cid, err := vsock.OpenVhostVsock(VhostVsockDevice, vsock.DefaultGuestCID)
-	if err != nil {
-		return nil, fmt.Errorf("agent transport vsock: %w (set agent.kata.transport = \"auto\" to use vhost-user-vsock instead)", err)
-	}
-	return &hypervisor.VhostVsock{File: f, CID: cid}, nil
 }
 
 // VMConfigFor turns the configuration into a driver's VM description.
@@ -166,18 +158,6 @@ func startVM(ctx context.Context, id string, cfg *configuration.Config, shared *
 		}()
 		vm.Config.Confinement.UID, vm.Config.Confinement.GID = uid, uid
 	}
-	if vm.Config.AgentTransport == hypervisor.TransportVsock {
-		v, err := openVhostVsock()
-		if err != nil {
-			return nil, fmt.Errorf("sandbox %s: %w", id, err)
-		}
-		vm.Config.VhostVsock = v
-		defer func() {
-			if retErr != nil {
-				v.File.Close()
-			}
-		}()
-	}
 	if ok, why := cfg.TemplatesApply(); !ok && cfg.Factory.EnableTemplate {
 		log.G(ctx).WithField("reason", why).Info("no VM template for this sandbox; booting it cold")
 	} else if ok {
@@ -199,14 +179,41 @@ func startVM(ctx context.Context, id string, cfg *configuration.Config, shared *
 		err = hv.CreateVM(ctx, vm.Config)
 	}
 	if err != nil {
+		if errors.Is(err, hypervisor.ErrTransportUnavailable) && vm.Config.AgentTransport == hypervisor.TransportVsock {
+			return nil, fmt.Errorf("sandbox %s: create VM: %w (set agent.kata.transport = \"auto\" to use vhost-user-vsock instead)", id, err)
+		}
 		return nil, fmt.Errorf("sandbox %s: create VM: %w", id, err)
 	}
+	// The driver took the VM as it is now: a clone of the template, or,
+	// without a template or after the fallback above, a cold boot.
+	if vm.Config.Snapshot != nil {
+		boot.setVMStart(VMStartTemplate)
+	} else {
+		boot.setVMStart(VMStartCold)
+	}
+	// From here on the driver holds what CreateVM claimed (a guest CID):
+	// on failure StopVM, idempotent, releases it and whatever StartVM left
+	// running.
+	stopFailed := func() {
+		if retErr == nil {
+			return
+		}
+		stopCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+		defer cancel()
+		if err := hv.StopVM(stopCtx); err != nil {
+			log.G(ctx).WithError(err).Warn("stopping the VM after a failed start")
+		}
+	}
+	defer stopFailed()
 	boot.begin(StepAdmission)
 	slot, err := admitBoot(ctx, id, cfg, hv)
 	if err != nil {
 		return nil, err
 	}
-	defer slot.Release() // after the agent answered, or the failed VM is gone
+	defer func() {
+		stopFailed()   // the failed VM is gone first,
+		slot.Release() // or the agent answered
+	}()
 	start := time.Now()
 	boot.begin(StepVMStart)
 	clock := admission.NewRunClock()
@@ -215,15 +222,6 @@ func startVM(ctx context.Context, id string, cfg *configuration.Config, shared *
 	}
 	clock.Watch(hv.PID())
 	clock.Watch(os.Getpid()) // the shim relays the agent's answer
-	defer func() {
-		if retErr != nil {
-			stopCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
-			defer cancel()
-			if err := hv.StopVM(stopCtx); err != nil {
-				log.G(ctx).WithError(err).Warn("stopping the VM after a failed start")
-			}
-		}
-	}()
 
 	boot.begin(StepAgent)
 	agent, err := vm.dialAgent(ctx, clock, cfg.Agent.DialTimeout)
@@ -250,7 +248,7 @@ func (vm *VM) dialAgent(ctx context.Context, clock *admission.RunClock, timeout 
 		case <-dctx.Done():
 		}
 	}()
-	c, err := client.Dial(dctx, vm.hv.AgentAddress())
+	c, err := client.Connect(dctx, vm.agentDialer())
 	if err == nil {
 		err = checkAgent(dctx, c)
 		if err != nil {
@@ -276,6 +274,18 @@ func (vm *VM) dialAgent(ctx context.Context, clock *admission.RunClock, timeout 
 		return nil, fmt.Errorf("sandbox %s: the VM started but its agent did not answer within %s (agent.kata.dial_timeout): %v: %w%s", vm.ID, timeout, rt, err, vm.consoleTail())
 	}
 	return nil, fmt.Errorf("sandbox %s: reach agent: %w", vm.ID, err)
+}
+
+// DialGuest opens one stream to port of the guest, through the driver (see
+// hypervisor.Hypervisor.DialGuest): the agent's (api.AgentVsockPort) or
+// another guest service's.
+func (vm *VM) DialGuest(ctx context.Context, port uint32) (net.Conn, error) {
+	return vm.hv.DialGuest(ctx, port)
+}
+
+// agentDialer dials the agent's port, for client.Connect.
+func (vm *VM) agentDialer() client.DialFunc {
+	return func(ctx context.Context) (net.Conn, error) { return vm.hv.DialGuest(ctx, api.AgentVsockPort) }
 }
 
 func checkAgent(ctx context.Context, c *client.Client) error {
@@ -352,13 +362,7 @@ func (vm *VM) Stop(ctx context.Context) error {
 	if err := vm.hv.StopVM(ctx); err != nil {
 		return err
 	}
-	if err := vmmuser.Release(vm.Config.Confinement.UID, vm.ID); err != nil {
-		return err
-	}
-	if v := vm.Config.VhostVsock; v != nil {
-		v.File.Close() // releases the guest CID
-	}
-	return nil
+	return vmmuser.Release(vm.Config.Confinement.UID, vm.ID)
 }
 
 // Done is closed when the VM's hypervisor process has exited.

@@ -26,8 +26,9 @@ type Handler func(ctx context.Context, req proto.Message) (proto.Message, error)
 
 // Agent is a fake agent. Its zero value is not usable: call Start.
 type Agent struct {
-	// Addr is the address to dial with agent/client.
-	Addr string
+	// Path is the unix socket the fake serves on, framed as a virtio-serial
+	// port (agent/serialmux); Dial opens a stream to it.
+	Path string
 
 	mu       sync.Mutex
 	handlers map[string]Handler
@@ -35,6 +36,10 @@ type Agent struct {
 	silent   bool
 	closed   chan struct{}
 }
+
+// Dial opens one stream to the fake, as a driver's DialGuest opens one to
+// a guest's agent: an agent/client.DialFunc.
+func (a *Agent) Dial(ctx context.Context) (net.Conn, error) { return serialmux.Dial(ctx, a.Path) }
 
 // Start serves a fake agent until the test ends.
 func Start(t testing.TB) *Agent {
@@ -48,7 +53,7 @@ func Start(t testing.TB) *Agent {
 	if err != nil {
 		t.Fatal(err)
 	}
-	a := &Agent{Addr: "serial://" + path, handlers: map[string]Handler{}, calls: map[string]int{}, closed: make(chan struct{})}
+	a := &Agent{Path: path, handlers: map[string]Handler{}, calls: map[string]int{}, closed: make(chan struct{})}
 	sd := api.File_agent_api_agent_proto.Services().Get(0)
 	desc := &ttrpc.ServiceDesc{Methods: map[string]ttrpc.Method{}}
 	for i := 0; i < sd.Methods().Len(); i++ {

@@ -8,6 +8,12 @@ package api
 // additive needs a new package, kasa.agent.v2, instead.
 const APIVersion uint32 = 3
 
+// AgentVsockPort is the guest's AF_VSOCK port the agent serves this API on
+// (docs/architecture.md, "Contracts"); a virtio-serial channel carries this
+// port only. The other ports are GuestLogVsockPort, PortForwardVsockPort and
+// DebugConsoleVsockPort.
+const AgentVsockPort = 1024
+
 // Names of the optional guest features an agent may list in
 // GetGuestDetailsResponse.Features. The host must treat a missing name as
 // "not available" and ignore names it does not know.

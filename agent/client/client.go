@@ -1,6 +1,6 @@
-// Package client is the host's typed client of the in-guest agent: it dials
-// the agent over vsock, hybrid vsock or virtio-serial and turns wire errors
-// back into containerd errdefs categories.
+// Package client is the host's typed client of the in-guest agent: it speaks
+// ttrpc on a stream a hypervisor driver opens to the guest (Connect) and
+// turns wire errors back into containerd errdefs categories.
 package client
 
 import (
@@ -48,7 +48,6 @@ var ErrBadReply = errors.New("agent reply out of bounds")
 
 // Client talks to one agent. It is safe for concurrent use.
 type Client struct {
-	addr     string
 	conn     net.Conn
 	ttrpc    *ttrpc.Client
 	api      api.AgentServiceService
@@ -78,11 +77,11 @@ func (c *Client) call(ctx context.Context) (context.Context, context.CancelFunc)
 	return within(ctx, c.deadlines().Call)
 }
 
-// Dial connects to the agent at addr (see dial for the address forms),
-// retrying until ctx ends. An Observer on ctx (WithObserver) is told of the
-// client's every RPC.
-func Dial(ctx context.Context, addr string) (*Client, error) {
-	conn, err := dial(ctx, addr)
+// Connect connects to the agent through dial, retrying every failed attempt
+// until ctx ends (see connect). An Observer on ctx (WithObserver) is told of
+// the client's every RPC.
+func Connect(ctx context.Context, dial DialFunc) (*Client, error) {
+	conn, err := connect(ctx, dial)
 	if err != nil {
 		return nil, err
 	}
@@ -91,14 +90,11 @@ func Dial(ctx context.Context, addr string) (*Client, error) {
 		interceptor = observeRPCs(o, boundReplies)
 	}
 	tc := ttrpc.NewClient(conn, ttrpc.WithUnaryClientInterceptor(interceptor))
-	return &Client{addr: addr, conn: conn, ttrpc: tc, api: api.NewAgentServiceClient(tc)}, nil
+	return &Client{conn: conn, ttrpc: tc, api: api.NewAgentServiceClient(tc)}, nil
 }
 
 // Close drops the connection; the agent keeps running.
 func (c *Client) Close() error { return c.ttrpc.Close() }
-
-// Address is where the client is connected.
-func (c *Client) Address() string { return c.addr }
 
 func wrap(op string, err error) error {
 	switch {

@@ -1,8 +1,8 @@
 package client
 
 import (
-	"bufio"
 	"context"
+	"errors"
 	"net"
 	"path/filepath"
 	"strings"
@@ -19,8 +19,9 @@ import (
 )
 
 // serveAgent runs the real agent service behind a unix socket, with the
-// socket's first accepted connection standing in for the guest's serial port.
-func serveAgent(t *testing.T, powerOff func(string)) string {
+// socket's first accepted connection standing in for the guest's serial
+// port; it returns the dial function for it.
+func serveAgent(t *testing.T, powerOff func(string)) DialFunc {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "agent.sock")
 	ln, err := net.Listen("unix", path)
@@ -40,15 +41,15 @@ func serveAgent(t *testing.T, powerOff func(string)) string {
 		srv.Serve(context.Background(), serialmux.Listen(port, "test-port"))
 	}()
 	t.Cleanup(func() { srv.Close(); ln.Close() })
-	return "serial://" + path
+	return func(ctx context.Context) (net.Conn, error) { return serialmux.Dial(ctx, path) }
 }
 
 func TestClientAgainstRealService(t *testing.T) {
 	var powerOffs atomic.Int32
-	addr := serveAgent(t, func(string) { powerOffs.Add(1) })
+	dial := serveAgent(t, func(string) { powerOffs.Add(1) })
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	c, err := Dial(ctx, addr)
+	c, err := Connect(ctx, dial)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -91,53 +92,35 @@ func TestClientAgainstRealService(t *testing.T) {
 	}
 }
 
-func TestHybridVsockHandshake(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "hv.sock")
-	ln, err := net.Listen("unix", path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			r := bufio.NewReader(c)
-			line, _ := r.ReadString('\n')
-			if line == "CONNECT 1024\n" {
-				c.Write([]byte("OK 3000\nhello"))
-			} else {
-				c.Write([]byte("NO\n"))
-			}
-			c.Close()
+// Connect retries a dial that fails (a guest still booting) until it
+// succeeds, and gives up when ctx ends, with the last error.
+func TestConnectRetries(t *testing.T) {
+	dial := serveAgent(t, func(string) {})
+	var attempts atomic.Int32
+	flaky := func(ctx context.Context) (net.Conn, error) {
+		if attempts.Add(1) < 4 {
+			return nil, errors.New("connection refused by a booting guest")
 		}
-	}()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		return dial(ctx)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	c, err := dial(ctx, "hvsock://"+path+":1024")
+	c, err := Connect(ctx, flaky)
 	if err != nil {
 		t.Fatal(err)
 	}
-	buf := make([]byte, 5)
-	if _, err := c.Read(buf); err != nil || string(buf) != "hello" {
-		t.Fatalf("stream after handshake = %q, %v (bytes after OK must stay in the stream)", buf, err)
+	defer c.Close()
+	if n := attempts.Load(); n != 4 {
+		t.Errorf("%d dial attempts, want 4", n)
 	}
-	c.Close()
-	// One attempt, so that the error is the refusal and not whichever retry
-	// a deadline happened to cut short (a 300 ms deadline here failed CI
-	// under load).
-	if _, err := dialHybridVsock(ctx, path, 9); err == nil || !strings.Contains(err.Error(), `"NO"`) {
-		t.Fatalf("refused port: %v", err)
+	if err := c.Check(ctx); err != nil {
+		t.Fatalf("Check: %v", err)
 	}
-}
 
-func TestBadAddresses(t *testing.T) {
-	ctx := context.Background()
-	for _, addr := range []string{"agent.sock", "tcp://1.2.3.4:1024", "hvsock:///x", "vsock://abc:1024"} {
-		if _, err := dial(ctx, addr); err == nil || !strings.Contains(err.Error(), addr) {
-			t.Errorf("dial(%q) = %v, want an error naming the address", addr, err)
-		}
+	short, cancel2 := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel2()
+	_, err = Connect(short, func(context.Context) (net.Conn, error) { return nil, errors.New("no such socket") })
+	if !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "no such socket") {
+		t.Fatalf("Connect past its deadline: %v, want DeadlineExceeded with the last error", err)
 	}
 }

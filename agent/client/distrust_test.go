@@ -19,7 +19,7 @@ func dialFake(t *testing.T) (*agenttest.Agent, *client.Client) {
 	a := agenttest.Start(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	c, err := client.Dial(ctx, a.Addr)
+	c, err := client.Connect(ctx, a.Dial)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -220,7 +220,7 @@ func FuzzAgentReplies(f *testing.F) {
 		go fakeAgentConn(guestEnd, reply, raw)
 		tc := ttrpc.NewClient(hostEnd)
 		defer tc.Close()
-		c := &Client{addr: "fuzz", conn: hostEnd, ttrpc: tc, api: api.NewAgentServiceClient(tc)}
+		c := &Client{conn: hostEnd, ttrpc: tc, api: api.NewAgentServiceClient(tc)}
 
 		// The fake always answers or hangs up at once: a call that is
 		// still waiting after this long waits for nothing.

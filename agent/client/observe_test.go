@@ -41,7 +41,7 @@ func TestObserver(t *testing.T) {
 	var log rpcLog
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	c, err := Dial(WithObserver(ctx, &log), a.Addr)
+	c, err := Connect(WithObserver(ctx, &log), a.Dial)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -26,13 +26,13 @@ func TestMetricsCommand(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer srv.Close()
-	if err := metrics.RecordStart(); err != nil {
+	if err := metrics.RecordStart(virtcontainers.VMStartTemplate); err != nil {
 		t.Fatal(err)
 	}
 
 	var out, errb bytes.Buffer
 	if code := run([]string{"metrics"}, &out, &errb); code != 0 || !strings.Contains(out.String(), `kasa_container_oom_events_total{pod_name="web",sandbox_id="sb1"} 1`) ||
-		!strings.Contains(out.String(), "kasa_sandbox_starts_total 1") {
+		!strings.Contains(out.String(), `kasa_sandbox_starts_total{start="template"} 1`) || !strings.Contains(out.String(), `kasa_sandbox_starts_total{start="cold"} 0`) {
 		t.Errorf("kasa metrics: %d\n%s%s", code, out.String(), errb.String())
 	}
 	out.Reset()

@@ -10,6 +10,7 @@ import (
 	"strings"
 
 	"github.com/kasa-runtime/kasa/hypervisor"
+	"github.com/kasa-runtime/kasa/hypervisor/vsock"
 )
 
 // Machine types the builder knows.
@@ -242,11 +243,7 @@ func validate(cfg hypervisor.VMConfig) error {
 		errs = append(errs, errors.New("MemoryMiB is 0"))
 	}
 	switch cfg.AgentTransport {
-	case hypervisor.TransportVirtioSerial, hypervisor.TransportVhostUserVsock:
-	case hypervisor.TransportVsock:
-		if v := cfg.VhostVsock; v == nil || v.File == nil || v.CID <= 2 {
-			errs = append(errs, fmt.Errorf("AgentTransport %q needs VhostVsock: an open /dev/vhost-vsock and a guest CID above 2", cfg.AgentTransport))
-		}
+	case hypervisor.TransportVirtioSerial, hypervisor.TransportVhostUserVsock, hypervisor.TransportVsock:
 	default:
 		errs = append(errs, fmt.Errorf("AgentTransport %q is not one of %s, %s, %s", cfg.AgentTransport,
 			hypervisor.TransportVirtioSerial, hypervisor.TransportVsock, hypervisor.TransportVhostUserVsock))
@@ -255,8 +252,10 @@ func validate(cfg hypervisor.VMConfig) error {
 }
 
 // BuildArgs returns QEMU's arguments (without the binary) for cfg run with
-// accel, which must already be resolved to kvm or tcg. It is pure: it reads no
-// files and uses cfg.Firmware as given (CreateVM fills in qboot for pc).
+// accel, which must already be resolved to kvm or tcg. vhostCID is the guest
+// CID the driver claimed on /dev/vhost-vsock for a VM that needs it
+// (needsVhostVsock), 0 otherwise. It is pure: it reads no files and uses
+// cfg.Firmware as given (CreateVM fills in qboot for pc).
 //
 // Choices worth knowing:
 //   - -nodefaults -no-user-config: no default NIC, VGA, floppy, CD-ROM,
@@ -276,9 +275,12 @@ func validate(cfg hypervisor.VMConfig) error {
 //     over can neither fill the host's /run nor rewrite the pid file the
 //     reaper trusts.
 //   - Confinement.Seccomp becomes -sandbox: QEMU's own syscall filter.
-func BuildArgs(cfg hypervisor.VMConfig, accel hypervisor.Accelerator) ([]string, error) {
+func BuildArgs(cfg hypervisor.VMConfig, accel hypervisor.Accelerator, vhostCID uint32) ([]string, error) {
 	if err := validate(cfg); err != nil {
 		return nil, fmt.Errorf("invalid VM config: %w", err)
+	}
+	if needsVhostVsock(cfg) && vhostCID <= vsock.HostCID {
+		return nil, fmt.Errorf("AgentTransport %q needs a guest CID above %d claimed on /dev/vhost-vsock, not %d", cfg.AgentTransport, vsock.HostCID, vhostCID)
 	}
 	model := machineModels[cfg.MachineType]
 	paths := PathsFor(cfg.StateDir)
@@ -341,7 +343,7 @@ func BuildArgs(cfg hypervisor.VMConfig, accel hypervisor.Accelerator) ([]string,
 		args = append(args, "-sandbox", c)
 	}
 	if hasPodDevices(cfg) && !(isClone(cfg) && cfg.AgentTransport == hypervisor.TransportVhostUserVsock) {
-		args = append(args, agentArgs(cfg, model, paths, fds)...)
+		args = append(args, agentArgs(cfg, model, paths, fds, vhostCID)...)
 	}
 	args = append(args,
 		// Entropy, so the guest's crng is ready without waiting for jitter
@@ -377,7 +379,7 @@ func BuildArgs(cfg hypervisor.VMConfig, accel hypervisor.Accelerator) ([]string,
 //     own (hypervisor/vsock), listening on the socket QEMU connects to as a
 //     client; the guest's RAM must be shareable (sharedMemoryArgs);
 //   - vsock: the kernel's vhost-vsock on an inherited /dev/vhost-vsock fd.
-func agentArgs(cfg hypervisor.VMConfig, model machineModel, paths Paths, fds fdPlan) []string {
+func agentArgs(cfg hypervisor.VMConfig, model machineModel, paths Paths, fds fdPlan, vhostCID uint32) []string {
 	switch cfg.AgentTransport {
 	case hypervisor.TransportVhostUserVsock:
 		return []string{
@@ -386,8 +388,8 @@ func agentArgs(cfg hypervisor.VMConfig, model machineModel, paths Paths, fds fdP
 		}
 	case hypervisor.TransportVsock:
 		return []string{
-			"-device", "vhost-vsock" + model.virtioSuffix + ",id=vsock0,guest-cid=" + strconv.FormatUint(uint64(cfg.VhostVsock.CID), 10) +
-				",vhostfd=" + strconv.Itoa(vhostVsockFD(cfg)) + pciAddr(cfg, slotAgent),
+			"-device", "vhost-vsock" + model.virtioSuffix + ",id=vsock0,guest-cid=" + strconv.FormatUint(uint64(vhostCID), 10) +
+				",vhostfd=" + strconv.Itoa(fds.vhostVsock) + pciAddr(cfg, slotAgent),
 		}
 	default:
 		return []string{
@@ -398,9 +400,12 @@ func agentArgs(cfg hypervisor.VMConfig, model machineModel, paths Paths, fds fdP
 	}
 }
 
-// vhostVsockFD is the descriptor number of /dev/vhost-vsock in QEMU: the
-// driver passes it after the taps.
-func vhostVsockFD(cfg hypervisor.VMConfig) int { return planFDs(cfg).vhostVsock }
+// needsVhostVsock reports whether a VM built from cfg has a kernel
+// vhost-vsock device, for which the driver claims a guest CID
+// (claimVhostVsock) and passes the device after the taps (planFDs).
+func needsVhostVsock(cfg hypervisor.VMConfig) bool {
+	return cfg.AgentTransport == hypervisor.TransportVsock && hasPodDevices(cfg)
+}
 
 // fdPlan numbers the descriptors QEMU inherits. StartVM passes its files in
 // exactly this order (extraFiles); 0 means "not passed".
@@ -423,7 +428,7 @@ func planFDs(cfg hypervisor.VMConfig) fdPlan {
 	for range cfg.NICs {
 		p.taps = append(p.taps, take())
 	}
-	if cfg.AgentTransport == hypervisor.TransportVsock && hasPodDevices(cfg) {
+	if needsVhostVsock(cfg) {
 		p.vhostVsock = take()
 	}
 	p.qmp, p.console = take(), take()
@@ -517,22 +522,9 @@ func sharedFSArgs(cfg hypervisor.VMConfig, model machineModel, fds fdPlan) []str
 	return nil
 }
 
-// AgentPort is the agent's vsock port (docs/architecture.md, "Contracts").
+// AgentPort is the agent's vsock port (docs/architecture.md, "Contracts";
+// agent/api.AgentVsockPort): the one port a virtio-serial channel carries.
 const AgentPort = 1024
-
-// AgentAddress is where the agent of a VM built from cfg is dialled.
-func AgentAddress(cfg hypervisor.VMConfig) string {
-	paths := PathsFor(cfg.StateDir)
-	switch cfg.AgentTransport {
-	case hypervisor.TransportVhostUserVsock:
-		return "hvsock://" + paths.HybridVsock + ":" + strconv.Itoa(AgentPort)
-	case hypervisor.TransportVsock:
-		if cfg.VhostVsock != nil {
-			return "vsock://" + strconv.FormatUint(uint64(cfg.VhostVsock.CID), 10) + ":" + strconv.Itoa(AgentPort)
-		}
-	}
-	return "serial://" + paths.Agent
-}
 
 // optValue escapes a value inside a QEMU key=value option list, where a
 // comma separates options and ",," is a literal comma.

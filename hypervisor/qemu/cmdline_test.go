@@ -30,7 +30,7 @@ func baseConfig() hypervisor.VMConfig {
 // The whole command line for the common case, so a change to it is a
 // deliberate diff here.
 func TestBuildArgsQ35TCG(t *testing.T) {
-	got, err := BuildArgs(baseConfig(), hypervisor.AccelTCG)
+	got, err := BuildArgs(baseConfig(), hypervisor.AccelTCG, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -87,6 +87,7 @@ func TestBuildArgsVariants(t *testing.T) {
 		name   string
 		modify func(*hypervisor.VMConfig)
 		accel  hypervisor.Accelerator
+		cid    uint32 // claimed on /dev/vhost-vsock
 		check  func(t *testing.T, args []string)
 	}{{
 		name:   "pc with kvm",
@@ -176,9 +177,9 @@ func TestBuildArgsVariants(t *testing.T) {
 			mac, _ := net.ParseMAC("02:42:ac:11:00:02")
 			c.NICs = []hypervisor.NIC{{TapFile: os.Stdin, MAC: mac}}
 			c.AgentTransport = hypervisor.TransportVsock
-			c.VhostVsock = &hypervisor.VhostVsock{File: os.Stdin, CID: 7}
 		},
 		accel: hypervisor.AccelTCG,
+		cid:   7,
 		check: func(t *testing.T, args []string) {
 			expectContains(t, values(args, "-device"), "vhost-vsock-pci,id=vsock0,guest-cid=7,vhostfd=4")
 			expectAbsent(t, values(args, "-object"), "memory-backend-memfd,id=mem,size=256M,share=on")
@@ -273,7 +274,7 @@ func TestBuildArgsVariants(t *testing.T) {
 			if tc.modify != nil {
 				tc.modify(&cfg)
 			}
-			args, err := BuildArgs(cfg, tc.accel)
+			args, err := BuildArgs(cfg, tc.accel, tc.cid)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -312,6 +313,7 @@ func TestBuildArgsErrors(t *testing.T) {
 		name         string
 		modify       func(*hypervisor.VMConfig)
 		accel        hypervisor.Accelerator
+		cid          uint32
 		wantInError  []string
 		notSupported bool
 	}{
@@ -324,11 +326,10 @@ func TestBuildArgsErrors(t *testing.T) {
 		{name: "relative state dir", modify: func(c *hypervisor.VMConfig) { c.StateDir = "run/x" }, wantInError: []string{"StateDir", "absolute"}},
 		{name: "state dir too long for a socket", modify: func(c *hypervisor.VMConfig) { c.StateDir = "/" + strings.Repeat("d", 100) }, wantInError: []string{"StateDir", "too long"}},
 		{name: "unknown transport", modify: func(c *hypervisor.VMConfig) { c.AgentTransport = "pigeon" }, wantInError: []string{"AgentTransport", "pigeon"}},
-		{name: "vsock without a device", modify: func(c *hypervisor.VMConfig) { c.AgentTransport = hypervisor.TransportVsock }, wantInError: []string{"AgentTransport", "VhostVsock"}},
+		{name: "vsock without a claimed CID", modify: func(c *hypervisor.VMConfig) { c.AgentTransport = hypervisor.TransportVsock }, wantInError: []string{"AgentTransport", "/dev/vhost-vsock", "guest CID"}},
 		{name: "vsock with a reserved CID", modify: func(c *hypervisor.VMConfig) {
 			c.AgentTransport = hypervisor.TransportVsock
-			c.VhostVsock = &hypervisor.VhostVsock{File: os.Stdin, CID: 2}
-		}, wantInError: []string{"VhostVsock", "CID"}},
+		}, cid: 2, wantInError: []string{"guest CID", "not 2"}},
 		{name: "unresolved accelerator", accel: hypervisor.AccelAuto, wantInError: []string{"auto"}},
 		{name: "confinement with a uid but no gid", modify: func(c *hypervisor.VMConfig) {
 			c.AgentTransport = hypervisor.TransportVhostUserVsock
@@ -358,7 +359,7 @@ func TestBuildArgsErrors(t *testing.T) {
 			if accel == "" {
 				accel = hypervisor.AccelTCG
 			}
-			args, err := BuildArgs(cfg, accel)
+			args, err := BuildArgs(cfg, accel, tc.cid)
 			if err == nil {
 				t.Fatalf("BuildArgs succeeded: %q", args)
 			}
@@ -396,19 +397,20 @@ func TestWithDefaultFirmware(t *testing.T) {
 	}
 }
 
-func TestAgentAddress(t *testing.T) {
+// DialGuest reaches each transport's guest through its own channel.
+func TestChannelFor(t *testing.T) {
+	paths := PathsFor("/run/kasa/vm/x")
 	for _, tc := range []struct {
 		transport hypervisor.AgentTransport
-		vsock     *hypervisor.VhostVsock
-		want      string
+		want      guestChannel
 	}{
-		{hypervisor.TransportVirtioSerial, nil, "serial:///run/kasa/vm/x/agent.sock"},
-		{hypervisor.TransportVhostUserVsock, nil, "hvsock:///run/kasa/vm/x/vsock.sock:1024"},
-		{hypervisor.TransportVsock, &hypervisor.VhostVsock{File: os.Stdin, CID: 9}, "vsock://9:1024"},
+		{hypervisor.TransportVirtioSerial, guestChannel{serial: "/run/kasa/vm/x/agent.sock"}},
+		{hypervisor.TransportVhostUserVsock, guestChannel{hybrid: "/run/kasa/vm/x/vsock.sock"}},
+		{hypervisor.TransportVsock, guestChannel{cid: 9}},
 	} {
-		cfg := hypervisor.VMConfig{StateDir: "/run/kasa/vm/x", AgentTransport: tc.transport, VhostVsock: tc.vsock}
-		if got := AgentAddress(cfg); got != tc.want {
-			t.Errorf("%s: AgentAddress = %q, want %q", tc.transport, got, tc.want)
+		cfg := hypervisor.VMConfig{StateDir: "/run/kasa/vm/x", AgentTransport: tc.transport}
+		if got := channelFor(cfg, paths, 9); got != tc.want {
+			t.Errorf("%s: channel = %+v, want %+v", tc.transport, got, tc.want)
 		}
 	}
 }

@@ -44,8 +44,8 @@ func (q *QEMU) launch(logger *log.Entry, cu *cleanup) (_ *launched, retErr error
 	for _, n := range cfg.NICs {
 		files = append(files, n.TapFile)
 	}
-	if v := cfg.VhostVsock; cfg.AgentTransport == hypervisor.TransportVsock && v != nil && hasPodDevices(cfg) {
-		files = append(files, v.File)
+	if needsVhostVsock(cfg) {
+		files = append(files, q.vhostVsock) // claimed by CreateVM
 	}
 	pair := func(name string) (*net.UnixConn, error) {
 		host, vmm, err := socketPair(name)

@@ -55,7 +55,7 @@ func (s vmState) String() string {
 }
 
 // QEMU drives one VM. Lifecycle calls are serialised; Done, ExitError, PID,
-// AgentAddress and ConsolePath never block.
+// DialGuest and ConsolePath never wait for them.
 //
 // QEMU runs as a direct child of the caller in its own process group (so a
 // signal to the shim's group, e.g. ^C in a terminal, does not reach it) and
@@ -77,6 +77,10 @@ type QEMU struct {
 	// lateVsock is QEMU's end of the vsock backend's socket in a clone,
 	// handed over when the device is added after the restore.
 	lateVsock *os.File
+	// vhostVsock is the kernel's /dev/vhost-vsock with the guest's CID
+	// claimed on it (TransportVsock), held from CreateVM until the VM is
+	// stopped: closing it releases the CID.
+	vhostVsock *os.File
 
 	// logDone is closed when QEMU's output has been drained into its log.
 	logDone chan struct{}
@@ -97,9 +101,9 @@ type QEMU struct {
 
 // vmInfo is what the non-blocking accessors read.
 type vmInfo struct {
-	accel        hypervisor.Accelerator
-	agentAddress string
-	consolePath  string
+	accel       hypervisor.Accelerator
+	channel     guestChannel
+	consolePath string
 }
 
 // Driver is the QEMU hypervisor.Driver.
@@ -156,13 +160,18 @@ func (q *QEMU) CreateVM(ctx context.Context, cfg hypervisor.VMConfig) error {
 	if accel == hypervisor.AccelTCG {
 		cfg = withTSCRate(cfg, hostTSCkHz())
 	}
-	args, err := BuildArgs(cfg, accel)
+	cid, err := q.claimVhostVsock(cfg)
 	if err != nil {
+		return err
+	}
+	args, err := BuildArgs(cfg, accel, cid)
+	if err != nil {
+		q.releaseVhostVsock()
 		return err
 	}
 
 	q.cfg, q.args, q.paths = cfg, args, PathsFor(cfg.StateDir)
-	q.info.Store(&vmInfo{accel: accel, agentAddress: AgentAddress(cfg), consolePath: q.paths.Console})
+	q.info.Store(&vmInfo{accel: accel, channel: channelFor(cfg, q.paths, cid), consolePath: q.paths.Console})
 	q.state = stateCreated
 	logger.WithField("args", strings.Join(args, " ")).Debug("QEMU command line")
 	return nil
@@ -228,6 +237,7 @@ func (q *QEMU) StartVM(ctx context.Context) (retErr error) {
 	logger := q.logger(ctx)
 
 	var cu cleanup
+	cu.add(q.releaseVhostVsock)
 	defer func() {
 		if retErr != nil {
 			cu.run()
@@ -303,6 +313,9 @@ func (q *QEMU) StartVM(ctx context.Context) (retErr error) {
 			}
 		}
 		if reaped() {
+			if q.exitErr == nil { // exited with status 0: no reason of its own
+				return fmt.Errorf("starting VM: QEMU exited before it became controllable: %w", err)
+			}
 			return fmt.Errorf("starting VM: %w", q.exitErr)
 		}
 		return fmt.Errorf("QEMU did not become controllable: %w", err)
@@ -411,6 +424,7 @@ func (q *QEMU) StopVM(ctx context.Context) error {
 	case stateStopped:
 		return nil
 	case stateNew, stateCreated:
+		q.releaseVhostVsock()
 		q.state = stateStopped
 		q.closeDone(nil)
 		return nil
@@ -438,6 +452,7 @@ func (q *QEMU) StopVM(ctx context.Context) error {
 	if q.vsock != nil {
 		q.vsock.Close()
 	}
+	q.releaseVhostVsock() // QEMU is gone: the guest CID is free again
 	if err := os.RemoveAll(q.cfg.StateDir); err != nil {
 		return fmt.Errorf("removing state directory: %w", err)
 	}
@@ -494,10 +509,6 @@ func (q *QEMU) ExitError() error {
 		return nil
 	}
 }
-
-// AgentAddress is where the agent is dialled (AgentAddress(cfg)): for
-// example "hvsock://<StateDir>/vsock.sock:1024"; "" before CreateVM.
-func (q *QEMU) AgentAddress() string { return q.info.Load().agentAddress }
 
 // ConsolePath is the guest console log; "" before CreateVM.
 func (q *QEMU) ConsolePath() string { return q.info.Load().consolePath }

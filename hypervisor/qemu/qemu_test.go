@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kasa-runtime/kasa/agent/api"
 	"github.com/kasa-runtime/kasa/hypervisor"
 )
 
@@ -110,8 +111,12 @@ func TestInvalidTransitions(t *testing.T) {
 	if err := q.SaveVM(ctx); err == nil {
 		t.Error("SaveVM before start succeeded")
 	}
-	if q.PID() != 0 || q.AgentAddress() != "" || q.ExitError() != nil {
+	if q.PID() != 0 || q.ConsolePath() != "" || q.ExitError() != nil {
 		t.Error("accessors of a new VM are not zero")
+	}
+	if c, err := q.DialGuest(ctx, AgentPort); err == nil {
+		c.Close()
+		t.Error("DialGuest before CreateVM succeeded")
 	}
 	if err := q.StopVM(ctx); err != nil {
 		t.Errorf("StopVM of a never-started VM: %v", err)
@@ -143,8 +148,12 @@ func TestCreateVMSetsAddresses(t *testing.T) {
 	if err := q.CreateVM(context.Background(), cfg); err != nil {
 		t.Fatal(err)
 	}
-	if got, want := q.AgentAddress(), "serial://"+cfg.StateDir+"/agent.sock"; got != want {
-		t.Errorf("AgentAddress = %q, want %q", got, want)
+	if got, want := q.info.Load().channel, (guestChannel{serial: cfg.StateDir + "/agent.sock"}); got != want {
+		t.Errorf("guest channel = %+v, want %+v", got, want)
+	}
+	// virtio-serial carries the agent's port only.
+	if _, err := q.DialGuest(context.Background(), api.GuestLogVsockPort); !errors.Is(err, hypervisor.ErrNotSupported) {
+		t.Errorf("DialGuest of the guest log's port over virtio-serial: %v, want ErrNotSupported", err)
 	}
 	if got, want := q.ConsolePath(), cfg.StateDir+"/console.log"; got != want {
 		t.Errorf("ConsolePath = %q, want %q", got, want)
@@ -154,6 +163,40 @@ func TestCreateVMSetsAddresses(t *testing.T) {
 	}
 	if _, err := os.Stat(cfg.StateDir); !errors.Is(err, fs.ErrNotExist) {
 		t.Errorf("CreateVM touched the state directory: %v", err)
+	}
+}
+
+// The kernel's vsock: CreateVM claims the guest CID itself, and a device it
+// cannot use is ErrTransportUnavailable, naming it.
+func TestCreateVMClaimsVhostVsock(t *testing.T) {
+	old := VhostVsockDevice
+	defer func() { VhostVsockDevice = old }()
+	cfg := vmConfig(t, "/bin/true", MachineQ35)
+	cfg.AgentTransport = hypervisor.TransportVsock
+
+	VhostVsockDevice = filepath.Join(t.TempDir(), "vhost-vsock")
+	q := New()
+	err := q.CreateVM(context.Background(), cfg)
+	if !errors.Is(err, hypervisor.ErrTransportUnavailable) || !strings.Contains(err.Error(), VhostVsockDevice) {
+		t.Errorf("CreateVM without the device: %v, want ErrTransportUnavailable naming it", err)
+	}
+	// A file that is not the device fails the CID ioctl.
+	if err := os.WriteFile(VhostVsockDevice, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	err = q.CreateVM(context.Background(), cfg)
+	if !errors.Is(err, hypervisor.ErrTransportUnavailable) || !strings.Contains(err.Error(), "guest CID") {
+		t.Errorf("CreateVM on a plain file: %v, want ErrTransportUnavailable about the guest CID", err)
+	}
+	if q.vhostVsock != nil {
+		t.Error("a failed claim left the device open")
+	}
+}
+
+// The agent's port is the same number on both sides of the contract.
+func TestAgentPortIsTheAPIs(t *testing.T) {
+	if AgentPort != api.AgentVsockPort {
+		t.Errorf("AgentPort %d, agent/api.AgentVsockPort %d", AgentPort, api.AgentVsockPort)
 	}
 }
 

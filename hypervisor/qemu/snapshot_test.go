@@ -39,7 +39,7 @@ func devices(args []string) []string {
 
 func TestBuildArgsTemplate(t *testing.T) {
 	cfg := snapshotConfig(hypervisor.SnapshotTemplate)
-	args, err := BuildArgs(cfg, hypervisor.AccelTCG)
+	args, err := BuildArgs(cfg, hypervisor.AccelTCG, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -88,7 +88,7 @@ func TestBuildArgsTemplate(t *testing.T) {
 
 func TestBuildArgsClone(t *testing.T) {
 	cfg := snapshotConfig(hypervisor.SnapshotClone)
-	args, err := BuildArgs(cfg, hypervisor.AccelTCG)
+	args, err := BuildArgs(cfg, hypervisor.AccelTCG, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -133,7 +133,7 @@ func TestSnapshotRefused(t *testing.T) {
 	} {
 		cfg := snapshotConfig(hypervisor.SnapshotClone)
 		mutate(&cfg)
-		if _, err := BuildArgs(cfg, hypervisor.AccelTCG); err == nil {
+		if _, err := BuildArgs(cfg, hypervisor.AccelTCG, 0); err == nil {
 			t.Errorf("%s: accepted", name)
 		}
 	}

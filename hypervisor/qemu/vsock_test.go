@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"io/fs"
+	"net"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -76,14 +77,19 @@ func dialAgent(t *testing.T, ctx context.Context, q *QEMU) *client.Client {
 	t.Helper()
 	dctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
-	c, err := client.Dial(dctx, q.AgentAddress())
+	c, err := client.Connect(dctx, agentDialer(q))
 	if err == nil {
 		err = c.Check(dctx)
 	}
 	if err != nil {
-		t.Fatalf("agent at %s: %v\nconsole: %s", q.AgentAddress(), err, tail(q.ConsolePath(), 1500))
+		t.Fatalf("agent: %v\nconsole: %s", err, tail(q.ConsolePath(), 1500))
 	}
 	return c
+}
+
+// agentDialer dials q's agent port: the sandbox layer's way to its agent.
+func agentDialer(q *QEMU) client.DialFunc {
+	return func(ctx context.Context) (net.Conn, error) { return q.DialGuest(ctx, api.AgentVsockPort) }
 }
 
 // memfdMappings counts the guest-memory mappings in this process.
@@ -201,7 +207,7 @@ func TestQEMUIntegrationVsockBackendDies(t *testing.T) {
 	t.Logf("VM exit: %v", q.ExitError())
 	dctx, dcancel := context.WithTimeout(ctx, 2*time.Second)
 	defer dcancel()
-	if _, err := client.Dial(dctx, q.AgentAddress()); err == nil {
+	if _, err := client.Connect(dctx, agentDialer(q)); err == nil {
 		t.Fatal("dialling the agent of a dead VM succeeded")
 	}
 	if err := q.StopVM(ctx); err != nil {

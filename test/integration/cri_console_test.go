@@ -20,8 +20,8 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/kasa-runtime/kasa/agent/api"
-	"github.com/kasa-runtime/kasa/agent/client"
 	"github.com/kasa-runtime/kasa/test/ctrtest"
+	"github.com/kasa-runtime/kasa/virtcontainers"
 )
 
 // kasaBin is this build's bin/kasa.
@@ -229,15 +229,15 @@ func assertDebugConsoleRefused(t *testing.T, ctx context.Context, podID string) 
 // assertGuestPortsByDefault checks a guest booted with the default
 // configuration: its log stream (vsock port 1025) answers with the agent's
 // lines, and no debug console listens (port 1027).
-func assertGuestPortsByDefault(t *testing.T, ctx context.Context, agentAddr string) {
+func assertGuestPortsByDefault(t *testing.T, ctx context.Context, vm *virtcontainers.VM) {
 	t.Helper()
 	dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	if c, err := client.DialVsockPort(dctx, agentAddr, api.DebugConsoleVsockPort); err == nil {
+	if c, err := vm.DialGuest(dctx, api.DebugConsoleVsockPort); err == nil {
 		c.Close()
 		t.Errorf("the guest listens on the debug console's port %d without debug_console_enabled", api.DebugConsoleVsockPort)
 	}
-	c, err := client.DialVsockPort(dctx, agentAddr, api.GuestLogVsockPort)
+	c, err := vm.DialGuest(dctx, api.GuestLogVsockPort)
 	if err != nil {
 		t.Fatalf("guest log port %d: %v", api.GuestLogVsockPort, err)
 	}

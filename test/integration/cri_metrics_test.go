@@ -91,8 +91,24 @@ func TestCRIMetrics(t *testing.T) {
 	}
 	atLeast(metrics.MonitorShimUp, pod, 1)
 	atLeast(metrics.SandboxesRunning, nil, 1)
-	startsBefore, _ := sampleOf(before, metrics.SandboxStarts, nil)
-	atLeast(metrics.SandboxStarts, nil, startsBefore+1)
+	// The pod's boot says how its VM started, and the node counted a
+	// start of that kind.
+	var start string
+	for _, m := range during[metrics.SandboxBootSeconds].GetMetric() {
+		if metricstest.HasLabels(m, pod) {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "start" {
+					start = l.GetValue()
+				}
+			}
+		}
+	}
+	if start != metrics.StartCold && start != metrics.StartTemplate {
+		t.Errorf("%s of the pod has start=%q, want %q or %q", metrics.SandboxBootSeconds, start, metrics.StartCold, metrics.StartTemplate)
+	}
+	atLeast(metrics.SandboxBootPhaseSeconds, with("phase", "agent", "start", start), 0.001)
+	startsBefore, _ := sampleOf(before, metrics.SandboxStarts, map[string]string{"start": start})
+	atLeast(metrics.SandboxStarts, map[string]string{"start": start}, startsBefore+1)
 	configBefore, _ := sampleOf(before, metrics.SandboxStartFailures, map[string]string{"reason": metrics.ReasonConfig})
 	atLeast(metrics.SandboxStartFailures, map[string]string{"reason": metrics.ReasonConfig}, configBefore+1)
 	// The figures, for the log: the start's steps, what the pod costs.
@@ -107,6 +123,7 @@ func TestCRIMetrics(t *testing.T) {
 		}
 	}
 	boot, _ := sampleOf(during, metrics.SandboxBootSeconds, pod)
+	fig.WriteString(" (" + start + ")")
 	rss, _ := sampleOf(during, metrics.HostProcessRSSBytes, with("process", "qemu"))
 	pss, _ := sampleOf(during, metrics.HostProcessPSSBytes, with("process", "qemu"))
 	guest, _ := sampleOf(during, "kasa_guest_memory_total_bytes", pod)

@@ -6,10 +6,12 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/kasa-runtime/kasa/metrics"
 	"github.com/kasa-runtime/kasa/test/ctrtest"
 	"github.com/kasa-runtime/kasa/virtcontainers/template"
 )
@@ -63,6 +65,11 @@ func TestCRIPodFromTemplate(t *testing.T) {
 			}
 			if cmdline, _ := os.ReadFile("/proc/" + pids[0] + "/cmdline"); !strings.Contains(string(cmdline), "\x00-incoming\x00") {
 				t.Errorf("pod %s did not start from the template: %q", pod, cmdline)
+			}
+			// Its shim's boot series say so.
+			out, err := exec.CommandContext(ctx, kasaBin(t), "metrics", pod).CombinedOutput()
+			if err != nil || !regexp.MustCompile(`(?m)^`+metrics.SandboxBootSeconds+`\{[^}]*start="template"`).Match(out) {
+				t.Errorf("kasa metrics %s: %v, want %s with start=\"template\":\n%s", pod, err, metrics.SandboxBootSeconds, out)
 			}
 		}
 	})

@@ -5,6 +5,7 @@ package integration
 import (
 	"context"
 	"crypto/rand"
+	"errors"
 	"net"
 	"os"
 	"path/filepath"
@@ -15,6 +16,8 @@ import (
 	"github.com/kasa-runtime/kasa/agent/api"
 	"github.com/kasa-runtime/kasa/agent/client"
 	"github.com/kasa-runtime/kasa/configuration"
+	"github.com/kasa-runtime/kasa/hypervisor"
+	"github.com/kasa-runtime/kasa/hypervisor/qemu"
 	"github.com/kasa-runtime/kasa/virtcontainers"
 	"github.com/kasa-runtime/kasa/virtcontainers/admission"
 )
@@ -27,11 +30,11 @@ import (
 func TestVMBootsAndAgentAnswers(t *testing.T) {
 	for _, tc := range []struct {
 		transport configuration.AgentTransport
-		scheme    string
+		resolved  hypervisor.AgentTransport
 		feature   string
 	}{
-		{configuration.TransportAuto, "hvsock://", api.FeatureVsock},
-		{configuration.TransportVirtioSerial, "serial://", api.FeatureVirtioSerial},
+		{configuration.TransportAuto, hypervisor.TransportVhostUserVsock, api.FeatureVsock},
+		{configuration.TransportVirtioSerial, hypervisor.TransportVirtioSerial, api.FeatureVirtioSerial},
 	} {
 		t.Run(string(tc.transport), func(t *testing.T) {
 			cfg := testConfig(t)
@@ -39,12 +42,12 @@ func TestVMBootsAndAgentAnswers(t *testing.T) {
 			if tc.transport == configuration.TransportVirtioSerial {
 				cfg.Hypervisor.Rootless = false // QEMU creates its socket
 			}
-			testVMBootsAndAgentAnswers(t, cfg, tc.scheme, tc.feature)
+			testVMBootsAndAgentAnswers(t, cfg, tc.resolved, tc.feature)
 		})
 	}
 }
 
-func testVMBootsAndAgentAnswers(t *testing.T, cfg *configuration.Config, scheme, feature string) {
+func testVMBootsAndAgentAnswers(t *testing.T, cfg *configuration.Config, transport hypervisor.AgentTransport, feature string) {
 	cfg.Hypervisor.DefaultVCPUs = 2
 	cfg.Hypervisor.DefaultMemory = 384
 	id := newID(t)
@@ -55,11 +58,11 @@ func testVMBootsAndAgentAnswers(t *testing.T, cfg *configuration.Config, scheme,
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("agent answered %s after start on %s", time.Since(start).Round(time.Millisecond), vm.Agent.Address())
+	t.Logf("agent answered %s after start over %s", time.Since(start).Round(time.Millisecond), vm.Config.AgentTransport)
 	defer assertNothingLeft(t, id)
 	defer vm.Stop(ctx)
-	if !strings.HasPrefix(vm.Agent.Address(), scheme) {
-		t.Errorf("agent address %q, want %s...", vm.Agent.Address(), scheme)
+	if vm.Config.AgentTransport != transport {
+		t.Errorf("agent transport %s, want %s", vm.Config.AgentTransport, transport)
 	}
 	assertConfined(t, vm.PID(), cfg.Hypervisor.Rootless)
 
@@ -91,7 +94,12 @@ func testVMBootsAndAgentAnswers(t *testing.T, cfg *configuration.Config, scheme,
 		t.Errorf("kernel cmdline %q", d.GetKernelCmdline())
 	}
 	if feature == api.FeatureVsock {
-		assertGuestPortsByDefault(t, ctx, vm.Agent.Address())
+		assertGuestPortsByDefault(t, ctx, vm)
+	} else if c, err := vm.DialGuest(ctx, api.GuestLogVsockPort); !errors.Is(err, hypervisor.ErrNotSupported) {
+		if err == nil {
+			c.Close()
+		}
+		t.Errorf("DialGuest of the guest log's port over %s: %v, want ErrNotSupported", vm.Config.AgentTransport, err)
 	}
 
 	// DestroySandbox alone must power the guest off: QEMU exits by itself, cleanly.
@@ -131,12 +139,11 @@ func TestAgentSurvivesHostReconnect(t *testing.T) {
 	}
 	defer assertNothingLeft(t, id)
 	defer vm.Stop(ctx)
-	addr := vm.Agent.Address()
 	vm.Agent.Close()
+	agent := func(ctx context.Context) (net.Conn, error) { return vm.DialGuest(ctx, api.AgentVsockPort) }
 
 	// A host that dies mid-frame: a frame header promising 16 KiB, 100 bytes of it.
-	sock := strings.TrimPrefix(addr, "serial://")
-	raw, err := net.Dial("unix", sock)
+	raw, err := net.Dial("unix", qemu.PathsFor(vm.Config.StateDir).Agent)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -148,7 +155,7 @@ func TestAgentSurvivesHostReconnect(t *testing.T) {
 
 	for i := 0; i < 3; i++ {
 		dctx, cancel := context.WithTimeout(ctx, 20*time.Second)
-		c, err := client.Dial(dctx, addr)
+		c, err := client.Connect(dctx, agent)
 		if err != nil {
 			cancel()
 			t.Fatalf("reconnect %d: %v", i, err)
@@ -162,7 +169,7 @@ func TestAgentSurvivesHostReconnect(t *testing.T) {
 		c.Close()
 		cancel()
 	}
-	vm.Agent, err = client.Dial(ctx, addr)
+	vm.Agent, err = client.Connect(ctx, agent)
 	if err != nil {
 		t.Fatal(err)
 	}

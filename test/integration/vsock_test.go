@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/kasa-runtime/kasa/hypervisor"
+	"github.com/kasa-runtime/kasa/hypervisor/qemu"
 	"github.com/kasa-runtime/kasa/virtcontainers"
 )
 
@@ -119,7 +120,7 @@ func TestVsockIntegrationStreams(t *testing.T) {
 	if vm.Config.AgentTransport != hypervisor.TransportVhostUserVsock {
 		t.Fatalf("default transport here is %s, want %s", vm.Config.AgentTransport, hypervisor.TransportVhostUserVsock)
 	}
-	socket, _, _ := strings.Cut(strings.TrimPrefix(vm.Agent.Address(), "hvsock://"), ":")
+	socket := qemu.PathsFor(vm.Config.StateDir).HybridVsock
 
 	const streams, size = 100, 1 << 20
 	start := time.Now()

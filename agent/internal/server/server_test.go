@@ -42,7 +42,7 @@ func dialService(t *testing.T, s *Service) *client.Client {
 	}()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	c, err := client.Dial(ctx, "serial://"+path)
+	c, err := client.Connect(ctx, func(ctx context.Context) (net.Conn, error) { return serialmux.Dial(ctx, path) })
 	if err != nil {
 		t.Fatal(err)
 	}

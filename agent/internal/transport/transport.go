@@ -16,12 +16,13 @@ import (
 	"github.com/containerd/log"
 	"github.com/mdlayher/vsock"
 
+	"github.com/kasa-runtime/kasa/agent/api"
 	"github.com/kasa-runtime/kasa/agent/serialmux"
 )
 
 const (
 	// VsockPort is where the agent listens on AF_VSOCK (docs/architecture.md, "Contracts").
-	VsockPort = 1024
+	VsockPort = api.AgentVsockPort
 	// SerialPortName is the virtserialport name the host gives the agent's port.
 	SerialPortName = "agent.0"
 

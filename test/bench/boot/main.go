@@ -16,6 +16,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -23,6 +24,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/kasa-runtime/kasa/agent/api"
 	"github.com/kasa-runtime/kasa/agent/client"
 	"github.com/kasa-runtime/kasa/guest-image/cpio"
 	"github.com/kasa-runtime/kasa/hypervisor"
@@ -156,7 +158,7 @@ func bootOnce(ctx context.Context, cfg hypervisor.VMConfig, raw bool) (phases, e
 	if !raw {
 		dctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 		defer cancel()
-		c, err := client.Dial(dctx, q.AgentAddress())
+		c, err := client.Connect(dctx, func(ctx context.Context) (net.Conn, error) { return q.DialGuest(ctx, api.AgentVsockPort) })
 		if err != nil {
 			return p, err
 		}

@@ -114,7 +114,7 @@ func measure(ctx context.Context, dir string, accel hypervisor.Accelerator, tr h
 	defer q.StopVM(ctx)
 	dctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
-	c, err := client.Dial(dctx, q.AgentAddress())
+	c, err := client.Connect(dctx, func(ctx context.Context) (net.Conn, error) { return q.DialGuest(ctx, api.AgentVsockPort) })
 	if err == nil {
 		err = c.Check(dctx)
 	}
@@ -144,7 +144,7 @@ func measure(ctx context.Context, dir string, accel hypervisor.Accelerator, tr h
 	if r.copy512K, err = copyRate(ctx, c, 512<<10, mib); err != nil {
 		return r, err
 	}
-	socket, _, _ := strings.Cut(strings.TrimPrefix(q.AgentAddress(), "hvsock://"), ":")
+	socket := qemu.PathsFor(cfg.StateDir).HybridVsock
 	if r.streamUp, err = sinkRate(socket, mib); err != nil {
 		return r, err
 	}
