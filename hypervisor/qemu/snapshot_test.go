@@ -68,7 +68,7 @@ func TestBuildArgsTemplate(t *testing.T) {
 	// Free page reporting puts the balloon in a slot of its own, which a
 	// clone has too.
 	cfg.FreePageReporting = true
-	args, err = BuildArgs(cfg, hypervisor.AccelTCG)
+	args, err = BuildArgs(cfg, hypervisor.AccelTCG, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -78,7 +78,7 @@ func TestBuildArgsTemplate(t *testing.T) {
 	}
 	clone := snapshotConfig(hypervisor.SnapshotClone)
 	clone.FreePageReporting = true
-	if args, err = BuildArgs(clone, hypervisor.AccelTCG); err != nil {
+	if args, err = BuildArgs(clone, hypervisor.AccelTCG, 0); err != nil {
 		t.Fatal(err)
 	}
 	if !slices.Contains(devices(args), balloon) {
