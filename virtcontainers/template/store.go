@@ -17,6 +17,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"sort"
+	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -240,6 +241,19 @@ func (s Store) prune(ctx context.Context, keep string) {
 			old = append(old, m.Key)
 		}
 	}
+	// A failure note past RetryFailedAfter no longer holds anything back;
+	// its key (and lock file) would otherwise stay until the host reboots.
+	notes, _ := filepath.Glob(filepath.Join(s.Root, "*"+failedSuffix))
+	for _, n := range notes {
+		k := strings.TrimSuffix(filepath.Base(n), failedSuffix)
+		if fi, err := os.Stat(n); err == nil && k != keep && keyPattern.MatchString(k) && time.Since(fi.ModTime()) >= RetryFailedAfter {
+			if _, err := os.Stat(s.Dir(k)); errors.Is(err, fs.ErrNotExist) {
+				rctx, cancel := context.WithTimeout(ctx, 2*lockPoll)
+				_ = s.Remove(rctx, k)
+				cancel()
+			}
+		}
+	}
 	for len(old) > MaxTemplates-1 {
 		k := old[0]
 		old = old[1:]
@@ -294,31 +308,47 @@ func (s Store) Remove(ctx context.Context, key string) error {
 }
 
 // lock takes the template's lock file (flock, so a dead holder releases
-// it), waiting until ctx ends.
+// it), waiting until ctx ends. Remove unlinks the lock file while holding
+// it; whoever was waiting on that file then holds a lock nobody else can
+// see, so a lock taken on a file that is no longer at its path is dropped
+// and taken again on the path's new file.
 func (s Store) lock(ctx context.Context, key string) (func(), error) {
 	if err := os.MkdirAll(s.Root, 0o700); err != nil {
 		return nil, fmt.Errorf("template directory: %w", err)
 	}
-	f, err := os.OpenFile(s.Dir(key)+lockSuffix, os.O_RDWR|os.O_CREATE|unix.O_CLOEXEC, 0o600)
-	if err != nil {
-		return nil, fmt.Errorf("template %s: lock: %w", key, err)
-	}
+	path := s.Dir(key) + lockSuffix
 	for {
-		err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
-		if err == nil {
-			return func() { f.Close() }, nil
+		f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|unix.O_CLOEXEC, 0o600)
+		if err != nil {
+			return nil, fmt.Errorf("template %s: lock: %w", key, err)
 		}
-		if !errors.Is(err, unix.EWOULDBLOCK) {
+		err = unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
+		if err == nil {
+			if sameFile(f, path) {
+				return func() { f.Close() }, nil
+			}
 			f.Close()
+			continue
+		}
+		f.Close()
+		if !errors.Is(err, unix.EWOULDBLOCK) {
 			return nil, fmt.Errorf("template %s: lock: %w", key, err)
 		}
 		select {
 		case <-ctx.Done():
-			f.Close()
 			return nil, fmt.Errorf("template %s: waiting for another sandbox to make it: %w", key, ctx.Err())
 		case <-time.After(lockPoll):
 		}
 	}
+}
+
+// sameFile reports whether the open f is still the file at path.
+func sameFile(f *os.File, path string) bool {
+	var open, named unix.Stat_t
+	if unix.Fstat(int(f.Fd()), &open) != nil || unix.Stat(path, &named) != nil {
+		return false
+	}
+	return open.Dev == named.Dev && open.Ino == named.Ino
 }
 
 // Clone returns a clone's snapshot of the template: its own copy of the

@@ -3,6 +3,7 @@ package template
 import (
 	"context"
 	"errors"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"sync"
@@ -232,6 +233,78 @@ func TestPrune(t *testing.T) {
 			t.Errorf("old template %s kept", gone)
 		}
 	}
+}
+
+// A failure note past RetryFailedAfter goes, with its lock file, when the
+// next template is made; a recent one stays (it still holds sandboxes back).
+func TestPruneStaleFailureNotes(t *testing.T) {
+	spec := testSpec(t)
+	s := Store{Root: t.TempDir()}
+	failing := func(context.Context, *os.File, *os.File) error { return errors.New("no ready line") }
+	var failed []string
+	for i := range 2 {
+		spec.MemoryMiB = uint32(100 + i)
+		key, _ := Key(spec)
+		failed = append(failed, key)
+		if _, err := s.Get(context.Background(), key, spec, failing); err == nil {
+			t.Fatal("Get succeeded")
+		}
+	}
+	old := time.Now().Add(-RetryFailedAfter - time.Minute)
+	if err := os.Chtimes(s.Dir(failed[0])+failedSuffix, old, old); err != nil {
+		t.Fatal(err)
+	}
+	spec.MemoryMiB = 4
+	key, _ := Key(spec)
+	var calls atomic.Int32
+	if _, err := s.Get(context.Background(), key, spec, fakeBoot(&calls)); err != nil {
+		t.Fatal(err)
+	}
+	for _, suffix := range []string{failedSuffix, lockSuffix} {
+		if _, err := os.Stat(s.Dir(failed[0]) + suffix); !errors.Is(err, fs.ErrNotExist) {
+			t.Errorf("stale %s kept: %v", suffix, err)
+		}
+	}
+	if _, err := os.Stat(s.Dir(failed[1]) + failedSuffix); err != nil {
+		t.Errorf("recent failure note removed: %v", err)
+	}
+}
+
+// Remove unlinks the lock file while it holds it: a sandbox that was
+// waiting on that file must not count as holding the lock, or it and a
+// sandbox locking the path's new file would both make the template.
+func TestLockSurvivesRemove(t *testing.T) {
+	spec := testSpec(t)
+	key, _ := Key(spec)
+	s := Store{Root: t.TempDir()}
+	unlock, err := s.lock(context.Background(), key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan func(), 1)
+	go func() {
+		u, err := s.lock(context.Background(), key)
+		if err != nil {
+			t.Error(err)
+		}
+		got <- u
+	}()
+	time.Sleep(3 * lockPoll) // the waiter has the old file open
+	os.Remove(s.Dir(key) + lockSuffix)
+	// A newcomer locks the path's new file and keeps it.
+	newcomer, err := s.lock(context.Background(), key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	unlock() // the old file's lock is free now
+	select {
+	case u := <-got:
+		u()
+		t.Fatal("the waiter took the lock of a removed file while the newcomer held the path's")
+	case <-time.After(5 * lockPoll):
+	}
+	newcomer()
+	(<-got)()
 }
 
 // A clone's memory has the template's data where it was written, and holes
