@@ -119,6 +119,10 @@ type Snapshot struct {
 	Memory *os.File
 	// State is the device state: written by a template, read by a clone.
 	State *os.File
+	// ConsoleInput, for a clone, is written to the guest's console once it
+	// runs again with its own devices: the guest's cue that it is a clone
+	// (and not the template, which never gets it).
+	ConsoleInput []byte
 }
 
 // Saver is a driver that can save a template VM (Snapshot.Role

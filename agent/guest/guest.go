@@ -97,7 +97,7 @@ func run(ctx context.Context, logger *logrus.Logger, logQueue *guestlog.Queue) e
 
 	if cmdline, _ := os.ReadFile("/proc/cmdline"); restore.IsTemplate(string(cmdline)) {
 		// A template waits here, is saved, and every clone resumes here.
-		if err := restore.AwaitClone(ctx, transport.Present); err != nil {
+		if err := restore.AwaitClone(ctx, os.Stdin, transport.Present); err != nil {
 			return err
 		}
 	}

@@ -23,8 +23,9 @@ var KVMDevice = "/dev/kvm"
 
 // launched is a started QEMU and the driver's end of its QMP socket pair.
 type launched struct {
-	cmd *exec.Cmd
-	qmp net.Conn
+	cmd     *exec.Cmd
+	qmp     net.Conn
+	console net.Conn
 }
 
 // launch starts QEMU with every channel as an inherited descriptor, in
@@ -175,7 +176,7 @@ func (q *QEMU) launch(logger *log.Entry, cu *cleanup) (_ *launched, retErr error
 		_, _ = cmd.Process.Wait()
 		return nil, fmt.Errorf("writing QEMU's pid file: %w", err)
 	}
-	return &launched{cmd: cmd, qmp: qmpConn}, nil
+	return &launched{cmd: cmd, qmp: qmpConn, console: consoleConn}, nil
 }
 
 // socketPair returns the driver's end as a connection and QEMU's as a file.

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -81,6 +82,10 @@ type QEMU struct {
 	// claimed on it (TransportVsock), held from CreateVM until the VM is
 	// stopped: closing it releases the CID.
 	vhostVsock *os.File
+	// console is the driver's end of the guest console (its output is
+	// copied to the console log; a clone's Snapshot.ConsoleInput is written
+	// to it).
+	console net.Conn
 
 	// logDone is closed when QEMU's output has been drained into its log.
 	logDone chan struct{}
@@ -268,7 +273,7 @@ func (q *QEMU) StartVM(ctx context.Context) (retErr error) {
 		return err
 	}
 	cmd, qmpConn := l.cmd, l.qmp
-	q.cmd = cmd
+	q.cmd, q.console = cmd, l.console
 	q.pid.Store(int64(cmd.Process.Pid))
 	go q.wait(cmd)
 	if q.vsock != nil {

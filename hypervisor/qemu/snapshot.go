@@ -130,6 +130,16 @@ func (q *QEMU) restore(ctx context.Context) error {
 	if _, err := q.qmp.Execute(ctx, "cont", nil); err != nil {
 		return fmt.Errorf("restoring from the template: resuming: %w", err)
 	}
+	if in := q.cfg.Snapshot.ConsoleInput; len(in) > 0 {
+		// QEMU takes the bytes as the guest's UART accepts them; the
+		// socket's buffer holds them meanwhile.
+		q.console.SetWriteDeadline(time.Now().Add(saveWait))
+		_, err := q.console.Write(in)
+		q.console.SetWriteDeadline(time.Time{})
+		if err != nil {
+			return fmt.Errorf("restoring from the template: writing to the guest's console: %w", err)
+		}
+	}
 	q.logger(ctx).WithFields(log.Fields{"load": loaded.Round(time.Millisecond), "devices": (time.Since(start) - loaded).Round(time.Millisecond)}).Info("restored from the template")
 	return nil
 }

@@ -13,7 +13,7 @@ import (
 // layoutVersion changes whenever what a template contains changes (its
 // devices and their slots, the agent's template contract): templates of an
 // older runtime are then not used.
-const layoutVersion = 2
+const layoutVersion = 3
 
 // Spec is everything that makes a booted guest what it is: two sandboxes
 // whose Specs are equal can start from the same template. Files are named by

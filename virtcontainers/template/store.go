@@ -22,6 +22,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/kasa-runtime/kasa/agent/api"
 	"github.com/kasa-runtime/kasa/hypervisor"
 )
 
@@ -381,7 +382,10 @@ func (s Store) Clone(m *Manifest) (_ *hypervisor.Snapshot, retErr error) {
 	if err != nil {
 		return nil, fmt.Errorf("template %s: %w", m.Key, err)
 	}
-	return &hypervisor.Snapshot{Role: hypervisor.SnapshotClone, Memory: mem, State: state}, nil
+	// The template's agent waits for this line before it looks for the
+	// clone's devices (agent/internal/restore).
+	return &hypervisor.Snapshot{Role: hypervisor.SnapshotClone, Memory: mem, State: state,
+		ConsoleInput: []byte(api.CloneKickLine + "\n")}, nil
 }
 
 // copyData copies the data extents of src (SEEK_DATA/SEEK_HOLE) into dst at

@@ -4,6 +4,7 @@
 package restore
 
 import (
+	"bufio"
 	"context"
 	"fmt"
 	"io"
@@ -48,11 +49,16 @@ func IsTemplate(cmdline string) bool {
 }
 
 // AwaitClone announces on the console (stderr, as init) that the template
-// may be saved, then rescans the PCI bus until ready reports the clone's
-// devices. It returns once this VM is a clone, with its RNG reseeded.
-func AwaitClone(ctx context.Context, ready func() bool) error {
+// may be saved and waits for the runtime's kick on the console (stdin, as
+// init), which only a clone gets; then it rescans the PCI bus until ready
+// reports the clone's devices. It returns once this VM is a clone, with its
+// RNG reseeded.
+func AwaitClone(ctx context.Context, console io.Reader, ready func() bool) error {
 	// Printed raw, not through the logger: the runtime matches the line.
 	fmt.Fprintln(os.Stderr, api.TemplateReadyLine)
+	if err := awaitKick(ctx, console); err != nil {
+		return err
+	}
 	for !ready() {
 		if err := os.WriteFile(pciRescan, []byte("1"), 0); err != nil {
 			return fmt.Errorf("rescanning the PCI bus for the clone's devices: %w", err)
@@ -71,6 +77,38 @@ func AwaitClone(ctx context.Context, ready func() bool) error {
 	}
 	log.G(ctx).Info("restored from a template: devices found, RNG reseeded")
 	return nil
+}
+
+// maxKickLine bounds a console line AwaitClone reads.
+const maxKickLine = 256
+
+// awaitKick reads console lines until one is api.CloneKickLine. Other
+// lines (a stray key press on a serial console) are skipped, and a line
+// longer than maxKickLine is read in pieces, none of which matches.
+func awaitKick(ctx context.Context, console io.Reader) error {
+	done := make(chan error, 1)
+	go func() {
+		r := bufio.NewReaderSize(console, maxKickLine)
+		midLine := false // the last piece was not a whole line
+		for {
+			line, err := r.ReadSlice('\n')
+			if !midLine && strings.TrimRight(string(line), "\r\n") == api.CloneKickLine && err == nil {
+				done <- nil
+				return
+			}
+			midLine = err == bufio.ErrBufferFull
+			if err != nil && err != bufio.ErrBufferFull {
+				done <- fmt.Errorf("waiting for the runtime's kick on the console: %w", err)
+				return
+			}
+		}
+	}()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case err := <-done:
+		return err
+	}
 }
 
 // Reseed mixes host entropy from the virtio-rng device into the kernel's
