@@ -165,6 +165,9 @@ func (q *QEMU) launch(logger *log.Entry, cu *cleanup) (_ *launched, retErr error
 		}
 	}()
 	go func() {
+		// QEMU's exit ends the copy; the socket is closed then, not
+		// whenever the garbage collector gets to it.
+		defer consoleConn.Close()
 		if err := copyCapped(consoleConn, q.paths.Console, MaxLogBytes); err != nil {
 			logger.WithError(err).Warn("writing the guest console log")
 		}

@@ -8,8 +8,10 @@ import (
 	"io/fs"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime"
+	"runtime/pprof"
 	"slices"
 	"strings"
 	"testing"
@@ -18,6 +20,7 @@ import (
 	"github.com/kasa-runtime/kasa/agent/api"
 	"github.com/kasa-runtime/kasa/agent/client"
 	"github.com/kasa-runtime/kasa/hypervisor"
+	"github.com/kasa-runtime/kasa/internal/parentdeath"
 )
 
 // guestImage is make guest-image's output, a kernel and the agent's initrd:
@@ -101,6 +104,28 @@ func memfdMappings(t *testing.T) int {
 	return strings.Count(string(b), "/memfd:")
 }
 
+// fdTargets lists what the process's descriptors point at, for an error.
+func fdTargets() string {
+	ents, _ := os.ReadDir("/proc/self/fd")
+	var out []string
+	for _, e := range ents {
+		l, _ := os.Readlink("/proc/self/fd/" + e.Name())
+		if ino, ok := strings.CutPrefix(l, "socket:["); ok {
+			ino = strings.TrimSuffix(ino, "]")
+			for _, tab := range []string{"unix", "netlink", "tcp", "tcp6", "udp", "udp6"} {
+				b, _ := os.ReadFile("/proc/self/net/" + tab)
+				for _, line := range strings.Split(string(b), "\n") {
+					if slices.Contains(strings.Fields(line), ino) {
+						l += " (" + tab + ": " + strings.Join(strings.Fields(line), " ") + ")"
+					}
+				}
+			}
+		}
+		out = append(out, e.Name()+"→"+l)
+	}
+	return strings.Join(out, " ")
+}
+
 func openFDs(t *testing.T) int {
 	ents, err := os.ReadDir("/proc/self/fd")
 	if err != nil {
@@ -114,6 +139,13 @@ func openFDs(t *testing.T) int {
 // rebooted guest's agent answers again through the same backend; a guest
 // power-off ends QEMU cleanly; nothing of the backend remains.
 func TestQEMUIntegrationVhostUserVsock(t *testing.T) {
+	// What lives as long as the test process (the launcher thread every
+	// QEMU is forked from) is started before the counts are taken.
+	warm := exec.Command("true")
+	if err := parentdeath.Start(warm); err != nil {
+		t.Fatal(err)
+	}
+	warm.Wait()
 	for _, machine := range []string{MachineQ35, MachineMicroVM} {
 		t.Run(machine, func(t *testing.T) {
 			goroutines, fds, maps := runtime.NumGoroutine(), openFDs(t), memfdMappings(t)
@@ -176,7 +208,9 @@ func TestQEMUIntegrationVhostUserVsock(t *testing.T) {
 					break
 				}
 				if time.Now().After(deadline) {
-					t.Fatalf("left behind: goroutines %d → %d, fds %d → %d, memfd mappings %d → %d", goroutines, g, fds, f, maps, m)
+					var stacks strings.Builder
+					pprof.Lookup("goroutine").WriteTo(&stacks, 1)
+					t.Fatalf("left behind: goroutines %d → %d, fds %d → %d, memfd mappings %d → %d; descriptors now: %s; goroutines now:\n%s", goroutines, g, fds, f, maps, m, fdTargets(), stacks.String())
 				}
 			}
 		})
