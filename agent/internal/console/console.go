@@ -12,7 +12,6 @@ import (
 	"net"
 	"os"
 	"os/exec"
-	"sync"
 	"syscall"
 	"time"
 
@@ -21,6 +20,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/kasa-runtime/kasa/agent/api"
+	"github.com/kasa-runtime/kasa/agent/internal/accept"
 )
 
 const (
@@ -48,44 +48,24 @@ type Spawner interface {
 // Server serves console streams.
 type Server struct {
 	spawner Spawner
-	sem     chan struct{}
-	wg      sync.WaitGroup
 }
 
 // New returns a server that starts shells through spawner.
 func New(spawner Spawner) *Server {
-	return &Server{spawner: spawner, sem: make(chan struct{}, MaxSessions)}
+	return &Server{spawner: spawner}
 }
 
-// Serve handles l's streams until l is closed, then waits for them.
+// Serve handles l's streams, at most MaxSessions at once, until l is
+// closed, then waits for them.
 func (s *Server) Serve(ctx context.Context, l net.Listener) error {
-	defer s.wg.Wait()
-	for {
-		c, err := l.Accept()
-		if err != nil {
-			if errors.Is(err, net.ErrClosed) || errors.Is(err, os.ErrClosed) {
-				return err
-			}
-			log.G(ctx).WithError(err).Warn("debug console: accept")
-			time.Sleep(100 * time.Millisecond)
-			continue
+	return accept.Serve(ctx, l, "debug console", MaxSessions, func(c net.Conn) {
+		if err := s.session(ctx, c); err != nil {
+			log.G(ctx).WithError(err).Warn("debug console session")
 		}
-		select {
-		case s.sem <- struct{}{}:
-		default:
-			log.G(ctx).Warnf("debug console: %d sessions already open, refusing another", MaxSessions)
-			c.Close()
-			continue
-		}
-		s.wg.Add(1)
-		go func() {
-			defer s.wg.Done()
-			defer func() { <-s.sem }()
-			if err := s.session(ctx, c); err != nil {
-				log.G(ctx).WithError(err).Warn("debug console session")
-			}
-		}()
-	}
+	}, func(c net.Conn) {
+		log.G(ctx).Warnf("debug console: %d sessions already open, refusing another", MaxSessions)
+		c.Close()
+	})
 }
 
 // session runs one shell for stream c and ends when the shell has exited

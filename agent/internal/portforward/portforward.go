@@ -10,7 +10,6 @@ import (
 	"errors"
 	"io"
 	"net"
-	"os"
 	"strconv"
 	"sync"
 	"syscall"
@@ -19,6 +18,7 @@ import (
 	"github.com/containerd/log"
 
 	"github.com/kasa-runtime/kasa/agent/api"
+	"github.com/kasa-runtime/kasa/agent/internal/accept"
 )
 
 const (
@@ -41,45 +41,24 @@ type Server struct {
 	// Dial connects to addr ("127.0.0.1:P" or "[::1]:P"); net.Dialer's by default.
 	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
 
-	sem chan struct{}
-	wg  sync.WaitGroup
+	// max bounds the streams served at once.
+	max int
 }
 
 // New returns a server with the default dialer.
 func New() *Server {
 	var d net.Dialer
-	return &Server{Dial: d.DialContext, sem: make(chan struct{}, MaxStreams)}
+	return &Server{Dial: d.DialContext, max: MaxStreams}
 }
 
-// Serve handles l's streams until l is closed, then waits for them.
+// Serve handles l's streams until l is closed, then waits for them. A
+// stream over the limit is answered busy.
 func (s *Server) Serve(ctx context.Context, l net.Listener) error {
-	defer s.wg.Wait()
-	for {
-		c, err := l.Accept()
-		if err != nil {
-			if errors.Is(err, net.ErrClosed) || errors.Is(err, os.ErrClosed) {
-				return err
-			}
-			// EMFILE and the like pass; the service must not end for them.
-			log.G(ctx).WithError(err).Warn("port-forward: accept")
-			time.Sleep(100 * time.Millisecond)
-			continue
-		}
-		select {
-		case s.sem <- struct{}{}:
-		default:
-			c.SetWriteDeadline(time.Now().Add(time.Second))
-			c.Write(api.PortForwardReply{Status: api.PortForwardBusy}.Encode())
-			c.Close()
-			continue
-		}
-		s.wg.Add(1)
-		go func() {
-			defer s.wg.Done()
-			defer func() { <-s.sem }()
-			s.serveStream(ctx, c)
-		}()
-	}
+	return accept.Serve(ctx, l, "port-forward", s.max, func(c net.Conn) { s.serveStream(ctx, c) }, func(c net.Conn) {
+		c.SetWriteDeadline(time.Now().Add(time.Second))
+		c.Write(api.PortForwardReply{Status: api.PortForwardBusy}.Encode())
+		c.Close()
+	})
 }
 
 func (s *Server) serveStream(ctx context.Context, c net.Conn) {

@@ -90,7 +90,7 @@ func TestServeForwardsAndRefuses(t *testing.T) {
 
 func TestServeBusy(t *testing.T) {
 	s := New()
-	s.sem = make(chan struct{}, 1)
+	s.max = 1
 	block := make(chan struct{})
 	defer close(block) // before serve's cleanup waits for the first stream
 	entered := make(chan struct{}, 1)
