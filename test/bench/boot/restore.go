@@ -8,10 +8,11 @@ import (
 	"path/filepath"
 	"sort"
 	"strconv"
-	"strings"
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/kasa-runtime/kasa/test/bench/internal/procmem"
 
 	"github.com/containerd/log"
 	"github.com/sirupsen/logrus"
@@ -109,8 +110,8 @@ func benchRestore(dir string, n int) error {
 		}
 		time.Sleep(3 * time.Second) // idle
 		for i, vm := range vms {
-			runs[i].pss = smapsRollup(vm.PID())
-			runs[i].pss["memfd"] = memfdKiB(vm.PID())
+			runs[i].pss = procmem.SmapsRollup(vm.PID())
+			runs[i].pss["memfd"] = procmem.MemfdKiB(vm.PID())
 		}
 		stopAll(vms)
 		name := "cold"
@@ -154,39 +155,10 @@ func stopAll(vms []*virtcontainers.VM) {
 	}
 }
 
-// smapsRollup returns the Pss* lines of /proc/PID/smaps_rollup, in KiB.
-func smapsRollup(pid int) map[string]int64 {
-	out := map[string]int64{}
-	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/smaps_rollup", pid))
-	for _, l := range strings.Split(string(b), "\n") {
-		f := strings.Fields(l)
-		if len(f) >= 2 && strings.HasPrefix(f[0], "Pss") {
-			v, _ := strconv.ParseInt(f[1], 10, 64)
-			out[strings.TrimSuffix(f[0], ":")] = v
-		}
-	}
-	return out
-}
-
 func allocatedBytes(path string) int64 {
 	var st syscall.Stat_t
 	if syscall.Stat(path, &st) != nil {
 		return 0
 	}
 	return st.Blocks * 512
-}
-
-// memfdKiB is how much the memfds QEMU holds (its guest RAM) have written.
-func memfdKiB(pid int) int64 {
-	fds, _ := filepath.Glob(fmt.Sprintf("/proc/%d/fd/*", pid))
-	var total int64
-	seen := map[uint64]bool{} // a memfd QEMU re-opened is one memfd
-	for _, fd := range fds {
-		var st syscall.Stat_t
-		if l, _ := os.Readlink(fd); strings.HasPrefix(l, "/memfd:") && syscall.Stat(fd, &st) == nil && !seen[st.Ino] {
-			seen[st.Ino] = true
-			total += st.Blocks * 512 >> 10
-		}
-	}
-	return total
 }

@@ -39,6 +39,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/kasa-runtime/kasa/test/bench/internal/procmem"
+
 	"github.com/kasa-runtime/kasa/test/ctrtest"
 )
 
@@ -358,7 +360,7 @@ func (b *bench) idleMemory(ctx context.Context, handler string, n int) ([]int64,
 		for kind, pids := range procs {
 			for _, pid := range pids {
 				if kind != "qemu" {
-					sums[kind] += pssKiB(pid)
+					sums[kind] += procmem.SmapsRollup(pid)["Pss"]
 					continue
 				}
 				for part, kib := range qemuParts(pid) {
@@ -493,39 +495,10 @@ func qemuParts(pid int) map[string]int64 {
 			}
 		}
 	}
-	if unmapped := memfdKiB(pid) - memfdRss; unmapped > 0 {
+	if unmapped := procmem.MemfdKiB(pid) - memfdRss; unmapped > 0 {
 		out["guest RAM"] += unmapped
 	}
 	return out
-}
-
-// memfdKiB is what the memfds a process holds open contain, in KiB.
-func memfdKiB(pid int) int64 {
-	fds, _ := filepath.Glob(fmt.Sprintf("/proc/%d/fd/*", pid))
-	var total int64
-	seen := map[uint64]bool{} // a memfd open twice is one memfd
-	for _, fd := range fds {
-		var st syscall.Stat_t
-		if l, _ := os.Readlink(fd); strings.HasPrefix(l, "/memfd:") && syscall.Stat(fd, &st) == nil && !seen[st.Ino] {
-			seen[st.Ino] = true
-			total += st.Blocks * 512 >> 10
-		}
-	}
-	return total
-}
-
-func pssKiB(pid int) int64 {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/smaps_rollup", pid))
-	if err != nil {
-		return 0
-	}
-	for _, l := range strings.Split(string(b), "\n") {
-		if f := strings.Fields(l); len(f) >= 2 && f[0] == "Pss:" {
-			v, _ := strconv.ParseInt(f[1], 10, 64)
-			return v
-		}
-	}
-	return 0
 }
 
 func pct(ds []time.Duration, p int) time.Duration {
