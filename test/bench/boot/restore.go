@@ -12,12 +12,11 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/kasa-runtime/kasa/test/bench/internal/procmem"
-
 	"github.com/containerd/log"
 	"github.com/sirupsen/logrus"
 
 	"github.com/kasa-runtime/kasa/configuration"
+	"github.com/kasa-runtime/kasa/test/bench/internal/procmem"
 	"github.com/kasa-runtime/kasa/virtcontainers"
 )
 

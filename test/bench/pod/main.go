@@ -40,7 +40,6 @@ import (
 	"time"
 
 	"github.com/kasa-runtime/kasa/test/bench/internal/procmem"
-
 	"github.com/kasa-runtime/kasa/test/ctrtest"
 )
 
