@@ -20,8 +20,8 @@ import (
 )
 
 const (
-	// pollInterval is how often a waiting template rescans the PCI bus.
-	// A clone's agent is reachable at most one interval after it resumes.
+	// pollInterval is how often a clone rescans the PCI bus after the
+	// runtime's cue until its devices are there (the first scan finds them).
 	pollInterval = 20 * time.Millisecond
 	// seedBytes is how much host entropy the clone mixes in: 512 bits.
 	seedBytes = 64
