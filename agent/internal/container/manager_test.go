@@ -3,6 +3,8 @@ package container
 import (
 	"context"
 	"fmt"
+	"regexp"
+	"strings"
 	"testing"
 	"time"
 
@@ -120,5 +122,22 @@ func TestRemoveProcessForgetsExecs(t *testing.T) {
 	}
 	if err := m.RemoveProcess(ctx, "ghost", "e1"); !errdefs.IsNotFound(err) {
 		t.Errorf("remove in an unknown container: %v", err)
+	}
+}
+
+// TestValidID checks the written-out ID check against the regexp it
+// replaced (`^[\w+\-.]{1,128}$`, and neither "." nor "..").
+func TestValidID(t *testing.T) {
+	old := regexp.MustCompile(`^[\w+\-.]{1,128}$`)
+	ids := []string{"", ".", "..", "...", "a", "c1", "A-b_c+d.e", "a/b", "a b", "é", "a\x00", "a\n",
+		strings.Repeat("x", 128), strings.Repeat("x", 129), "../etc", "-", "+", "_", "0123456789abcdef"}
+	for c := 0; c < 256; c++ {
+		ids = append(ids, "id"+string(rune(c)), string([]byte{byte(c)}))
+	}
+	for _, id := range ids {
+		want := old.MatchString(id) && id != "." && id != ".."
+		if got := validID(id); got != want {
+			t.Errorf("validID(%q) = %v, want %v", id, got, want)
+		}
 	}
 }
