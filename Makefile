@@ -1,6 +1,6 @@
 # Kasa: a pod-per-VM container runtime.
 #   make build         bin/kasa, bin/containerd-shim-kasa-v2, bin/kasa-agent (static)
-#   make guest-image   build/guest/{vmlinuz,initrd.img,manifest.json}
+#   make guest-image   build/guest/{vmlinuz,initrd.img,guest.img,manifest.json}
 #   make demo          installs, checks the host, runs a pod in a VM through containerd's CRI
 #   make test          installs what it needs, builds, runs unit + integration tests
 #   make install       PREFIX (default /usr) and DESTDIR are honoured
@@ -54,6 +54,7 @@ install: build guest-image
 	install -D -m 0755 bin/kasa-agent $(DESTDIR)$(PREFIX)/libexec/kasa/kasa-agent
 	install -D -m 0644 $(GUEST)/vmlinuz $(DESTDIR)$(PREFIX)/share/kasa/vmlinuz
 	install -D -m 0644 $(GUEST)/initrd.img $(DESTDIR)$(PREFIX)/share/kasa/initrd.img
+	install -D -m 0644 $(GUEST)/guest.img $(DESTDIR)$(PREFIX)/share/kasa/guest.img
 	install -D -m 0644 $(GUEST)/manifest.json $(DESTDIR)$(PREFIX)/share/kasa/manifest.json
 	install -d $(DESTDIR)$(PREFIX)/share/defaults/kasa
 	sed 's#/usr/share/kasa/#$(PREFIX)/share/kasa/#g' configuration/configuration.toml \

@@ -28,9 +28,13 @@ type override struct {
 // hypervisorOverrides is the allowlist, by annotation suffix. Anything not
 // here is refused; enable_annotations narrows it further per file.
 var hypervisorOverrides = map[string]override{
-	"path":              {"path", "valid_hypervisor_paths", setString(func(h *HypervisorConfig) *string { return &h.Path })},
-	"kernel":            {"kernel", "valid_kernel_paths", setString(func(h *HypervisorConfig) *string { return &h.Kernel })},
-	"initrd":            {"initrd", "valid_initrd_paths", setString(func(h *HypervisorConfig) *string { return &h.Initrd })},
+	"path":   {"path", "valid_hypervisor_paths", setString(func(h *HypervisorConfig) *string { return &h.Path })},
+	"kernel": {"kernel", "valid_kernel_paths", setString(func(h *HypervisorConfig) *string { return &h.Kernel })},
+	// A pod that names its initrd boots from it, not from the configured image.
+	"initrd": {"initrd", "valid_initrd_paths", func(h *HypervisorConfig, value string) error {
+		h.Initrd, h.Image = value, ""
+		return nil
+	}},
 	"virtio_fs_daemon":  {"virtio_fs_daemon", "valid_virtio_fs_daemon_paths", setString(func(h *HypervisorConfig) *string { return &h.VirtioFSDaemon })},
 	"machine_type":      {"machine_type", "", setString(func(h *HypervisorConfig) *MachineType { return &h.MachineType })},
 	"shared_fs":         {"shared_fs", "", setString(func(h *HypervisorConfig) *SharedFS { return &h.SharedFS })},

@@ -117,6 +117,10 @@ type HypervisorConfig struct {
 	// Kernel and Initrd are the guest boot artefacts.
 	Kernel string `toml:"kernel"`
 	Initrd string `toml:"initrd"`
+	// Image, instead of Initrd, is the guest's root as an ext4 image the
+	// guest maps read-only with DAX (an NVDIMM; q35 or pc). A file that
+	// names one of image and initrd replaces the other's earlier value.
+	Image string `toml:"image"`
 	// MachineType is the QEMU machine model (QEMU only).
 	MachineType MachineType `toml:"machine_type"`
 	// Firmware replaces the machine's default firmware; "" keeps it (QEMU only).

@@ -51,7 +51,7 @@ var (
 	kataSections = setOf("image", "netmon", "proxy", "shim")
 
 	kataHypervisorKeys = setOf(
-		"jailer_path", "valid_jailer_paths", "ctlpath", "valid_ctlpaths", "image", "rootfs_type",
+		"jailer_path", "valid_jailer_paths", "ctlpath", "valid_ctlpaths", "rootfs_type",
 		"firmware_volume", "machine_accelerators", "cpu_features", "block_device_driver",
 		"block_device_aio", "block_device_cache_set", "block_device_cache_direct",
 		"block_device_cache_noflush", "disable_block_device_use", "entropy_source",

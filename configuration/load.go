@@ -6,6 +6,7 @@ import (
 	"io/fs"
 	"os"
 	"reflect"
+	"strings"
 
 	"github.com/BurntSushi/toml"
 )
@@ -157,6 +158,7 @@ func decode(srcs []source) (*Config, []Warning, error) {
 		}
 		undecoded := md.Undecoded()
 		recordOrigins(cfg.Origins, src.path, &md, undecoded)
+		oneGuestRoot(&cfg.Hypervisor, cfg.Origins, src.path, &md, "hypervisor."+string(name))
 		warnings = append(warnings, undecodedWarnings(src.path, name, undecoded)...)
 	}
 	cfg.Agent = layout.Agent.Kata.toConfig()
@@ -167,6 +169,24 @@ func decode(srcs []source) (*Config, []Warning, error) {
 		return nil, warnings, err
 	}
 	return cfg, warnings, nil
+}
+
+// oneGuestRoot keeps the guest's root that a file names: a file that sets
+// image but not initrd (or initrd but not image) replaces the other, which an
+// earlier file or the defaults set, so that naming one is enough. A file
+// that sets both gets Validate's error.
+func oneGuestRoot(h *HypervisorConfig, origins map[string]string, file string, md *toml.MetaData, table string) {
+	keys := strings.Split(table, ".")
+	image := md.IsDefined(append(keys, "image")...)
+	initrd := md.IsDefined(append(keys, "initrd")...)
+	switch {
+	case image && !initrd && h.Initrd != "":
+		h.Initrd = ""
+		origins[table+".initrd"] = file
+	case initrd && !image && h.Image != "":
+		h.Image = ""
+		origins[table+".image"] = file
+	}
 }
 
 // checkShape checks that the file has exactly one supported hypervisor table

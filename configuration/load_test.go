@@ -342,9 +342,13 @@ enable_pprof = false
 			t.Errorf("Kata key reported as %v: %s", w.Kind, w)
 		}
 	}
-	// [factory] enable_template is Kasa's too: no warning.
-	if len(warnings) != 19 {
-		t.Errorf("got %d warnings, want 19:\n%v", len(warnings), warnings)
+	// [factory] enable_template and image are Kasa's too: no warning.
+	if len(warnings) != 18 {
+		t.Errorf("got %d warnings, want 18:\n%v", len(warnings), warnings)
+	}
+	// The file names an image, which replaces the default initrd.
+	if h := cfg.Hypervisor; h.Image != "/opt/kata/share/kata-containers/kata-containers.img" || h.Initrd != "" {
+		t.Errorf("image %q, initrd %q: want the file's image and no initrd", h.Image, h.Initrd)
 	}
 	if !cfg.Runtime.DisableGuestSeccomp {
 		t.Error("runtime.disable_guest_seccomp = true did not load")

@@ -173,7 +173,17 @@ func (c *Config) validateHypervisor(v *validator) {
 	// In the order of the default file, so messages read top to bottom.
 	v.absPath(prefix+"path", h.Path, true)
 	v.absPath(prefix+"kernel", h.Kernel, true)
-	v.absPath(prefix+"initrd", h.Initrd, true)
+	switch {
+	case h.Image != "" && h.Initrd != "":
+		v.fail(prefix+"image", h.Image, "and initrd are both set: the guest's root is one or the other", nil)
+	case h.Image != "":
+		v.absPath(prefix+"image", h.Image, true)
+		if h.MachineType == MachineMicroVM {
+			v.fail(prefix+"image", h.Image, fmt.Sprintf("needs machine_type %q or %q: %q has no ACPI NVDIMM support (use initrd)", MachineQ35, MachinePC, MachineMicroVM), nil)
+		}
+	default:
+		v.absPath(prefix+"initrd", h.Initrd, true)
+	}
 	oneOf(v, prefix+"machine_type", h.MachineType, machineTypes)
 	v.absPath(prefix+"firmware", h.Firmware, false)
 	if strings.ContainsFunc(h.KernelParams, func(r rune) bool { return unicode.IsControl(r) && r != '\t' }) {
@@ -239,7 +249,11 @@ func (c *Config) CheckPaths() []error {
 	}
 	checkFile(prefix+"path", h.Path, true)
 	checkFile(prefix+"kernel", h.Kernel, false)
-	checkFile(prefix+"initrd", h.Initrd, false)
+	if h.Image != "" {
+		checkFile(prefix+"image", h.Image, false)
+	} else {
+		checkFile(prefix+"initrd", h.Initrd, false)
+	}
 	if h.Firmware != "" {
 		checkFile(prefix+"firmware", h.Firmware, false)
 	}

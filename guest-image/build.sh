@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Builds Kasa's guest image: a kernel and a compressed cpio initramfs whose
-# /init is kasa-agent (and /kasa/bin/pause beside it, and busybox as /bin/sh
-# for the debug console), plus a manifest of versions and sha256 sums.
+# Builds Kasa's guest image: a kernel and the guest's root in two forms, a
+# cpio initramfs (initrd.img) and an ext4 image (guest.img) that the guest
+# maps read-only with DAX (hypervisor.qemu.image). In both, /init is
+# kasa-agent, with /kasa/bin/pause beside it and busybox as /bin/sh for the
+# debug console. A manifest lists versions and sha256 sums.
 #
 # usage: build.sh AGENT_BINARY OUTDIR
 # env:   KERNEL_SOURCE=minimal (default: linux-source-6.1 + kernel/kasa.config)
@@ -52,8 +54,10 @@ list=$stage/initramfs.list
 	done
 } >"$list"
 (cd "$here/.." && go build -o "$stage/mkinitrd" ./guest-image/mkinitrd)
+(cd "$here/.." && go build -o "$stage/pmemhdr" ./guest-image/pmemhdr)
 (cd "$here/.." && CGO_ENABLED=0 go build -trimpath -ldflags '-s -w' -o "$stage/pause" ./cmd/kasa-pause)
 "$stage/mkinitrd" "$list" "$stage/initrd.cpio"
+"$here/mkimage.sh" "$list" "$out/guest.img" "$stage/pmemhdr"
 
 case "$compression" in
 zstd) zstd -q -19 -T0 --no-progress -f "$stage/initrd.cpio" -o "$out/initrd.img" ;;
@@ -78,10 +82,11 @@ sha() { sha256sum "$1" | cut -d' ' -f1; }
 	echo "    \"vmlinuz\": \"$(sha "$out/vmlinuz")\","
 	[ ! -f "$out/vmlinux" ] || echo "    \"vmlinux\": \"$(sha "$out/vmlinux")\","
 	echo "    \"initrd.img\": \"$(sha "$out/initrd.img")\","
+	echo "    \"guest.img\": \"$(sha "$out/guest.img")\","
 	echo "    \"pause\": \"$(sha "$stage/pause")\","
 	echo "    \"busybox\": \"$(sha "$busybox")\","
 	echo "    \"kasa-agent\": \"$(sha "$agent")\""
 	echo "  }"
 	echo "}"
 } >"$out/manifest.json"
-echo "guest image: $out ($source kernel, $(du -h "$out/initrd.img" | cut -f1) initrd)"
+echo "guest image: $out ($source kernel, $(du -h "$out/initrd.img" | cut -f1) initrd, $(du -h --apparent-size "$out/guest.img" | cut -f1) DAX image)"

@@ -10,6 +10,7 @@ pkgs=(
 	linux-source-6.1      # source of the minimal guest kernel
 	build-essential flex bison bc libelf-dev libssl-dev  # kernel build
 	cpio xz-utils zstd kmod   # unpacking the source, compressing the initrd, module deps
+	e2fsprogs                 # mke2fs and debugfs: the guest root image (guest.img)
 	iproute2                  # kasa check: tun/tc
 	busybox-static            # test guests and test images
 	libseccomp-dev            # static libseccomp for the agent (libcontainer, -tags seccomp)

@@ -56,6 +56,13 @@ type VMConfig struct {
 	// Kernel and Initrd are the guest boot artefacts.
 	Kernel string
 	Initrd string
+	// Image, instead of an Initrd, is the guest's root file system as an
+	// ext4 image that the guest maps read-only with DAX (QEMU: an NVDIMM)
+	// rather than unpacking into its RAM: every VM then runs the same host
+	// page-cache pages of it. ImageSize is its size in bytes; the driver
+	// fills it in when it is 0.
+	Image     string
+	ImageSize int64
 	// KernelParams are appended after the driver's own parameters.
 	KernelParams []string
 	// MachineType is the machine model, e.g. "q35", "pc" or "microvm" for QEMU.

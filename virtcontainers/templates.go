@@ -39,7 +39,7 @@ func TemplateStore(cfg *configuration.Config) template.Store {
 func TemplateSpec(cfg *configuration.Config) (template.Spec, string, error) {
 	vc := templateVMConfig("template", cfg)
 	spec := template.Spec{
-		QEMU: vc.Path, Kernel: vc.Kernel, Initrd: vc.Initrd, Firmware: vc.Firmware,
+		QEMU: vc.Path, Kernel: vc.Kernel, Initrd: vc.Initrd, Image: vc.Image, Firmware: vc.Firmware,
 		MachineType: vc.MachineType, VCPUs: vc.VCPUs, MemoryMiB: vc.MemoryMiB,
 		KernelParams: vc.KernelParams, Accelerator: string(vc.Accelerator),
 		Transport: string(vc.AgentTransport), SharedFS: string(cfg.Hypervisor.SharedFS), Debug: vc.Debug,

@@ -104,6 +104,7 @@ func VMConfigFor(id string, cfg *configuration.Config) hypervisor.VMConfig {
 		Path:           h.Path,
 		Kernel:         h.Kernel,
 		Initrd:         h.Initrd,
+		Image:          h.Image,
 		KernelParams:   append(h.KernelParamsList(), agentKernelParams(cfg.Agent)...),
 		MachineType:    string(h.MachineType),
 		Firmware:       h.Firmware,

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"io"
@@ -47,14 +48,14 @@ func templateCmd(path string, args []string, stdout, stderr io.Writer) int {
 		if current == "" {
 			_, current, _ = virtcontainers.TemplateSpec(cfg)
 		}
-		fmt.Fprintf(stdout, "%-32s  %-7s  %-20s  %8s  %s\n", "KEY", "USED", "CREATED", "MEMORY", "KERNEL / INITRD")
+		fmt.Fprintf(stdout, "%-32s  %-7s  %-20s  %8s  %s\n", "KEY", "USED", "CREATED", "MEMORY", "KERNEL / INITRD OR IMAGE")
 		for _, m := range ms {
 			used := "no"
 			if m.Key == current && cfg.Factory.EnableTemplate {
 				used = "yes"
 			}
 			fmt.Fprintf(stdout, "%-32s  %-7s  %-20s  %7.1fM  %s / %s\n", m.Key, used, m.Created.Format(time.DateTime),
-				float64(allocated(filepath.Join(store.Dir(m.Key), "memory")))/(1<<20), m.Spec.Kernel, m.Spec.Initrd)
+				float64(allocated(filepath.Join(store.Dir(m.Key), "memory")))/(1<<20), m.Spec.Kernel, cmp.Or(m.Spec.Initrd, m.Spec.Image))
 		}
 		for _, k := range broken {
 			fmt.Fprintf(stdout, "%-32s  %-7s  unfinished or broken: the next sandbox that needs it makes it again\n", k, "no")

@@ -148,6 +148,15 @@ var machineModels = map[string]machineModel{
 
 func keepParams(p []string) []string { return p }
 
+// imageKernelParams boot the guest from Image: its NVDIMM is the root, ext4
+// mounted read-only with DAX, and /init (the agent) is started from it;
+// rootwait because the device is probed asynchronously.
+var imageKernelParams = []string{"root=/dev/pmem0", "rootfstype=ext4", "rootflags=dax", "ro", "rootwait", "init=/init"}
+
+// imageAlign is the granularity of an Image's size: the guest maps device
+// memory with struct pages (which DAX needs) in 2 MiB subsections.
+const imageAlign = 2 << 20
+
 // machineTypes lists the known machine types for error messages.
 func machineTypes() string { return "pc, q35, microvm" }
 
@@ -160,6 +169,9 @@ func KernelParams(cfg hypervisor.VMConfig) ([]string, error) {
 		return nil, fmt.Errorf("MachineType %q is not one of %s", cfg.MachineType, machineTypes())
 	}
 	params := model.params(append([]string(nil), kataKernelParams...))
+	if cfg.Image != "" {
+		params = append(params, imageKernelParams...)
+	}
 	if cfg.Debug {
 		params = append(params, "debug")
 	} else {
@@ -197,6 +209,16 @@ func validate(cfg hypervisor.VMConfig) error {
 	}
 	if cfg.Kernel == "" {
 		errs = append(errs, errors.New("Kernel is empty"))
+	}
+	if cfg.Image != "" {
+		switch {
+		case cfg.Initrd != "":
+			errs = append(errs, errors.New("Image and Initrd are both set: the guest's root is one or the other"))
+		case cfg.MachineType == MachineMicroVM:
+			errs = append(errs, fmt.Errorf("Image: MachineType %s has no ACPI NVDIMM support (use q35 or pc, or an Initrd): %w", cfg.MachineType, hypervisor.ErrNotSupported))
+		case cfg.ImageSize <= 0 || cfg.ImageSize%imageAlign != 0:
+			errs = append(errs, fmt.Errorf("Image %s: size %d bytes is not a positive multiple of 2 MiB (guest-image/mkimage.sh makes it so)", cfg.Image, cfg.ImageSize))
+		}
 	}
 	if _, ok := machineModels[cfg.MachineType]; !ok {
 		errs = append(errs, fmt.Errorf("MachineType %q is not one of %s", cfg.MachineType, machineTypes()))
@@ -290,7 +312,7 @@ func BuildArgs(cfg hypervisor.VMConfig, accel hypervisor.Accelerator, vhostCID u
 		"-nodefaults", "-no-user-config",
 		"-display", "none",
 		"-no-reboot",
-		"-machine", model.machine,
+		"-machine", machineArg(cfg, model),
 	}
 	switch accel {
 	case hypervisor.AccelKVM:
@@ -300,8 +322,14 @@ func BuildArgs(cfg hypervisor.VMConfig, accel hypervisor.Accelerator, vhostCID u
 	default:
 		return nil, fmt.Errorf("accelerator %q is not resolved to %s or %s", accel, hypervisor.AccelKVM, hypervisor.AccelTCG)
 	}
+	mem := strconv.FormatUint(uint64(cfg.MemoryMiB), 10) + "M"
+	if cfg.Image != "" {
+		// The image is a memory device (a DIMM slot): it sits in the address
+		// space above RAM that maxmem reserves (and QEMU never allocates).
+		mem += ",slots=1,maxmem=" + strconv.FormatUint(uint64(cfg.MemoryMiB)+uint64(cfg.ImageSize>>20), 10) + "M"
+	}
 	args = append(args,
-		"-m", strconv.FormatUint(uint64(cfg.MemoryMiB), 10)+"M",
+		"-m", mem,
 		"-smp", strconv.FormatUint(uint64(cfg.VCPUs), 10),
 	)
 	if cfg.Firmware != "" {
@@ -357,6 +385,9 @@ func BuildArgs(cfg hypervisor.VMConfig, accel hypervisor.Accelerator, vhostCID u
 		// in anonymous RAM). The balloon itself is never inflated.
 		args = append(args, "-device", "virtio-balloon"+model.virtioSuffix+",free-page-reporting=on"+pciAddr(cfg, slotBalloon))
 	}
+	if cfg.Image != "" {
+		args = append(args, imageArgs(cfg, fds)...)
+	}
 	if cfg.Snapshot != nil {
 		args = append(args, hotplugPortArgs(cfg)...)
 		args = append(args, snapshotMemoryArgs(cfg, fds)...)
@@ -371,6 +402,37 @@ func BuildArgs(cfg hypervisor.VMConfig, accel hypervisor.Accelerator, vhostCID u
 		args = append(args, sharedFSArgs(cfg, model, fds)...)
 	}
 	return append(args, nicArgs(cfg, model)...), nil
+}
+
+// imageArgs map the guest's root image into the guest as an NVDIMM (as Kata
+// does): read-only, so no guest can change the file every VM shares (QEMU
+// then wants unarmed=on, which tells the guest so), and shared, so every VM
+// maps the host's page-cache pages of it, and a template's migration stream
+// leaves it out with x-ignore-shared, like its RAM. A guest write is
+// discarded. Not virtio-pmem: with it, a VM restored from a template hung
+// at power-off (cold VMs did not); the one step there that differs is the
+// pmem flush the kernel does at shutdown, which for virtio-pmem is a
+// request to QEMU, while an NVDIMM's stays in the guest. The image carries
+// the pfn info block (guest-image/pmemhdr) that lets the guest map an
+// NVDIMM with DAX.
+func imageArgs(cfg hypervisor.VMConfig, fds fdPlan) []string {
+	path := optValue(cfg.Image)
+	if fds.image != 0 {
+		path = procFD(fds.image)
+	}
+	return []string{
+		"-object", "memory-backend-file,id=kasa-image,mem-path=" + path + ",size=" + strconv.FormatInt(cfg.ImageSize, 10) + ",share=on,readonly=on",
+		"-device", "nvdimm,id=kasa-image0,memdev=kasa-image,unarmed=on",
+	}
+}
+
+// machineArg is the -machine value: an Image needs the machine's NVDIMM
+// support (ACPI NFIT).
+func machineArg(cfg hypervisor.VMConfig, model machineModel) string {
+	if cfg.Image != "" {
+		return model.machine + ",nvdimm=on"
+	}
+	return model.machine
 }
 
 // agentArgs gives the guest the agent's channel:
@@ -417,6 +479,7 @@ type fdPlan struct {
 	vhostUserVsock int // TransportVhostUserVsock: socket pair to the backend
 	virtioFS       int // SharedFS.Conn: a connection to virtiofsd
 	kernel, initrd int // unprivileged QEMU: opened by the driver
+	image          int // unprivileged QEMU: Image, opened by the driver
 	snapMemory     int // Snapshot.Memory
 	snapState      int // Snapshot.State
 }
@@ -442,6 +505,9 @@ func planFDs(cfg hypervisor.VMConfig) fdPlan {
 		p.kernel = take()
 		if cfg.Initrd != "" {
 			p.initrd = take()
+		}
+		if cfg.Image != "" {
+			p.image = take()
 		}
 	}
 	if cfg.Snapshot != nil {

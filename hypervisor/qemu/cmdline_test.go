@@ -117,6 +117,38 @@ func TestBuildArgsVariants(t *testing.T) {
 			expectAbsent(t, p, "reboot=k", "pci=lastbus=0", "acpi=off", "acpi=noirq")
 		},
 	}, {
+		name: "guest root from an image: an NVDIMM, read-only and shared, above RAM",
+		modify: func(c *hypervisor.VMConfig) {
+			c.Initrd, c.Image, c.ImageSize = "", "/k/guest.img", 16<<20
+		},
+		accel: hypervisor.AccelTCG,
+		check: func(t *testing.T, args []string) {
+			expectValues(t, args, "-machine", "q35,nvdimm=on")
+			expectValues(t, args, "-m", "256M,slots=1,maxmem=272M")
+			expectContains(t, values(args, "-object"), "memory-backend-file,id=kasa-image,mem-path=/k/guest.img,size=16777216,share=on,readonly=on")
+			expectContains(t, values(args, "-device"), "nvdimm,id=kasa-image0,memdev=kasa-image,unarmed=on")
+			expectAbsent(t, args, "-initrd")
+			p := params(t, args)
+			expectContains(t, p, "root=/dev/pmem0", "rootfstype=ext4", "rootflags=dax", "ro", "rootwait", "init=/init")
+			// The configured parameters still come last.
+			if p[len(p)-1] != "quiet" {
+				t.Errorf("parameters end with %q", p[len(p)-1])
+			}
+		},
+	}, {
+		name: "an unprivileged QEMU maps the image the driver opened",
+		modify: func(c *hypervisor.VMConfig) {
+			c.Initrd, c.Image, c.ImageSize = "", "/k/guest.img", 16<<20
+			c.AgentTransport = hypervisor.TransportVhostUserVsock
+			c.Confinement = hypervisor.Confinement{UID: 1000, GID: 1000}
+		},
+		accel: hypervisor.AccelTCG,
+		check: func(t *testing.T, args []string) {
+			// qmp 3, console 4, vhost-user-vsock 5, kernel 6, image 7.
+			expectValues(t, args, "-kernel", "/proc/self/fd/6")
+			expectContains(t, values(args, "-object"), "memory-backend-file,id=kasa-image,mem-path=/proc/self/fd/7,size=16777216,share=on,readonly=on")
+		},
+	}, {
 		name:   "free page reporting on microvm",
 		modify: func(c *hypervisor.VMConfig) { c.MachineType = MachineMicroVM; c.FreePageReporting = true },
 		accel:  hypervisor.AccelTCG,
@@ -348,6 +380,14 @@ func TestBuildArgsErrors(t *testing.T) {
 		{name: "unprivileged QEMU on virtio-serial", modify: func(c *hypervisor.VMConfig) {
 			c.Confinement = hypervisor.Confinement{UID: 1000, GID: 1000}
 		}, wantInError: []string{"virtio-serial", "unprivileged"}},
+		{name: "image and initrd", modify: func(c *hypervisor.VMConfig) { c.Image, c.ImageSize = "/k/guest.img", 16<<20 }, wantInError: []string{"Image and Initrd"}},
+		{name: "image on microvm", modify: func(c *hypervisor.VMConfig) {
+			c.Initrd, c.Image, c.ImageSize, c.MachineType = "", "/k/guest.img", 16<<20, MachineMicroVM
+		}, wantInError: []string{"Image", "microvm", "NVDIMM"}, notSupported: true},
+		{name: "image of an odd size", modify: func(c *hypervisor.VMConfig) {
+			c.Initrd, c.Image, c.ImageSize = "", "/k/guest.img", 16<<20+4096
+		}, wantInError: []string{"/k/guest.img", "2 MiB"}},
+		{name: "image of no size", modify: func(c *hypervisor.VMConfig) { c.Initrd, c.Image = "", "/k/guest.img" }, wantInError: []string{"/k/guest.img", "2 MiB"}},
 		{name: "every problem at once", modify: func(c *hypervisor.VMConfig) { c.Kernel = ""; c.MemoryMiB = 0 }, wantInError: []string{"Kernel", "MemoryMiB"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

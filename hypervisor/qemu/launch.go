@@ -96,7 +96,8 @@ func (q *QEMU) launch(logger *log.Entry, cu *cleanup) (_ *launched, retErr error
 		files = append(files, fs.Conn)
 	}
 	if conf.Unprivileged() {
-		for _, f := range []struct{ field, path string }{{"Kernel", cfg.Kernel}, {"Initrd", cfg.Initrd}} {
+		// In planFDs's order.
+		for _, f := range []struct{ field, path string }{{"Kernel", cfg.Kernel}, {"Initrd", cfg.Initrd}, {"Image", cfg.Image}} {
 			if f.path == "" {
 				continue
 			}

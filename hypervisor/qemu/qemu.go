@@ -149,6 +149,10 @@ func (q *QEMU) CreateVM(ctx context.Context, cfg hypervisor.VMConfig) error {
 	}
 	logger := log.G(ctx).WithField("sandbox", cfg.ID)
 
+	cfg, err := withImageSize(cfg)
+	if err != nil {
+		return fmt.Errorf("invalid VM config: %w", err)
+	}
 	if err := checkFiles(cfg); err != nil {
 		return fmt.Errorf("invalid VM config: %w", err)
 	}
@@ -195,7 +199,7 @@ func checkFiles(cfg hypervisor.VMConfig) error {
 		errs = append(errs, err)
 	}
 	for _, f := range []struct{ field, path string }{
-		{"Kernel", cfg.Kernel}, {"Initrd", cfg.Initrd}, {"Firmware", cfg.Firmware},
+		{"Kernel", cfg.Kernel}, {"Initrd", cfg.Initrd}, {"Image", cfg.Image}, {"Firmware", cfg.Firmware},
 	} {
 		if f.path == "" {
 			continue
@@ -214,6 +218,22 @@ func withDefaultFirmware(cfg hypervisor.VMConfig, exists func(string) bool) hype
 		cfg.Firmware = QbootPath
 	}
 	return cfg
+}
+
+// withImageSize fills in the size of cfg.Image when the caller left it 0.
+func withImageSize(cfg hypervisor.VMConfig) (hypervisor.VMConfig, error) {
+	if cfg.Image == "" || cfg.ImageSize != 0 {
+		return cfg, nil
+	}
+	fi, err := os.Stat(cfg.Image)
+	if err != nil {
+		return cfg, fmt.Errorf("Image: %w", err)
+	}
+	if !fi.Mode().IsRegular() {
+		return cfg, fmt.Errorf("Image %s is not a regular file", cfg.Image)
+	}
+	cfg.ImageSize = fi.Size()
+	return cfg, nil
 }
 
 // withTSCRate tells a TCG guest its TSC rate (the host's; see tsc.go) ahead

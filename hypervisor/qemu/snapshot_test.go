@@ -84,6 +84,22 @@ func TestBuildArgsTemplate(t *testing.T) {
 	if !slices.Contains(devices(args), balloon) {
 		t.Errorf("clone with FreePageReporting: no %q in %q", balloon, devices(args))
 	}
+
+	// So does the image: a clone maps the same file, which the migration
+	// stream leaves out (it is shared).
+	pmem := "nvdimm,id=kasa-image0,memdev=kasa-image,unarmed=on"
+	for _, c := range []hypervisor.VMConfig{cfg, clone} {
+		c.Initrd, c.Image, c.ImageSize = "", "/k/guest.img", 16<<20
+		if args, err = BuildArgs(c, hypervisor.AccelTCG, 0); err != nil {
+			t.Fatal(err)
+		}
+		if !slices.Contains(devices(args), pmem) {
+			t.Errorf("%s with an image: no %q in %q", c.Snapshot.Role, pmem, devices(args))
+		}
+		if fds := planFDs(c); fds.image == 0 || !slices.Contains(args, "memory-backend-file,id=kasa-image,mem-path=/proc/self/fd/"+strconv.Itoa(fds.image)+",size=16777216,share=on,readonly=on") {
+			t.Errorf("%s with an image: not mapped from its descriptor (%+v): %q", c.Snapshot.Role, fds, args)
+		}
+	}
 }
 
 func TestBuildArgsClone(t *testing.T) {

@@ -25,7 +25,7 @@ func checkConfinement(ctx context.Context, cfg *configuration.Config) []Result {
 	if h.Rootless {
 		identity.Detail = fmt.Sprintf("rootless: QEMU runs as a uid/gid of its own per sandbox (%d..%d), no capabilities, its own network/IPC/UTS namespaces",
 			vmmuser.Base, vmmuser.Base+vmmuser.Count-1)
-		for _, f := range []struct{ key, path string }{{"kernel", h.Kernel}, {"initrd", h.Initrd}} {
+		for _, f := range []struct{ key, path string }{{"kernel", h.Kernel}, {"initrd", h.Initrd}, {"image", h.Image}} {
 			if fi, err := os.Stat(f.path); err == nil && fi.Mode().Perm()&0o004 == 0 {
 				identity.Status = Fail
 				identity.Detail = fmt.Sprintf("hypervisor.qemu.%s %s (mode %#o) is not world-readable, so an unprivileged QEMU cannot load it", f.key, f.path, fi.Mode().Perm())

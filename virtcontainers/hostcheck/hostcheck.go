@@ -46,7 +46,11 @@ func Run(ctx context.Context, cfg *configuration.Config) []Result {
 	var out []Result
 	out = append(out, checkQEMU(ctx, cfg.Hypervisor.Path))
 	out = append(out, checkFile("guest kernel", "hypervisor.qemu.kernel", cfg.Hypervisor.Kernel))
-	out = append(out, checkFile("guest initrd", "hypervisor.qemu.initrd", cfg.Hypervisor.Initrd))
+	if cfg.Hypervisor.Image != "" {
+		out = append(out, checkFile("guest image (DAX)", "hypervisor.qemu.image", cfg.Hypervisor.Image))
+	} else {
+		out = append(out, checkFile("guest initrd", "hypervisor.qemu.initrd", cfg.Hypervisor.Initrd))
+	}
 	out = append(out, checkAccel(ctx, cfg), checkBootSlots(ctx, cfg))
 	out = append(out, checkConfinement(ctx, cfg)...)
 	out = append(out, checkVhostVsock(), checkTransport(ctx, cfg))

@@ -20,9 +20,13 @@ const layoutVersion = 3
 // path and keyed by their content (the QEMU binary by its identity on disk,
 // which a package upgrade changes).
 type Spec struct {
-	QEMU         string   `json:"qemu"`
-	Kernel       string   `json:"kernel"`
-	Initrd       string   `json:"initrd,omitempty"`
+	QEMU   string `json:"qemu"`
+	Kernel string `json:"kernel"`
+	Initrd string `json:"initrd,omitempty"`
+	// Image is the guest's root image (an NVDIMM, DAX), which a clone maps
+	// from the same file as its template: it is keyed by content like the
+	// kernel.
+	Image        string   `json:"image,omitempty"`
 	Firmware     string   `json:"firmware,omitempty"`
 	MachineType  string   `json:"machine_type"`
 	VCPUs        uint32   `json:"vcpus"`
@@ -44,10 +48,10 @@ type keyInput struct {
 }
 
 // Key is the template key of spec: a hash of spec, of the content of its
-// kernel, initrd and firmware, and of its QEMU binary's identity.
+// kernel, initrd or image and firmware, and of its QEMU binary's identity.
 func Key(spec Spec) (string, error) {
 	in := keyInput{Layout: layoutVersion, Spec: spec, Content: map[string]string{}}
-	for _, f := range []struct{ name, path string }{{"kernel", spec.Kernel}, {"initrd", spec.Initrd}, {"firmware", spec.Firmware}} {
+	for _, f := range []struct{ name, path string }{{"kernel", spec.Kernel}, {"initrd", spec.Initrd}, {"image", spec.Image}, {"firmware", spec.Firmware}} {
 		if f.path == "" {
 			continue
 		}

@@ -29,8 +29,18 @@ func IsInit() bool { return os.Getpid() == 1 }
 // in guest memory, and libcontainer needs the binary reachable by path to
 // seal it for container init with a read-only overlay (otherwise it copies
 // the whole binary into a memfd for every container it starts).
+//
+// Booted from a read-only image instead (hypervisor.qemu.image: ext4 with
+// DAX), the tree is copied rather than moved, and the agent's directory is
+// bound from the image the same way, so it keeps running from the host's
+// shared pages. The image has /newroot for the tmpfs.
 func MoveRootToTmpfs() error {
 	const newRoot = "/newroot"
+	var st unix.Statfs_t
+	if err := unix.Statfs("/", &st); err != nil {
+		return fmt.Errorf("statfs /: %w", err)
+	}
+	keep := st.Flags&unix.ST_RDONLY != 0
 	// /proc is not mounted yet: the kernel started us as /init, a symlink.
 	exe, err := filepath.EvalSymlinks(os.Args[0])
 	if err != nil {
@@ -46,7 +56,7 @@ func MoveRootToTmpfs() error {
 	if err := unix.Mount("tmpfs", newRoot, "tmpfs", 0, "mode=0755"); err != nil {
 		return fmt.Errorf("mount tmpfs on %s: %w", newRoot, err)
 	}
-	if err := moveTreeExcept("/", newRoot, map[string]bool{"/newroot": true, exeDir: true}); err != nil {
+	if err := moveTreeExcept("/", newRoot, map[string]bool{"/newroot": true, exeDir: true}, keep); err != nil {
 		return err
 	}
 	if err := os.MkdirAll(filepath.Join(newRoot, exeDir), 0o755); err != nil {
@@ -68,8 +78,9 @@ func MoveRootToTmpfs() error {
 }
 
 // moveTreeExcept moves dir's entries into dst, skipping the paths in skip
-// and descending into directories that contain a skipped path.
-func moveTreeExcept(dir, dst string, skip map[string]bool) error {
+// and descending into directories that contain a skipped path. With keep it
+// copies them instead.
+func moveTreeExcept(dir, dst string, skip map[string]bool, keep bool) error {
 	entries, err := os.ReadDir(dir)
 	if err != nil {
 		return err
@@ -84,13 +95,13 @@ func moveTreeExcept(dir, dst string, skip map[string]bool) error {
 			if err := os.MkdirAll(target, 0o755); err != nil {
 				return err
 			}
-			if err := moveTreeExcept(src, target, skip); err != nil {
+			if err := moveTreeExcept(src, target, skip, keep); err != nil {
 				return err
 			}
 			continue
 		}
 		// Moving (copy, then unlink) frees the initramfs memory as we go.
-		if err := moveTree(src, target); err != nil {
+		if err := moveTree(src, target, keep); err != nil {
 			return fmt.Errorf("move %s into tmpfs: %w", src, err)
 		}
 	}
@@ -106,7 +117,7 @@ func containsSkipped(dir string, skip map[string]bool) bool {
 	return false
 }
 
-func moveTree(src, dst string) error {
+func moveTree(src, dst string, keep bool) error {
 	fi, err := os.Lstat(src)
 	if err != nil {
 		return err
@@ -125,7 +136,7 @@ func moveTree(src, dst string) error {
 			return err
 		}
 		for _, c := range children {
-			if err := moveTree(filepath.Join(src, c.Name()), filepath.Join(dst, c.Name())); err != nil {
+			if err := moveTree(filepath.Join(src, c.Name()), filepath.Join(dst, c.Name()), keep); err != nil {
 				return err
 			}
 		}
@@ -153,6 +164,9 @@ func moveTree(src, dst string) error {
 		if err := os.Chmod(dst, fi.Mode().Perm()|fi.Mode()&(os.ModeSetuid|os.ModeSetgid|os.ModeSticky)); err != nil {
 			return err
 		}
+	}
+	if keep {
+		return nil
 	}
 	return os.Remove(src)
 }
