@@ -173,3 +173,17 @@ func TestApplyAnnotationsReportsEveryRefusal(t *testing.T) {
 		}
 	}
 }
+
+// A pod that names its initrd boots from it, not from a configured image.
+func TestInitrdAnnotationReplacesImage(t *testing.T) {
+	base := annotatedBase()
+	base.Hypervisor.Initrd, base.Hypervisor.Image = "", "/usr/share/kasa/guest.img"
+	base.Hypervisor.ValidInitrdPaths = []string{"/usr/share/kasa/*"}
+	out, err := base.ApplyAnnotations(map[string]string{hv + "initrd": "/usr/share/kasa/initrd.img"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h := out.Hypervisor; h.Initrd != "/usr/share/kasa/initrd.img" || h.Image != "" {
+		t.Errorf("initrd %q, image %q: want the pod's initrd alone", h.Initrd, h.Image)
+	}
+}

@@ -128,3 +128,42 @@ func TestDropInsOverEmbeddedDefaults(t *testing.T) {
 		t.Errorf("path origin = %q", s.Origin)
 	}
 }
+
+// The guest's root is one of initrd and image: a file that names one
+// replaces the other's earlier value, whoever set it; one file naming both,
+// or an image on microvm, is an error that names the key.
+func TestOneGuestRoot(t *testing.T) {
+	path := writeDropIns(t, "[hypervisor.qemu]\ninitrd = \"/main/initrd.img\"\n",
+		map[string]string{"50-image.toml": "[hypervisor.qemu]\nimage = \"/d/guest.img\"\n"})
+	cfg, _, err := LoadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dropIn := filepath.Join(filepath.Dir(path), DropInDirName, "50-image.toml")
+	if h := cfg.Hypervisor; h.Image != "/d/guest.img" || h.Initrd != "" {
+		t.Errorf("image %q, initrd %q: want the drop-in's image alone", h.Image, h.Initrd)
+	}
+	if s := settingOf(t, cfg, "hypervisor.qemu.initrd"); s.Origin != dropIn || s.Value != "" {
+		t.Errorf("initrd setting %+v: want emptied by %s", s, dropIn)
+	}
+
+	// And back: a later file's initrd replaces the image.
+	path = writeDropIns(t, "[hypervisor.qemu]\nimage = \"/main/guest.img\"\n",
+		map[string]string{"50-initrd.toml": "[hypervisor.qemu]\ninitrd = \"/d/initrd.img\"\n"})
+	if cfg, _, err = LoadFile(path); err != nil {
+		t.Fatal(err)
+	}
+	if h := cfg.Hypervisor; h.Image != "" || h.Initrd != "/d/initrd.img" {
+		t.Errorf("image %q, initrd %q: want the drop-in's initrd alone", h.Image, h.Initrd)
+	}
+
+	for name, tc := range map[string]struct{ file, want string }{
+		"both":     {"[hypervisor.qemu]\ninitrd = \"/k/initrd.img\"\nimage = \"/k/guest.img\"\n", "hypervisor.qemu.image"},
+		"microvm":  {"[hypervisor.qemu]\nimage = \"/k/guest.img\"\nmachine_type = \"microvm\"\n", "NVDIMM"},
+		"relative": {"[hypervisor.qemu]\nimage = \"guest.img\"\n", "hypervisor.qemu.image"},
+	} {
+		if _, _, _, err := loadText(t, tc.file); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: error %v, want one naming %q", name, err, tc.want)
+		}
+	}
+}
