@@ -28,7 +28,7 @@ const (
 	// StepVMStart is the VMM's launch until it is controllable (QMP).
 	StepVMStart BootStep = "vm_start"
 	// StepAgent is the guest's boot until its agent answered (Version,
-	// SetGuestDateTime).
+	// Check, SetGuestDateTime).
 	StepAgent        BootStep = "agent"
 	StepGuestNetwork BootStep = "guest_network" // the guest's interfaces, routes, neighbours
 	StepGuestSandbox BootStep = "guest_sandbox" // the agent's CreateSandbox: hostname, shared mount

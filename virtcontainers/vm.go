@@ -297,8 +297,11 @@ func checkAgent(ctx context.Context, c *client.Client) error {
 	if v.GetApiVersion() < api.APIVersion {
 		return fmt.Errorf("agent %s speaks API v%d, this runtime needs v%d: rebuild the guest image", v.GetAgentVersion(), v.GetApiVersion(), api.APIVersion)
 	}
-	// No Check as well: the agent answers SERVING whenever it answers at
-	// all, so after Version it would only add a round trip to every start.
+	// A guest that does not say it is serving does not get a pod
+	// (TestHostileGuestRefusesToServe).
+	if err := c.Check(ctx); err != nil {
+		return err
+	}
 	// A guest boots with the RTC's idea of time; give it the host's exactly.
 	return c.SetGuestDateTime(ctx, time.Now())
 }

@@ -160,7 +160,7 @@ func benchRestoreRoot(dir string, n int, root string) error {
 			med(func(r restorePhases) time.Duration { return r.devices }), med(func(r restorePhases) time.Duration { return r.answered }),
 			med(func(r restorePhases) time.Duration { return r.total }), kib("Pss"), kib("Pss_Anon"), kib("Pss_File"), kib("Pss_Shmem"), kib("memfd"))
 	}
-	fmt.Println("\n'1st answer' = QEMU start → agent answered (version, clock set); 'StartVM' includes the memory copy and the")
+	fmt.Println("\n'1st answer' = QEMU start → agent answered (version, health, clock set); 'StartVM' includes the memory copy and the")
 	fmt.Println("template check. PSS of QEMU with", n, "idle VMs of the kind running: shmem is the guest RAM (memfd, private to each VM),")
 	fmt.Println("file the mapped binaries and the guest image (shared by every VM that maps it), anon QEMU's heap and TCG's")
 	fmt.Println("translation cache. 'guest RAM' is what the VM's memfd holds, mapped or not: a clone's whole copy of the")
