@@ -34,6 +34,22 @@ func kasaBin(t *testing.T) string {
 	return p
 }
 
+// kasaExecScript runs script in the guest of sandbox id through `kasa exec`
+// from a pipe (the end of the pipe ends the shell) and returns what the
+// session printed.
+func kasaExecScript(t *testing.T, ctx context.Context, id, script string) []byte {
+	t.Helper()
+	cctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(cctx, kasaBin(t), "exec", id)
+	cmd.Stdin = strings.NewReader(script)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("kasa exec: %v\n%s", err, out)
+	}
+	return out
+}
+
 // TestCRIDebugConsoleAndGuestLog runs one pod with agent.kata
 // debug_console_enabled and enable_debug: kasa exec reaches a shell on a
 // pty in the pod's VM, from a pipe and from a terminal (raw mode, window
@@ -62,15 +78,8 @@ func TestCRIDebugConsoleAndGuestLog(t *testing.T) {
 	}
 
 	t.Run("kasa exec from a pipe", func(t *testing.T) {
-		cctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
-		defer cancel()
-		cmd := exec.CommandContext(cctx, kasa, "exec", podID[:12])
 		// No exit: the end of the pipe ends the shell.
-		cmd.Stdin = strings.NewReader("uname -r; tty\n")
-		out, err := cmd.CombinedOutput()
-		if err != nil {
-			t.Fatalf("kasa exec: %v\n%s", err, out)
-		}
+		out := kasaExecScript(t, ctx, podID[:12], "uname -r; tty\n")
 		t.Logf("kasa exec output:\n%s", out)
 		lines := strings.Split(strings.ReplaceAll(string(out), "\r", ""), "\n")
 		var release, tty bool
